@@ -1,0 +1,50 @@
+# Two commands set everything up on a fresh Linux machine with Python 3.11:
+#   make demo   creates .venv, installs segflow, runs `dvc repro` on the embedded synthetic dataset
+#   make test   same set-up, then runs the test suite
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-fast lint format bench clean
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (segflow needs Python 3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install only when the dependency declarations change.
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+# dvc needs a git repo (or --no-scm); a tarball checkout gets a private one.
+.dvc/config: | $(STAMP)
+	@test -d .git || git init -q
+	$(BIN)/dvc init -q || true
+	$(BIN)/dvc config core.autostage false
+
+demo: $(STAMP) .dvc/config
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+test: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not integration"
+
+lint: $(STAMP)
+	$(BIN)/ruff check segflow pipelines tests benchmarks
+	$(BIN)/ruff format --check segflow pipelines tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format segflow pipelines tests benchmarks
+	$(BIN)/ruff check --fix segflow pipelines tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/loader.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

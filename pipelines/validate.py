@@ -1,0 +1,25 @@
+"""Stage validate: Great Expectations suite over the manifest; any violation exits non-zero."""
+
+import sys
+
+from segflow.config import Params
+from segflow.data.datasets import open_dataset
+from segflow.data.manifest import read_manifest
+from segflow.data.validate import validate
+from segflow.paths import MANIFEST, VALIDATION
+from segflow.stage import console, run_stage
+
+
+def main(params: Params) -> None:
+    required = sorted({"train", "val", params.dataset.test_split})
+    result = validate(read_manifest(MANIFEST), open_dataset(params), VALIDATION, required)
+    if not result.success:
+        for line in result.failures:
+            console.print(f"[bold red]failed:[/] {line}", markup=True)
+        console.print(f"validate: {len(result.failures)} rule(s) failed; report in {VALIDATION}/")
+        sys.exit(1)
+    console.print(f"validate: all rules passed; report in {VALIDATION}/")
+
+
+if __name__ == "__main__":
+    run_stage(main)

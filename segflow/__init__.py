@@ -1,0 +1,1 @@
+"""segflow: semantic-segmentation training pipeline."""

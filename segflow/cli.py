@@ -1,0 +1,79 @@
+"""The ``segflow`` command. Sub-commands are thin: they parse options and call the library."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from segflow.errors import SegflowError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+
+
+@app.command()
+def models(
+    num_classes: int = typer.Option(21, help="Classes of the head used for counting."),
+    size: int = typer.Option(512, help="Square input size for the GFLOPs count."),
+) -> None:
+    """List every registered model with its parameter count and GFLOPs."""
+    from segflow.models.summary import summaries
+
+    table = Table(title=f"segflow models ({num_classes} classes, {size}x{size} input)")
+    table.add_column("model")
+    table.add_column("backbone")
+    table.add_column("params (M)", justify="right")
+    table.add_column("GFLOPs", justify="right")
+    for row in summaries(num_classes=num_classes, size=(size, size)):
+        table.add_row(
+            row["name"],
+            str(row.get("backbone") or "-"),
+            f"{row['params'] / 1e6:.2f}",
+            f"{row['gflops']:.1f}",
+        )
+    console.print(table)
+
+
+@app.command()
+def check_params(path: Path = typer.Argument(Path("params.yaml"))) -> None:
+    """Validate a params file against the schema and print the resolved values."""
+    import yaml
+
+    from segflow.config import load_params
+
+    params = load_params(path)
+    console.print(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+
+
+@app.command()
+def shards(shard_dir: Path = typer.Argument(Path("data/shards"))) -> None:
+    """Summarise the shards: samples per split and class pixel shares."""
+    from segflow.data.shards import read_index
+
+    index = read_index(shard_dir)
+    names = [c["name"] for c in index["classes"]]
+    table = Table(title=f"{shard_dir} ({index['dataset']}, hash {index['content_hash'][:12]})")
+    table.add_column("split")
+    table.add_column("samples", justify="right")
+    table.add_column("files", justify="right")
+    table.add_column("largest classes by pixels")
+    for split, info in index["splits"].items():
+        pixels = info["class_pixels"]
+        total = max(sum(pixels), 1)
+        top = sorted(range(len(pixels)), key=lambda i: -pixels[i])[:4]
+        share = ", ".join(f"{names[i]} {100 * pixels[i] / total:.1f}%" for i in top)
+        table.add_row(split, str(info["num_samples"]), str(len(info["files"])), share)
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point: user errors print one message and exit 1, without a traceback."""
+    try:
+        app()  # click itself reports usage errors (exit 2)
+    except SegflowError as exc:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {exc}")
+        sys.exit(1)

@@ -1,0 +1,196 @@
+"""The typed schema of params.yaml: loaded once at the top of a stage, then passed down.
+
+One schema for the whole file keeps params flat and discoverable: every key a stage can read is
+declared here with its type, default and bounds. Unknown keys are errors (a typo in params.yaml
+must not be silently ignored), and every error names the field, e.g. ``params.yaml: loader.crop_height:
+Input should be greater than 0``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from segflow.errors import SegflowError
+
+DATASETS = ("synthetic", "camvid", "voc", "cityscapes", "ade20k", "folder")
+DATA_ROOT_ENV = "SEGFLOW_DATA_ROOT"
+SYNTHETIC_DIR = "data/synthetic"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetParams(_Section):
+    name: Literal["synthetic", "camvid", "voc", "cityscapes", "ade20k", "folder"] = "synthetic"
+    #: Root of the dataset on disk (a dependency of the ingest stage). The synthetic dataset is
+    #: generated into data/synthetic by the synthesize stage. $SEGFLOW_DATA_ROOT overrides it
+    #: when a stage script runs outside DVC.
+    root: str = "data/synthetic"
+    #: Which split the evaluate stage scores (the CamVid copy in shared/ has no test split: use val).
+    test_split: str = "test"
+    #: folder datasets: YAML file with the class table (list of {id, name, color}).
+    classes_file: str | None = None
+    #: voc: add the SBD train_aug list (ImageSets/Segmentation/train_aug.txt + SegmentationClassAug/).
+    voc_train_aug: bool = False
+
+    def resolved_root(self) -> Path:
+        return Path(os.environ.get(DATA_ROOT_ENV) or self.root)
+
+
+class SyntheticParams(_Section):
+    """Size of the embedded street-scene dataset that ingest generates deterministically."""
+
+    num_train: int = Field(48, gt=0)
+    num_val: int = Field(12, gt=0)
+    num_test: int = Field(12, gt=0)
+    height: int = Field(96, ge=32)
+    width: int = Field(128, ge=32)
+    seed: int = 0
+
+
+class ShardParams(_Section):
+    #: Upper bound on the rows in one .arrow file; bounds the memory a reader maps at once.
+    rows_per_shard: int = Field(64, gt=0)
+    #: Optional resize to a training scale before encoding (masks use nearest neighbour).
+    resize_height: int | None = Field(None, gt=0)
+    resize_width: int | None = Field(None, gt=0)
+    #: Image encoding inside the shards: png is lossless, jpg is smaller and faster to decode.
+    image_codec: Literal["png", "jpg"] = "png"
+    jpeg_quality: int = Field(95, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> ShardParams:
+        if (self.resize_height is None) != (self.resize_width is None):
+            raise ValueError("resize_height and resize_width must be set together")
+        return self
+
+
+class LoaderParams(_Section):
+    crop_height: int = Field(96, gt=0)
+    crop_width: int = Field(128, gt=0)
+    scale_min: float = Field(0.5, gt=0)
+    scale_max: float = Field(2.0, gt=0)
+    hflip: float = Field(0.5, ge=0, le=1)
+    #: Strength of brightness/contrast/saturation jitter (0 switches it off).
+    color_jitter: float = Field(0.2, ge=0, le=1)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _scale_order(self) -> LoaderParams:
+        if self.scale_min > self.scale_max:
+            raise ValueError("scale_min must not exceed scale_max")
+        return self
+
+
+class TrainParams(_Section):
+    """Model, optimisation, hardware and tracking of the train stage.
+
+    The defaults train a small DeepLab v3+ on the synthetic dataset on two CPU cores in a couple
+    of minutes; a GPU run sets ``use_gpu: true`` and a bigger model, batch and epoch count.
+    """
+
+    model: str = "deeplabv3plus"
+    backbone: str | None = "resnet18"
+    output_stride: int | None = 16
+    #: Local file of ImageNet backbone weights in torchvision's key format, or null.
+    pretrained: str | None = None
+    #: Extra constructor options of the model, e.g. {width: 16} for a small U-Net or
+    #: {aspp_channels: 64} for a narrow DeepLab head.
+    model_options: dict[str, int | float | str | bool | list | dict] = {}
+    epochs: int = Field(8, gt=0)
+    #: Images per step on each worker (the global batch is batch_size x num_workers).
+    batch_size: int = Field(8, gt=0)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    poly_power: float = Field(0.9, ge=0)
+    warmup_iters: int = Field(0, ge=0)
+    loss: Literal["ce", "ohem"] = "ce"
+    class_weights: Literal["none", "median_frequency"] = "none"
+    dice_weight: float = Field(0.0, ge=0)
+    ohem_thresh: float = Field(0.7, gt=0, le=1)
+    ohem_min_kept: int = Field(100_000, gt=0)
+    #: Clip the global gradient norm to this value; 0 switches clipping off.
+    grad_clip: float = Field(0.0, ge=0)
+    #: bf16 autocast on GPU (ignored on CPU, where it is slower than fp32).
+    bf16: bool = True
+    channels_last: bool = True
+    #: Bitwise-reproducible kernels (slower); seeds are always set.
+    deterministic: bool = False
+    #: Print a progress line every this many steps (plain lines, readable in a CI log).
+    log_every: int = Field(10, gt=0)
+
+    #: ray: Ray Train TorchTrainer (a local Ray, or the cluster in $RAY_ADDRESS);
+    #: local: the plain PyTorch loop in this process (one device, no Ray).
+    launcher: Literal["ray", "local"] = "ray"
+    #: Ray Train workers (DDP ranks); each reads its own part of the shards.
+    num_workers: int = Field(1, gt=0)
+    use_gpu: bool = False
+    #: CPUs reserved per worker; also the worker's torch thread count.
+    cpus_per_worker: int = Field(2, gt=0)
+    gpus_per_worker: float = Field(1.0, gt=0)
+    #: Worker crashes to recover from (each resumes at the last checkpoint); -1: unlimited.
+    max_failures: int = Field(1, ge=-1)
+    #: Where Ray Train keeps run state and checkpoints: a local directory (relative to the repo)
+    #: or any pyarrow filesystem URI (s3://bucket/prefix, gs://..., hdfs://...).
+    storage_path: str = "ray_results"
+    #: Ray Train run name; null makes a fresh time-stamped one. Naming an earlier run (same
+    #: storage_path) resumes it from its last checkpoint.
+    run_name: str | None = None
+    #: MLflow experiment of the runs ($MLFLOW_TRACKING_URI picks the server).
+    experiment: str = "segflow"
+
+
+class Params(_Section):
+    seed: int = 0
+    dataset: DatasetParams = DatasetParams()
+    synthetic: SyntheticParams = SyntheticParams()
+    shard: ShardParams = ShardParams()
+    loader: LoaderParams = LoaderParams()
+    train: TrainParams = TrainParams()
+
+    @model_validator(mode="after")
+    def _synthetic_root(self) -> Params:
+        if self.dataset.name == "synthetic" and Path(self.dataset.root) != Path(SYNTHETIC_DIR):
+            raise ValueError(
+                f"dataset.root must be {SYNTHETIC_DIR} for the synthetic dataset "
+                f"(got {self.dataset.root!r}); set dataset.name for a real dataset"
+            )
+        return self
+
+
+def parse_params(data: dict, source: str = "params.yaml") -> Params:
+    """Validate a params mapping; errors name the source file and the dotted field."""
+    try:
+        return Params.model_validate(data or {})
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            value = err.get("input")
+            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            lines.append(f"{source}: {field}: {err['msg']}{shown}")
+        raise SegflowError("\n".join(lines)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml (a missing file is an error naming it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SegflowError(f"{path}: params file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SegflowError(f"{path}: not valid YAML: {exc}") from None
+    if data is not None and not isinstance(data, dict):
+        raise SegflowError(f"{path}: top level must be a mapping of sections")
+    return parse_params(data or {}, source=str(path))

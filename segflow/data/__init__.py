@@ -1,0 +1,1 @@
+"""Data side of segflow: dataset adapters, manifest, validation, shards and the loader."""

@@ -1,0 +1,190 @@
+"""A user's own dataset: images and masks in two folders, a class table in YAML.
+
+::
+
+    root/classes.yaml                 - {id: 0, name: road, color: [128, 64, 128]}  (a list;
+                                        or a mapping with that list under "classes")
+    root/images/<split>/<stem>.<ext>  ext: png jpg jpeg bmp tif tiff
+    root/masks/<split>/<stem>.png     one train id per pixel (0..C-1), 255 = ignore
+
+The split rule: when ``images/`` holds sub-directories, each one is a split (``train``,
+``val``, ``test`` or any other name) and its masks are in ``masks/<split>/``. Otherwise the
+images and masks lie flat in ``images/`` and ``masks/`` and ``root/splits/<split>.txt`` lists
+the stems of each split, one per line; images that no list names are not used.
+
+Images and masks are matched by file stem. An image without a mask, a mask without an image,
+a stem in two splits (a leak between them) or two images with one stem is an error naming
+the file. Class ids must be 0..C-1, each once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+from segflow.data.datasets.base import ClassInfo, DatasetAdapter, SampleRef, require_dir
+from segflow.errors import SegflowError
+
+LAYOUT = (
+    "images/ and masks/ (split sub-directories images/<split>/, or flat with "
+    "splits/<split>.txt lists of stems) and classes.yaml"
+)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MASK_EXTENSION = ".png"
+SPLIT_ORDER = ("train", "val", "test")
+
+
+def read_class_table(path: Path) -> list[ClassInfo]:
+    """Parse and check a class table: a list of {id, name, color} with ids 0..C-1."""
+    if not path.is_file():
+        raise SegflowError(
+            f"{path}: class table not found; expected a YAML list of {{id, name, color}}"
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SegflowError(f"{path}: not valid YAML: {exc}") from None
+    if isinstance(data, dict) and "classes" in data:
+        data = data["classes"]
+    if not isinstance(data, list) or not data:
+        raise SegflowError(f"{path}: expected a non-empty list of {{id, name, color}} entries")
+    classes = []
+    for n, entry in enumerate(data):
+        where = f"{path}: entry {n}"
+        if not isinstance(entry, dict) or set(entry) != {"id", "name", "color"}:
+            raise SegflowError(f"{where}: expected exactly the keys id, name, color; got {entry!r}")
+        colour = entry["color"]
+        if (
+            not isinstance(colour, list | tuple)
+            or len(colour) != 3
+            or not all(isinstance(c, int) and 0 <= c <= 255 for c in colour)
+        ):
+            raise SegflowError(f"{where}: color must be three integers 0..255; got {colour!r}")
+        if not isinstance(entry["id"], int) or isinstance(entry["id"], bool):
+            raise SegflowError(f"{where}: id must be an integer; got {entry['id']!r}")
+        classes.append(ClassInfo(entry["id"], str(entry["name"]), tuple(colour)))
+    classes.sort(key=lambda c: c.id)
+    ids = [c.id for c in classes]
+    if ids != list(range(len(classes))):
+        raise SegflowError(f"{path}: class ids must be 0..{len(classes) - 1}, each once; got {ids}")
+    if len(classes) > 255:
+        raise SegflowError(
+            f"{path}: at most 255 classes (255 is the ignore label); got {len(classes)}"
+        )
+    return classes
+
+
+def _split_key(split: str) -> tuple[int, str]:
+    return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), split)
+
+
+def _files_by_stem(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
+    """Stem -> file for the files in ``folder`` with one of ``extensions`` (case-insensitive)."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.suffix.lower() not in extensions:
+            continue
+        if path.stem in found:
+            raise SegflowError(
+                f"{path}: stem {path.stem!r} also used by {found[path.stem]}; stems must be unique"
+            )
+        found[path.stem] = path
+    return found
+
+
+class FolderDataset(DatasetAdapter):
+    name = "folder"
+
+    def __init__(
+        self, root: str | Path | None = None, classes_file: str | Path | None = None
+    ) -> None:
+        if root is None and classes_file is None:
+            raise SegflowError(
+                "dataset.root: required for the folder dataset (or dataset.classes_file)"
+            )
+        self.root = require_dir(
+            Path(root) if root is not None else Path(classes_file).parent, LAYOUT
+        )
+        self.classes_file = (
+            Path(classes_file) if classes_file is not None else self.root / "classes.yaml"
+        )
+        self.image_dir, self.mask_dir = self.root / "images", self.root / "masks"
+        for folder in (self.image_dir, self.mask_dir):
+            if not folder.is_dir():
+                raise SegflowError(f"{folder}: directory not found; expected {LAYOUT}")
+        self._classes = read_class_table(self.classes_file)
+
+    def classes(self) -> list[ClassInfo]:
+        return list(self._classes)
+
+    def samples(self) -> Iterator[SampleRef]:
+        split_dirs = sorted(
+            (p.name for p in self.image_dir.iterdir() if p.is_dir()), key=_split_key
+        )
+        pairs = self._from_subfolders(split_dirs) if split_dirs else self._from_split_lists()
+        seen: dict[str, Path] = {}
+        for split, stem, image, mask in pairs:
+            if stem in seen:
+                raise SegflowError(
+                    f"image {image}: stem {stem!r} is also in another split ({seen[stem]})"
+                )
+            seen[stem] = image
+            yield SampleRef(id=stem, split=split, image=image, mask=mask)
+
+    def _match(self, images: dict[str, Path], masks: dict[str, Path], mask_dir: Path) -> None:
+        for stem, image in images.items():
+            if stem not in masks:
+                raise SegflowError(
+                    f"image {image} has no mask: expected {mask_dir / (stem + MASK_EXTENSION)}"
+                )
+
+    def _from_subfolders(self, splits: list[str]) -> list[tuple[str, str, Path, Path]]:
+        for extra in sorted(
+            p for p in self.mask_dir.iterdir() if p.is_dir() and p.name not in splits
+        ):
+            raise SegflowError(
+                f"{extra}: masks of split {extra.name!r}, but no {self.image_dir / extra.name}"
+            )
+        out = []
+        for split in splits:
+            mask_dir = self.mask_dir / split
+            images = _files_by_stem(self.image_dir / split, IMAGE_EXTENSIONS)
+            masks = _files_by_stem(mask_dir, (MASK_EXTENSION,)) if mask_dir.is_dir() else {}
+            self._match(images, masks, mask_dir)
+            for stem, mask in masks.items():
+                if stem not in images:
+                    raise SegflowError(
+                        f"mask {mask} has no image: expected "
+                        f"{self.image_dir / split}/{stem}.<png|jpg|...>"
+                    )
+            out += [(split, stem, images[stem], masks[stem]) for stem in sorted(images)]
+        return out
+
+    def _from_split_lists(self) -> list[tuple[str, str, Path, Path]]:
+        lists = sorted((self.root / "splits").glob("*.txt"), key=lambda p: _split_key(p.stem))
+        if not lists:
+            raise SegflowError(
+                f"{self.image_dir}: no split sub-directories and no split lists "
+                f"{self.root / 'splits'}/<split>.txt; expected {LAYOUT}"
+            )
+        images = _files_by_stem(self.image_dir, IMAGE_EXTENSIONS)
+        masks = _files_by_stem(self.mask_dir, (MASK_EXTENSION,))
+        for stem, mask in masks.items():
+            if stem not in images:
+                raise SegflowError(
+                    f"mask {mask} has no image: expected {self.image_dir}/{stem}.<png|jpg|...>"
+                )
+        out = []
+        for listing in lists:
+            stems = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+            for stem in sorted(set(stems)):
+                if stem not in images:
+                    raise SegflowError(
+                        f"{listing}: lists {stem!r}, but there is no image "
+                        f"{self.image_dir}/{stem}.<png|jpg|...>"
+                    )
+                self._match({stem: images[stem]}, masks, self.mask_dir)
+                out.append((listing.stem, stem, images[stem], masks[stem]))
+        return out

@@ -1,0 +1,109 @@
+"""Per-sample statistics that validation checks: decode every image and mask exactly once.
+
+One row per manifest row (same order), so a failed check can name the sample id and its files.
+A file that does not decode is recorded (``image_error``/``mask_error``), never raised: one run
+must report every bad file, not stop at the first one.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from segflow.data.datasets.base import IGNORE_INDEX, DatasetAdapter
+from segflow.data.manifest import Manifest
+from segflow.errors import SegflowError
+
+#: Columns of :func:`sample_stats` besides the ``pixels_<class id>`` counts.
+STAT_COLUMNS = [
+    "manifest_row",
+    "id",
+    "split",
+    "image_path",
+    "mask_path",
+    "image_sha256",
+    "image_error",
+    "mask_error",
+    "image_height",
+    "image_width",
+    "mask_height",
+    "mask_width",
+    "labels_outside_table",
+    "pixels_ignore",
+]
+
+
+def pixel_column(class_id: int) -> str:
+    """Name of the column holding the pixel count of one train id in one mask."""
+    return f"pixels_{class_id}"
+
+
+def sample_stats(manifest: Manifest, adapter: DatasetAdapter, num_workers: int = 1) -> pd.DataFrame:
+    """Decode every sample of ``manifest`` with ``adapter`` and return one row of stats per sample.
+
+    Columns: :data:`STAT_COLUMNS` and one ``pixels_<id>`` per class. ``*_error`` is the decode
+    error message (None when the file decodes); sizes and label counts are null when the file
+    did not decode. ``labels_outside_table`` lists the mask values that are neither a class id
+    nor 255 (empty when there are none). Threads suffice for speed: OpenCV releases the GIL
+    while it decodes.
+    """
+    class_ids = [c.id for c in manifest.classes]
+    allowed = np.zeros(256, dtype=bool)
+    allowed[[i for i in class_ids if 0 <= i < 256]] = True
+    allowed[IGNORE_INDEX] = True
+    frame = manifest.frame.reset_index(drop=True)
+    records = list(frame.itertuples(index=True))
+
+    def one(rec) -> dict:
+        return _stats_for(rec, adapter, class_ids, allowed)
+
+    if num_workers > 1 and len(records) > 1:
+        with ThreadPoolExecutor(max_workers=num_workers) as pool:
+            rows = list(pool.map(one, records))
+    else:
+        rows = [one(rec) for rec in records]
+
+    columns = STAT_COLUMNS + [pixel_column(i) for i in class_ids]
+    stats = pd.DataFrame(rows, columns=columns)
+    counts = ["image_height", "image_width", "mask_height", "mask_width", "pixels_ignore"]
+    counts += [pixel_column(i) for i in class_ids]
+    stats = stats.astype({c: "Int64" for c in counts})
+    for c in ("image_error", "mask_error", "labels_outside_table"):
+        # pandas turns a missing object into NaN; keep the documented None for "no value".
+        stats[c] = stats[c].astype(object).where(stats[c].notna(), None)
+    return stats
+
+
+def _stats_for(rec, adapter: DatasetAdapter, class_ids: list[int], allowed: np.ndarray) -> dict:
+    row: dict = {
+        "manifest_row": rec.Index,
+        "id": rec.id,
+        "split": rec.split,
+        "image_path": rec.image_path,
+        "mask_path": rec.mask_path,
+        "image_sha256": rec.image_sha256,
+    }
+    image, row["image_error"] = _decode(adapter.read_image, Path(rec.image_path))
+    if image is not None:
+        row["image_height"], row["image_width"] = image.shape[:2]
+    mask, row["mask_error"] = _decode(adapter.read_mask, Path(rec.mask_path))
+    if mask is not None:
+        row["mask_height"], row["mask_width"] = mask.shape[:2]
+        hist = np.bincount(mask.ravel(), minlength=256)
+        row["labels_outside_table"] = [int(v) for v in np.flatnonzero(hist[:256] * ~allowed)]
+        row["pixels_ignore"] = int(hist[IGNORE_INDEX])
+        for i in class_ids:
+            row[pixel_column(i)] = int(hist[i]) if 0 <= i < 256 else 0
+    return row
+
+
+def _decode(read, path: Path) -> tuple[np.ndarray | None, str | None]:
+    """(array, None) when ``read(path)`` works, else (None, a message that names the file)."""
+    try:
+        return read(path), None
+    except (SegflowError, OSError) as exc:  # OSError: file gone or unreadable since ingest
+        message = str(exc)
+        return None, message if str(path) in message else f"{path}: {message}"

@@ -1,0 +1,70 @@
+"""Segmentation metrics from one confusion matrix accumulated over a whole split.
+
+Accumulating counts (not per-image scores) is how the literature reports PA, mIoU and FWIoU:
+an image with few pixels of a class weighs in proportion to those pixels. Label 255 is excluded.
+
+The rule for a class absent from both ground truth and prediction: its IoU (and accuracy) is
+undefined (NaN) and it is left out of the means, so a test split without bicyclists neither
+rewards nor punishes a model for them. A class present in the ground truth but never predicted
+has IoU 0; a class predicted but absent from the ground truth also has IoU 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+IGNORE_INDEX = 255
+
+
+class ConfusionMatrix:
+    """``mat[t, p]`` counts pixels of true class t predicted as p (int64, on the inputs' device)."""
+
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu"):
+        self.num_classes = num_classes
+        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+    def update(self, target: Tensor, pred: Tensor) -> None:
+        """Add a batch; ``target``/``pred`` are integer label maps of the same shape."""
+        target = target.flatten()
+        pred = pred.flatten().to(target.device)
+        keep = (target != IGNORE_INDEX) & (target >= 0) & (target < self.num_classes)
+        idx = target[keep].long() * self.num_classes + pred[keep].long()
+        counts = torch.bincount(idx, minlength=self.num_classes**2)
+        self.mat += counts.reshape(self.num_classes, self.num_classes).to(self.mat.device)
+
+    def reset(self) -> None:
+        self.mat.zero_()
+
+    def all_reduce(self) -> None:
+        """Sum the matrix over the ranks of a torch.distributed group (DDP validation)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.mat)
+
+    def compute(self) -> dict:
+        return metrics_from_confusion(self.mat.cpu().numpy())
+
+
+def metrics_from_confusion(mat: np.ndarray) -> dict:
+    """PA, MPA, per-class IoU, mIoU and FWIoU of a confusion matrix (rows = truth)."""
+    mat = mat.astype(np.float64)
+    tp = np.diag(mat)
+    gt = mat.sum(axis=1)
+    pred = mat.sum(axis=0)
+    total = mat.sum()
+    union = gt + pred - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        acc = np.where(gt > 0, tp / gt, np.nan)
+        iou = np.where(union > 0, tp / union, np.nan)
+    freq = gt / total if total > 0 else np.zeros_like(gt)
+    seen = ~np.isnan(iou)
+    return {
+        "pixel_accuracy": float(tp.sum() / total) if total > 0 else float("nan"),
+        "mean_accuracy": float(np.nanmean(acc)) if (gt > 0).any() else float("nan"),
+        "iou": [float(x) for x in iou],
+        "miou": float(np.nanmean(iou)) if seen.any() else float("nan"),
+        "fwiou": float((freq[seen] * iou[seen]).sum()) if total > 0 else float("nan"),
+    }

@@ -1,0 +1,18 @@
+"""Where each stage reads and writes, relative to the repo root; mirrors the outs in dvc.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+SYNTHETIC = Path("data/synthetic")
+MANIFEST = Path("data/manifest.parquet")
+VALIDATION = Path("reports/validation")
+VALIDATION_SUMMARY = VALIDATION / "summary.json"
+SHARDS = Path("data/shards")
+SHARD_INDEX = SHARDS / "index.json"
+MODELS = Path("models")
+BEST_MODEL = MODELS / "best.pt"
+RUN_INFO = MODELS / "run.json"
+TRAIN_METRICS = Path("reports/train_metrics.json")
+TRAIN_CURVE = Path("reports/train_curve.csv")

@@ -1,0 +1,161 @@
+"""MLflow helpers: where runs go, what a training run records, the logged model.
+
+The default store needs nothing running: ``sqlite:///mlruns/mlflow.db`` with artifacts under
+``mlruns/artifacts``; ``$MLFLOW_TRACKING_URI`` switches to a tracking server. A training run
+records the flattened params.yaml (``train.lr``...), tags for the git commit and the shards'
+content hash, one metric point per epoch, and the best model as an MLflow PyTorch model
+(with an input example and signature) that ``mlflow.pytorch.load_model`` turns back into a
+working ``nn.Module``.
+
+Logging happens in the driver, from the history the workers report, not in the rank-0 worker:
+the default sqlite store is a file on the driver's machine that workers on other nodes cannot
+reach, and a worker restarted by FailureConfig would log its epochs twice; the history in the
+checkpoints is exactly one record per completed epoch, however many restarts it took.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from segflow.config import Params
+
+MLRUNS = Path("mlruns")
+DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
+
+
+def quiet_mlflow() -> None:
+    """No telemetry or other network calls from MLflow at run time."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+
+
+def tracking_uri(root: str | Path = ".") -> str:
+    """``$MLFLOW_TRACKING_URI`` or the sqlite file under ``<root>/mlruns``."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    db = (Path(root) / MLRUNS / "mlflow.db").resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
+
+
+def setup(experiment: str, root: str | Path = ".") -> str:
+    """Point MLflow at the store and make sure ``experiment`` exists; returns its id.
+
+    With the default store, the experiment's artifacts go to ``<root>/mlruns/artifacts`` (an
+    absolute file URI), not to a directory relative to wherever the process happens to run.
+    """
+    import mlflow
+
+    quiet_mlflow()
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        location = (Path(root) / MLRUNS / "artifacts").resolve().as_uri()
+    return mlflow.create_experiment(experiment, artifact_location=location)
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, str]:
+    """``{"train": {"lr": 0.01}}`` -> ``{"train.lr": "0.01"}`` (MLflow params are strings)."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)
+    return out
+
+
+def git_commit(cwd: str | Path = ".") -> str:
+    """HEAD's commit, or "unknown" outside a git repo (or before its first commit)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def start_training_run(params: Params, index: dict, root: str | Path = ".") -> str:
+    """Open an MLflow run with the params and provenance tags; returns the run id.
+
+    Opened before training starts, so a run that fails still shows up (status FAILED).
+    """
+    import mlflow
+
+    experiment_id = setup(params.train.experiment, root)
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=params.train.run_name)
+    mlflow.log_params(flatten(params.model_dump(mode="json")))
+    mlflow.set_tags(
+        {
+            "git_commit": git_commit(root),
+            "shards_content_hash": index.get("content_hash", "unknown"),
+            "dataset": index.get("dataset", "unknown"),
+            "stage": "train",
+        }
+    )
+    return run.info.run_id
+
+
+def log_history(history: Iterable[dict]) -> None:
+    """One point per epoch (step = epoch) for every numeric field of the records."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(key, float(value), now, int(record["epoch"]))
+        for record in history
+        for key, value in record.items()
+        if key != "epoch" and isinstance(value, int | float) and not isinstance(value, bool)
+    ]
+    client = mlflow.MlflowClient()
+    run_id = mlflow.active_run().info.run_id
+    for start in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+
+def log_model(model: nn.Module, example: torch.Tensor, name: str = "model") -> str:
+    """Log ``model`` as an MLflow PyTorch model with an input example and signature.
+
+    The segflow package goes with it (code_paths), so the model loads where segflow is not
+    installed. Requirements are given, not inferred: inference would import the model in a
+    subprocess, which is slow and needs nothing we do not already know. Returns the model URI.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    model = model.cpu().eval()
+    with torch.no_grad():
+        output = model(example)
+    x, y = example.numpy().astype(np.float32), output.numpy().astype(np.float32)
+    info = mlflow.pytorch.log_model(
+        model,
+        name=name,
+        signature=infer_signature(x, y),
+        input_example=x,
+        code_paths=[str(Path(__file__).resolve().parent)],
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+    )
+    return info.model_uri
+
+
+def end_run(status: str = "FINISHED") -> None:
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.end_run(status=status)

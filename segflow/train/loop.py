@@ -1,0 +1,406 @@
+"""The training core: plain PyTorch on one device, no Ray.
+
+Ray Train (distributed.py) calls these same functions inside each worker; on a GPU box without
+Ray, :func:`fit` runs them directly. Everything a run needs comes from ``Params`` and the shard
+index, so a run is reproducible from (git commit, dvc.lock, params.yaml).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from segflow.config import Params, TrainParams
+from segflow.data.loader import make_dataloader
+from segflow.data.shards import read_index
+from segflow.errors import SegflowError
+from segflow.evaluate.metrics import ConfusionMatrix
+from segflow.io import atomic_path
+from segflow.models import build
+from segflow.train.losses import SegmentationLoss, median_frequency_weights
+from segflow.train.schedules import poly_lr
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch; optionally force deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+def build_model(p: TrainParams, num_classes: int) -> nn.Module:
+    return build(
+        p.model,
+        num_classes,
+        backbone=p.backbone,
+        output_stride=p.output_stride,
+        pretrained=p.pretrained,
+        **p.model_options,
+    )
+
+
+def build_optimizer(model: nn.Module, p: TrainParams) -> Optimizer:
+    """SGD with momentum (DeepLab) or AdamW; parameters frozen by the model stay frozen."""
+    params = [q for q in model.parameters() if q.requires_grad]
+    if p.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=p.lr, weight_decay=p.weight_decay)
+    return torch.optim.SGD(params, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+
+
+def build_loss(p: TrainParams, index: dict, split: str = "train") -> SegmentationLoss:
+    weight = None
+    if p.class_weights == "median_frequency":
+        info = index["splits"][split]
+        weight = median_frequency_weights(info["class_pixels"], info.get("class_image_pixels"))
+    return SegmentationLoss(p.loss, weight, p.dice_weight, p.ohem_thresh, p.ohem_min_kept)
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    images: int
+    seconds: float
+    data_seconds: float  # time spent waiting for the loader: the share a faster loader can save
+    lr: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def autocast_for(device: torch.device, bf16: bool):
+    """bf16 autocast on CUDA only: on CPU it is slower than fp32 and changes results."""
+    enabled = bf16 and device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[dict],
+    loss_fn: nn.Module,
+    optimizer: Optimizer,
+    scheduler: LRScheduler,
+    device: torch.device,
+    p: TrainParams,
+    log: Callable[[int, float, float], None] | None = None,
+) -> EpochStats:
+    """One pass over ``loader``; the LR schedule steps per iteration."""
+    model.train()
+    memory_format = torch.channels_last if p.channels_last else torch.contiguous_format
+    total_loss, images, steps, data_seconds = 0.0, 0, 0, 0.0
+    start = tick = time.perf_counter()
+    for batch in loader:
+        data_seconds += time.perf_counter() - tick
+        x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        y = batch["mask"].to(device, non_blocking=True)
+        with autocast_for(device, p.bf16):
+            logits = model(x)
+        loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if p.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        steps += 1
+        images += x.shape[0]
+        total_loss += loss.item()
+        if log is not None and steps % p.log_every == 0:
+            log(steps, total_loss / steps, images / (time.perf_counter() - start))
+        tick = time.perf_counter()
+    return EpochStats(
+        loss=total_loss / max(steps, 1),
+        images=images,
+        seconds=time.perf_counter() - start,
+        data_seconds=data_seconds,
+        lr=optimizer.param_groups[0]["lr"],
+    )
+
+
+@torch.no_grad()
+def validate(
+    model: nn.Module,
+    loader: Iterable[dict],
+    num_classes: int,
+    device: torch.device,
+    bf16: bool = True,
+    distributed: bool = False,
+) -> dict:
+    """Full-image predictions on a split -> confusion-matrix metrics (mIoU, PA, ...)."""
+    model.eval()
+    cm = ConfusionMatrix(num_classes, device)
+    for batch in loader:
+        x = batch["image"].to(device)
+        with autocast_for(device, bf16):
+            logits = model(x)
+        cm.update(batch["mask"].to(device), logits.argmax(1))
+    if distributed:
+        cm.all_reduce()
+    return cm.compute()
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated CUDA memory, or the process's peak RSS on CPU (MiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue a run exactly where it stopped."""
+
+    model: nn.Module
+    optimizer: Optimizer
+    scheduler: LRScheduler
+    epoch: int = 0  # epochs completed
+    best_miou: float = -1.0
+    history: list[dict] = field(default_factory=list)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP (checkpoints never hold the ``module.`` prefix)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def checkpoint_payload(state: TrainState, extra: dict | None = None) -> dict:
+    return {
+        "model": unwrap(state.model).state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "epoch": state.epoch,
+        "best_miou": state.best_miou,
+        "history": state.history,
+        **(extra or {}),
+    }
+
+
+def save_checkpoint(path: str | Path, state: TrainState, extra: dict | None = None) -> None:
+    """Write model, optimizer, schedule, epoch, best metric and history atomically.
+
+    ``extra`` is stored beside them; :func:`fit` and the Ray workers store the train params,
+    class table and shard hash there so that a checkpoint alone rebuilds its model.
+    """
+    payload = checkpoint_payload(state, extra)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def restore_state(state: TrainState, payload: dict) -> None:
+    """Load a :func:`checkpoint_payload` into ``state`` in place."""
+    unwrap(state.model).load_state_dict(payload["model"])
+    state.optimizer.load_state_dict(payload["optimizer"])
+    state.scheduler.load_state_dict(payload["scheduler"])
+    state.epoch = int(payload["epoch"])
+    state.best_miou = float(payload["best_miou"])
+    state.history = list(payload.get("history", []))
+
+
+def load_checkpoint(path: str | Path, state: TrainState, map_location: str = "cpu") -> dict:
+    """Restore ``state`` in place from :func:`save_checkpoint`'s file; returns the raw payload."""
+    payload = torch.load(path, map_location=map_location, weights_only=False)
+    restore_state(state, payload)
+    return payload
+
+
+def load_model(path: str | Path, map_location: str = "cpu") -> nn.Module:
+    """The trained model of a checkpoint written by :func:`fit` or the Ray workers (eval mode)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SegflowError(f"{path}: checkpoint not found; run the train stage (dvc repro train)")
+    payload = torch.load(path, map_location=map_location, weights_only=False)
+    if "train_params" not in payload:
+        raise SegflowError(f"{path}: not a segflow training checkpoint (no train_params)")
+    model = build_model(TrainParams.model_validate(payload["train_params"]), payload["num_classes"])
+    model.load_state_dict(payload["model"])
+    return model.eval()
+
+
+def make_state(
+    params: Params, num_classes: int, iters_per_epoch: int, device: torch.device
+) -> TrainState:
+    p = params.train
+    model = build_model(p, num_classes).to(device)
+    if p.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, p)
+    scheduler = poly_lr(optimizer, p.epochs * iters_per_epoch, p.poly_power, p.warmup_iters)
+    return TrainState(model, optimizer, scheduler)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _mean_over_ranks(value: float, count: int, device: torch.device) -> float:
+    """Average of a per-rank mean weighted by the ranks' counts (the epoch's global loss)."""
+    if not _distributed():
+        return value
+    t = torch.tensor([value * count, float(count)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t[0] / t[1]) if t[1] > 0 else 0.0
+
+
+EpochHook = Callable[[TrainState, dict, bool], None]
+
+
+def train_epochs(
+    params: Params,
+    shard_dir: Path,
+    device: torch.device,
+    on_epoch: EpochHook,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    resume: dict | None = None,
+    echo: Callable[[str], None] | None = print,
+) -> TrainState:
+    """The whole training of one rank: loaders, model, epochs from ``resume`` to the end.
+
+    Called as-is by :func:`fit` (one process) and by every Ray Train worker, where
+    torch.distributed is already initialised: the model is then wrapped in DDP, each rank reads
+    its own part of the shards, and validation sums the ranks' confusion matrices. After each
+    epoch ``on_epoch(state, record, is_best)`` persists the state (a file, or a Ray report).
+    """
+    p = params.train
+    seed_everything(params.seed + rank, p.deterministic)
+    index = read_index(shard_dir)
+    num_classes = int(index["num_classes"])
+    train_loader = make_dataloader(
+        shard_dir, "train", params.loader, True, p.batch_size, rank, world_size, params.seed
+    )
+    val_loader = make_dataloader(
+        shard_dir, "val", params.loader, False, p.batch_size, rank, world_size, params.seed
+    )
+    # Every rank builds the same initial weights (DDP also broadcasts rank 0's at wrap time).
+    torch.manual_seed(params.seed)
+    state = make_state(params, num_classes, len(train_loader), device)
+    if resume is not None:
+        restore_state(state, resume)
+    if _distributed():
+        state.model = DistributedDataParallel(
+            state.model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    loss_fn = build_loss(p, index).to(device)
+    say = echo if (echo is not None and rank == 0) else None
+    if say and state.epoch > 0:
+        say(f"train: resuming after epoch {state.epoch} (best val mIoU {state.best_miou:.4f})")
+    for epoch in range(state.epoch, p.epochs):
+        train_loader.dataset.set_epoch(epoch)
+
+        def progress(step: int, loss: float, ips: float, epoch: int = epoch) -> None:
+            if say:
+                say(
+                    f"train: epoch {epoch + 1}/{p.epochs} step {step}/{len(train_loader)} "
+                    f"loss {loss:.4f} images/s {ips * world_size:.1f}"
+                )
+
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        stats = train_one_epoch(
+            state.model, train_loader, loss_fn, state.optimizer, state.scheduler, device, p,
+            progress,
+        )  # fmt: skip
+        # Validate the plain model: DDP's forward would broadcast buffers, a collective that
+        # hangs when ranks hold different numbers of validation images.
+        val = validate(
+            unwrap(state.model), val_loader, num_classes, device, p.bf16, distributed=_distributed()
+        )
+        miou = val["miou"] if val["miou"] == val["miou"] else 0.0  # NaN: nothing to score
+        is_best = miou > state.best_miou
+        state.epoch = epoch + 1
+        state.best_miou = max(state.best_miou, miou)
+        record = {
+            "epoch": state.epoch,
+            "train_loss": _mean_over_ranks(stats.loss, stats.images, device),
+            "val_miou": miou,
+            "val_pixel_accuracy": val["pixel_accuracy"],
+            "val_mean_accuracy": val["mean_accuracy"],
+            "lr": stats.lr,
+            "images_per_second": stats.images_per_second * world_size,
+            "epoch_seconds": stats.seconds,
+            "data_wait_share": stats.data_seconds / stats.seconds if stats.seconds else 0.0,
+            "peak_memory_mb": peak_memory_mb(device),
+        }
+        state.history.append(record)
+        if say:
+            say(
+                f"train: epoch {state.epoch}/{p.epochs} loss {record['train_loss']:.4f} "
+                f"val mIoU {miou:.4f} PA {val['pixel_accuracy']:.4f} "
+                f"images/s {record['images_per_second']:.1f} time {stats.seconds:.1f}s"
+                + (" (best)" if is_best else "")
+            )
+        on_epoch(state, record, is_best)
+    state.model = unwrap(state.model)
+    return state
+
+
+def checkpoint_extra(params: Params, index: dict) -> dict:
+    """What a checkpoint carries besides the state: enough to rebuild and describe the model."""
+    return {
+        "train_params": params.train.model_dump(mode="json"),
+        "num_classes": int(index["num_classes"]),
+        "classes": index.get("classes", []),
+        "shards_content_hash": index.get("content_hash", ""),
+        "seed": params.seed,
+    }
+
+
+LAST, BEST = "last.pt", "best.pt"
+
+
+def fit(
+    params: Params,
+    shard_dir: str | Path,
+    out_dir: str | Path,
+    device: torch.device | str | None = None,
+    *,
+    resume: bool = True,
+    echo: Callable[[str], None] | None = print,
+) -> TrainState:
+    """Single-process training (no Ray): ``out_dir/last.pt`` every epoch, ``best.pt`` on a new
+    best val mIoU, both written atomically.
+
+    With ``resume`` an existing ``last.pt`` continues where it stopped (same epoch, optimizer
+    momentum, LR schedule and best metric); a finished run returns at once.
+    """
+    shard_dir, out_dir = Path(shard_dir), Path(out_dir)
+    device = torch.device(device) if device is not None else default_device()
+    index = read_index(shard_dir)
+    extra = checkpoint_extra(params, index)
+    last, best = out_dir / LAST, out_dir / BEST
+    payload = None
+    if resume and last.is_file():
+        payload = torch.load(last, map_location="cpu", weights_only=False)
+
+    def on_epoch(state: TrainState, record: dict, is_best: bool) -> None:
+        save_checkpoint(last, state, extra)
+        if is_best:
+            with atomic_path(best) as tmp:
+                shutil.copyfile(last, tmp)
+
+    return train_epochs(params, shard_dir, device, on_epoch, resume=payload, echo=echo)

@@ -1,0 +1,56 @@
+"""The train stage's reports: the learning curve (CSV for ``dvc plots``) and summary metrics."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from segflow.io import atomic_path, write_json
+
+CURVE_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "val_miou",
+    "val_pixel_accuracy",
+    "val_mean_accuracy",
+    "lr",
+    "images_per_second",
+    "epoch_seconds",
+    "data_wait_share",
+    "peak_memory_mb",
+)
+
+
+def write_curve(history: list[dict], path: str | Path) -> None:
+    """One row per epoch; DVC draws ``val_miou`` and ``train_loss`` against ``epoch``."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, CURVE_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for record in history:
+            writer.writerow({k: record.get(k, "") for k in CURVE_COLUMNS})
+
+
+def best_record(history: list[dict]) -> dict:
+    """The epoch with the highest val mIoU (the first of equals, as the checkpoints keep it)."""
+    if not history:
+        raise ValueError("empty training history")
+    return max(history, key=lambda r: (r["val_miou"], -r["epoch"]))
+
+
+def summary(history: list[dict]) -> dict:
+    best, last = best_record(history), history[-1]
+    return {
+        "epochs": last["epoch"],
+        "best_epoch": best["epoch"],
+        "best_val_miou": best["val_miou"],
+        "best_val_pixel_accuracy": best["val_pixel_accuracy"],
+        "final_train_loss": last["train_loss"],
+        "final_val_miou": last["val_miou"],
+        "images_per_second": sum(r["images_per_second"] for r in history) / len(history),
+    }
+
+
+def write_metrics(history: list[dict], path: str | Path) -> dict:
+    data = summary(history)
+    write_json(path, data)
+    return data

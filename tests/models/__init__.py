@@ -1,0 +1,1 @@
+"""Tests of the model zoo: backbones, architectures, registry-wide checks."""

@@ -1,0 +1,83 @@
+"""`dvc repro` drives the data stages: declared deps/params/outs, and no work when nothing changed."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.data.helpers import make_folder_dataset
+from tests.project import REPO, make_project
+
+pytestmark = pytest.mark.integration
+
+CAMVID = REPO.parent / "shared" / "datasets" / "camvid"
+TINY = {"num_train": 6, "num_val": 3, "num_test": 3, "height": 48, "width": 64}
+
+
+def test_dvc_repro_shard_builds_the_synthetic_default_and_a_second_call_runs_nothing(tmp_path):
+    project = make_project(tmp_path, synthetic=TINY)
+    first = project.dvc("repro", "shard")
+    assert first.returncode == 0, first.stdout + first.stderr
+    for stage in ("synthesize", "ingest", "validate", "shard"):
+        assert f"Running stage '{stage}'" in first.stdout
+    index = json.loads((project.root / "data/shards/index.json").read_text())
+    counts = {split: info["num_samples"] for split, info in index["splits"].items()}
+    assert counts == {"train": 6, "val": 3, "test": 3}
+
+    second = project.dvc("repro", "shard")
+    assert second.returncode == 0, second.stderr
+    assert "Running stage" not in second.stdout
+    assert "Data and pipelines are up to date" in second.stdout
+
+    # Changing a param re-runs exactly the stages that declare it, and what follows them.
+    project.set_params(shard={"rows_per_shard": 2})
+    third = project.dvc("repro", "shard")
+    assert third.returncode == 0, third.stderr
+    assert "Running stage 'shard'" in third.stdout
+    assert "Running stage 'ingest'" not in third.stdout
+
+
+def test_a_change_in_the_dataset_reruns_ingest_and_bad_data_keeps_the_earlier_shards(tmp_path):
+    data = tmp_path / "dataset"
+    classes = make_folder_dataset(data)
+    project = make_project(
+        tmp_path, dataset={"name": "folder", "root": str(data), "classes_file": str(classes)}
+    )
+    assert project.dvc("repro", "shard").returncode == 0
+    shards = project.digest("data/shards")
+    manifest = project.digest("data/manifest.parquet")
+    # A mask gets a label outside the class table: the dataset root is a dependency of ingest,
+    # so dvc re-ingests, and validation stops the run before the shards are touched.
+    mask_path = data / "masks" / "train" / "train_0.png"
+    mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+    mask[0, 0] = 99
+    cv2.imwrite(str(mask_path), mask)
+    failed = project.dvc("repro", "shard")
+    assert failed.returncode != 0
+    assert "mask values within class ids + 255" in failed.stdout + failed.stderr
+    assert project.digest("data/shards") == shards
+    assert project.digest("data/manifest.parquet") != manifest  # it describes the new data
+
+
+@pytest.mark.skipif(not CAMVID.is_dir(), reason=f"CamVid copy not found at {CAMVID}")
+def test_camvid_shards_hold_every_sample_and_the_class_pixels_of_the_mask_files(tmp_path):
+    project = make_project(
+        tmp_path, dataset={"name": "camvid", "root": str(CAMVID), "test_split": "val"}
+    )
+    result = project.dvc("repro", "shard")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Running stage 'synthesize'" not in result.stdout  # not upstream of a real dataset
+    index = json.loads((project.root / "data/shards/index.json").read_text())
+    assert index["num_classes"] == 11
+    for split, expected in (("train", 367), ("val", 101)):
+        info = index["splits"][split]
+        assert info["num_samples"] == expected
+        counts = np.zeros(256, np.int64)
+        for mask_file in sorted((CAMVID / f"{split}annot").glob("*.png")):
+            mask = cv2.imread(str(mask_file), cv2.IMREAD_UNCHANGED)
+            counts += np.bincount(mask.ravel(), minlength=256)
+        assert info["class_pixels"] == counts[:11].tolist()  # 11 (Unlabelled) is ignored
+        assert info["ignored_pixels"] == int(counts[11])

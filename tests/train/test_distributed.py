@@ -1,0 +1,103 @@
+"""Ray Train on a real local Ray (one session for the module): DDP, crash recovery, resources."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from segflow.errors import SegflowError
+from segflow.train.distributed import (
+    CHECKPOINT_FILE,
+    FAIL_AFTER_EPOCH_ENV,
+    check_cluster,
+    train_distributed,
+)
+from segflow.train.loop import LAST, fit
+from tests.train.conftest import tiny_params
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray(tmp_path_factory):
+    import ray
+
+    env = {
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # The controller collects reports every health check; a short interval keeps the
+        # crash test's wait (2.5 intervals after the report) short.
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    yield
+    ray.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def model_weights(path) -> dict:
+    return torch.load(path, weights_only=False)["model"]
+
+
+def assert_same_weights(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=atol, msg=name)
+
+
+def test_two_ddp_workers_step_like_one_process_with_the_doubled_batch(shards, tmp_path):
+    # 4 training images: 2 workers x batch 2 and 1 process x batch 4 both take one step on
+    # the same 4 (identically augmented) images; DDP averages the two half-batch gradients.
+    ddp = train_distributed(
+        tiny_params(tmp_path, epochs=1, batch_size=2, num_workers=2), shards, tmp_path / "ddp"
+    )
+    fit(tiny_params(epochs=1, batch_size=4), shards, tmp_path / "single", "cpu", echo=None)
+
+    assert [r["epoch"] for r in ddp.history] == [1]
+    assert_same_weights(
+        model_weights(ddp.best_checkpoint), model_weights(tmp_path / "single" / LAST), 1e-5
+    )
+
+
+def test_a_crashed_worker_resumes_from_the_last_checkpoint_with_its_optimizer_state(
+    shards, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(FAIL_AFTER_EPOCH_ENV, "1")
+    params = tiny_params(tmp_path, epochs=3, max_failures=1, run_name="crash")
+    out = train_distributed(params, shards, tmp_path / "work")
+
+    # The hook kills rank 0 after every epoch-1 report: a restart from scratch would crash
+    # again and exhaust max_failures. Finishing means the retry started at epoch 2.
+    assert [r["epoch"] for r in out.history] == [1, 2, 3]
+    run = tmp_path / "ray_results" / "crash"
+    latest = torch.load(run / "epoch-0003" / CHECKPOINT_FILE, weights_only=False)
+    assert latest["epoch"] == 3
+    # Same weights as an uninterrupted run: momentum buffers and the LR schedule survived.
+    monkeypatch.delenv(FAIL_AFTER_EPOCH_ENV)
+    fit(tiny_params(epochs=3), shards, tmp_path / "straight", "cpu", echo=None)
+    assert_same_weights(latest["model"], model_weights(tmp_path / "straight" / LAST), 1e-6)
+
+
+def test_rerunning_a_finished_named_run_resumes_it_without_training(shards, tmp_path):
+    params = tiny_params(tmp_path, epochs=1, run_name="again")
+    first = train_distributed(params, shards, tmp_path / "a")
+    again = train_distributed(params, shards, tmp_path / "b")
+    assert again.history == first.history
+    assert_same_weights(
+        model_weights(first.best_checkpoint), model_weights(again.best_checkpoint), 0
+    )
+
+
+def test_more_workers_than_the_cluster_has_cpus_is_an_error_before_any_worker(shards):
+    with pytest.raises(SegflowError, match="train.num_workers x train.cpus_per_worker = 3 x 1"):
+        check_cluster(tiny_params(num_workers=3))
+    with pytest.raises(SegflowError, match="GPUs"):
+        check_cluster(tiny_params(use_gpu=True))
