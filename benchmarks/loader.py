@@ -2,18 +2,24 @@
 
 Measured, interleaved ``--repeats`` times, medians reported (the machine is shared and noisy):
 
-  (a) shard loader, one process: memory-mapped Arrow shards -> decode -> train augmentation ->
-      tensors (``ShardDataset``), images/s;
-  (b) per-file loader, one process: the usual torch ``Dataset`` that ``cv2.imread``s the PNG pair
-      from the dataset folder, then the same augmentation and tensors;
-  (c) decode limit: ``cv2.imdecode`` of image + mask alone over the same encoded bytes held in
-      memory, i.e. what (a) would reach if reading, augmentation and tensors were free;
-  (d) ``make_dataloader(train=True)`` with 0 and with ``--workers`` DataLoader workers (whole
-      epochs, worker start-up included, as training pays it; always the segflow transform).
+  (a)  shard loader, one process: memory-mapped Arrow shards -> decode -> train augmentation ->
+       tensors (``ShardDataset``), images/s;
+  (a8) as (a) but without Normalize and with uint8 tensors out: the CPU cost when normalisation
+       and the int64 mask move to the GPU (``make_dataloader(uint8=True)`` + ``normalize_batch``);
+  (b)  per-file loader, one process: the usual torch ``Dataset`` that ``cv2.imread``s the PNG
+       pair from the dataset folder, then the same augmentation and tensors;
+  (c)  decode limit: ``cv2.imdecode`` of image + mask alone over the same encoded bytes held in
+       memory, i.e. what (a) would reach if reading, augmentation and tensors were free;
+  (d)  ``make_dataloader(train=True)`` with 0 and with ``--workers`` DataLoader workers (whole
+       epochs, worker start-up included, as training pays it; always the segflow transform);
+  (d8) as (d) with ``uint8=True``: a quarter of the bytes cross from the workers;
+  (e)  the training transform alone on a Cityscapes-sized image (1024x2048, crop 512x1024), the
+       segflow transform against the plain albumentations chain (scale -> pad -> crop).
 
-Printed: a/c (target >= 0.7), a/b, and the worker scaling d(workers)/d(0). ``--profile`` adds the
-median cost of each step of the training transform; ``--baseline`` swaps the loader's transform
-for the plain albumentations chain it replaced, to reproduce the figures before that change.
+Printed: images per wall second and per CPU second (the one to trust on a busy machine), minor
+page faults per image, a/c (target >= 0.7), a/b and the worker scaling d(workers)/d(0).
+``--profile`` adds the mean CPU cost of each step of the training transform; ``--baseline`` runs
+(a) and (b) with the plain albumentations chain instead of the loader's transform.
 
     .venv/bin/python benchmarks/loader.py --root /work/shared/datasets/camvid --profile
 """
@@ -27,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,8 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def make_transform(params: LoaderParams, baseline: bool) -> A.Compose:
-    """The loader's training transform, or with ``baseline`` the plain albumentations chain it
-    replaced (RandomScale -> PadIfNeeded -> RandomCrop ... A.Normalize), same distribution."""
+    """The loader's training transform, or with ``baseline`` the plain albumentations chain
+    (RandomScale -> PadIfNeeded -> RandomCrop) that its RandomScaleCrop replaces."""
     if not baseline:
         return train_transform(params)
     j = params.color_jitter
@@ -121,48 +128,71 @@ class FileDataset(torch.utils.data.Dataset):
         return to_tensors(out["image"], out["mask"])
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process and of its finished children (the DataLoader workers, which are
-    joined at the end of each epoch)."""
+def usage() -> tuple[float, int]:
+    """(CPU seconds, minor page faults) of this process and of its finished children (the
+    DataLoader workers, which are joined at the end of each epoch)."""
     me, kids = (
         resource.getrusage(resource.RUSAGE_SELF),
         resource.getrusage(resource.RUSAGE_CHILDREN),
     )
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    return cpu, me.ru_minflt + kids.ru_minflt
 
 
-def rate(fn: Callable[[], int]) -> tuple[float, float]:
-    """(images per wall second, images per CPU second).
+def rate(fn: Callable[[], int]) -> tuple[float, float, float]:
+    """(images per wall second, images per CPU second, minor page faults per image).
 
     The CPU-time rate is the one to trust on a busy shared machine: it leaves out the time
     spent waiting for a core that another user's job holds.
     """
-    wall, cpu = time.perf_counter(), cpu_seconds()
+    wall, (cpu, faults) = time.perf_counter(), usage()
     count = fn()
-    return count / (time.perf_counter() - wall), count / (cpu_seconds() - cpu)
+    wall, (cpu2, faults2) = time.perf_counter() - wall, usage()
+    return count / wall, count / (cpu2 - cpu), (faults2 - faults) / count
 
 
 def profile(reader: ShardReader, transform: A.Compose, n: int) -> dict[str, float]:
-    """Median milliseconds per sample of each step, run one after the other as Compose does."""
-    times: dict[str, list[float]] = {"decode image": [], "decode mask": []}
+    """Mean CPU milliseconds per sample of each step (means add up; medians would not)."""
+    clock = time.process_time
+    total: dict[str, float] = defaultdict(float)
+
+    def timed(name: str, fn: Callable, *args, **kwargs):
+        start = clock()
+        out = fn(*args, **kwargs)
+        total[name] += clock() - start
+        return out
+
     for i in range(n):
         image_buf, mask_buf = reader.encoded(i)
-        t0 = time.perf_counter()
-        image = decode_image(image_buf)
-        t1 = time.perf_counter()
-        mask = decode_mask(mask_buf)
-        t2 = time.perf_counter()
-        times["decode image"].append(t1 - t0)
-        times["decode mask"].append(t2 - t1)
-        reseed(transform, (0, i))
+        image = timed("decode image", decode_image, image_buf)
+        mask = timed("decode mask", decode_mask, mask_buf)
+        timed("reseed", reseed, transform, (0, i))
         data = {"image": image, "mask": mask}
         for step in transform.transforms:
-            t0 = time.perf_counter()
-            data = step(**data)
-            times.setdefault(type(step).__name__, []).append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        to_tensors(data["image"], data["mask"])
-        times.setdefault("to_tensors", []).append(time.perf_counter() - t0)
+            data = timed(type(step).__name__, step, **data)
+        timed("to_tensors", to_tensors, data["image"], data["mask"])
+        reseed(transform, (0, i))  # the same draw through the whole Compose: its own overhead
+        timed("(whole Compose)", transform, image=image, mask=mask)
+    return {k: 1e3 * v / n for k, v in total.items()}
+
+
+def large_image_transform_ms(repeats: int) -> dict[str, float]:
+    """(e): median CPU ms of each transform on a random 1024x2048 image, crop 512x1024."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (1024, 2048, 3), dtype=np.uint8)
+    mask = rng.integers(0, 19, (1024, 2048), dtype=np.uint8)
+    params = LoaderParams(crop_height=512, crop_width=1024)
+    times: dict[str, list[float]] = {"segflow": [], "baseline": []}
+    transforms = {
+        "segflow": make_transform(params, False),
+        "baseline": make_transform(params, True),
+    }
+    for i in range(10 * repeats):
+        for name, transform in transforms.items():
+            reseed(transform, (0, i))
+            start = time.process_time()
+            transform(image=image, mask=mask)
+            times[name].append(time.process_time() - start)
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
@@ -218,27 +248,56 @@ def main(argv: list[str] | None = None) -> None:
                 decode_mask(mask_buf)
             return n
 
-        def dataloader(workers: int) -> int:
+        # a8: what (a) costs if images left the loader as uint8 and were normalised on the GPU.
+        no_norm = A.Compose(
+            [t for t in transform.transforms if not isinstance(t, A.Normalize)],
+            mask_interpolation=cv2.INTER_NEAREST_EXACT,
+        )
+
+        def shard_uint8() -> int:
+            for i in order:
+                image, mask = reader.decoded(int(i))
+                reseed(no_norm, (0, int(i)))
+                out = no_norm(image=image, mask=mask)
+                torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
+                torch.from_numpy(out["mask"])
+            return n
+
+        def dataloader(workers: int, uint8: bool = False) -> int:
             p = params.model_copy(update={"num_workers": workers})
-            loader = make_dataloader(shard_dir, args.split, p, True, args.batch_size)
+            loader = make_dataloader(shard_dir, args.split, p, True, args.batch_size, uint8=uint8)
             return sum(len(batch["id"]) for batch in loader)
 
         wall: dict[str, list[float]] = {}
         cpu: dict[str, list[float]] = {}
-        names = ["a shard", "b per-file", "c decode", "d 0 workers", f"d {args.workers} workers"]
+        faults: dict[str, list[float]] = {}
+        names = [
+            "a shard",
+            "a8 uint8 out",
+            "b per-file",
+            "c decode",
+            "d 0 workers",
+            f"d {args.workers} workers",
+            "d8 0 workers",
+            f"d8 {args.workers} workers",
+        ]
         load_before = os.getloadavg()[0]
         for r in range(args.repeats):
             runs = [
                 lambda r=r: shard_loader(r),
+                shard_uint8,
                 per_file,
                 decode_only,
                 lambda: dataloader(0),
                 lambda: dataloader(args.workers),
+                lambda: dataloader(0, uint8=True),
+                lambda: dataloader(args.workers, uint8=True),
             ]
             for name, fn in zip(names, runs, strict=True):
-                w, c = rate(fn)
+                w, c, f = rate(fn)
                 wall.setdefault(name, []).append(w)
                 cpu.setdefault(name, []).append(c)
+                faults.setdefault(name, []).append(f)
         load_after = os.getloadavg()[0]
         mw = {k: statistics.median(v) for k, v in wall.items()}
         mc = {k: statistics.median(v) for k, v in cpu.items()}
@@ -249,16 +308,21 @@ def main(argv: list[str] | None = None) -> None:
             f"transform={'baseline' if args.baseline else 'segflow'}; "
             f"{os.cpu_count()} cores, 1-min load average {load_before:.1f} -> {load_after:.1f}"
         )
-        print(f"{'measurement':<16}{'img/s wall':>11}{'img/CPU-s':>11}   wall runs")
+        print(
+            f"{'measurement':<16}{'img/s wall':>11}{'img/CPU-s':>11}{'faults/img':>11}   wall runs"
+        )
         for name in names:
             runs_txt = " ".join(f"{v:.0f}" for v in wall[name])
-            print(f"{name:<16}{mw[name]:>11.1f}{mc[name]:>11.1f}   {runs_txt}")
+            flt = statistics.median(faults[name])
+            print(f"{name:<16}{mw[name]:>11.1f}{mc[name]:>11.1f}{flt:>11.0f}   {runs_txt}")
         w = args.workers
         print("\nratio                                      wall  CPU-time")
         for label, num, den in [
             ("a/c  shard loader / decode limit", "a shard", "c decode"),
+            ("a8/c same, uint8 out (normalise on GPU)", "a8 uint8 out", "c decode"),
             ("a/b  shard loader / per-file loader", "a shard", "b per-file"),
             (f"d    {w} workers / 0 workers", f"d {w} workers", "d 0 workers"),
+            ("d8   same, uint8=True", f"d8 {w} workers", "d8 0 workers"),
         ]:
             print(f"{label:<40}{mw[num] / mw[den]:>6.2f}{mc[num] / mc[den]:>10.2f}")
         print(
@@ -266,10 +330,16 @@ def main(argv: list[str] | None = None) -> None:
             f" the speed-up {w} workers give on {w} idle cores, which a shared machine lacks)"
         )
 
+        large = large_image_transform_ms(args.repeats)
+        print(
+            "\n(e) transform only, 1024x2048 image, crop 512x1024, median CPU ms: "
+            f"segflow {large['segflow']:.1f}, plain albumentations chain {large['baseline']:.1f}"
+        )
+
         if args.profile:
-            print("\nper-step median ms per sample (one process):")
+            print("\nmean CPU ms per sample of each step (one process):")
             for step, ms in profile(reader, transform, n).items():
-                print(f"  {step:<16}{ms:7.2f}")
+                print(f"  {step:<18}{ms:7.2f}")
     sys.stdout.flush()
 
 

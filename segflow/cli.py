@@ -26,12 +26,14 @@ def models(
     table = Table(title=f"segflow models ({num_classes} classes, {size}x{size} input)")
     table.add_column("model")
     table.add_column("backbone")
+    table.add_column("OS", justify="right")
     table.add_column("params (M)", justify="right")
     table.add_column("GFLOPs", justify="right")
     for row in summaries(num_classes=num_classes, size=(size, size)):
         table.add_row(
             row["name"],
-            str(row.get("backbone") or "-"),
+            row["backbone"] or "-",
+            str(row["output_stride"] or "-"),
             f"{row['params'] / 1e6:.2f}",
             f"{row['gflops']:.1f}",
         )

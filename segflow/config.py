@@ -2,8 +2,8 @@
 
 One schema for the whole file keeps params flat and discoverable: every key a stage can read is
 declared here with its type, default and bounds. Unknown keys are errors (a typo in params.yaml
-must not be silently ignored), and every error names the field, e.g. ``params.yaml: loader.crop_height:
-Input should be greater than 0``.
+must not be silently ignored), and every error names the field, e.g.
+``params.yaml: loader.crop_height: Input should be greater than 0``.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ class DatasetParams(_Section):
     #: generated into data/synthetic by the synthesize stage. $SEGFLOW_DATA_ROOT overrides it
     #: when a stage script runs outside DVC.
     root: str = "data/synthetic"
-    #: Which split the evaluate stage scores (the CamVid copy in shared/ has no test split: use val).
+    #: Which split the evaluate stage scores (a CamVid copy without test/: use val).
     test_split: str = "test"
     #: folder datasets: YAML file with the class table (list of {id, name, color}).
     classes_file: str | None = None
-    #: voc: add the SBD train_aug list (ImageSets/Segmentation/train_aug.txt + SegmentationClassAug/).
+    #: voc: add SBD's train_aug list (ImageSets/Segmentation/train_aug.txt, SegmentationClassAug/).
     voc_train_aug: bool = False
 
     def resolved_root(self) -> Path:

@@ -29,6 +29,8 @@ from segflow.config import Params
 
 MLRUNS = Path("mlruns")
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
+#: Record fields that are not metrics: the step itself and a wall-clock timestamp.
+NOT_METRICS = {"epoch", "epoch_start_time"}
 
 
 def quiet_mlflow() -> None:
@@ -56,14 +58,12 @@ def setup(experiment: str, root: str | Path = ".") -> str:
     import mlflow
 
     quiet_mlflow()
-    uri = tracking_uri(root)
-    mlflow.set_tracking_uri(uri)
+    server = os.environ.get("MLFLOW_TRACKING_URI")  # read first: set_tracking_uri exports it
+    mlflow.set_tracking_uri(tracking_uri(root))
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
-    location = None
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        location = (Path(root) / MLRUNS / "artifacts").resolve().as_uri()
+    location = None if server else (Path(root) / MLRUNS / "artifacts").resolve().as_uri()
     return mlflow.create_experiment(experiment, artifact_location=location)
 
 
@@ -121,7 +121,7 @@ def log_history(history: Iterable[dict]) -> None:
         Metric(key, float(value), now, int(record["epoch"]))
         for record in history
         for key, value in record.items()
-        if key != "epoch" and isinstance(value, int | float) and not isinstance(value, bool)
+        if key not in NOT_METRICS and isinstance(value, int | float) and not isinstance(value, bool)
     ]
     client = mlflow.MlflowClient()
     run_id = mlflow.active_run().info.run_id
@@ -150,6 +150,9 @@ def log_model(model: nn.Module, example: torch.Tensor, name: str = "model") -> s
         input_example=x,
         code_paths=[str(Path(__file__).resolve().parent)],
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+        # A pickled nn.Module takes any batch and image size; MLflow's torch.export format
+        # would specialise the graph to the input example's shape.
+        serialization_format="pickle",
     )
     return info.model_uri
 

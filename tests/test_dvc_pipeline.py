@@ -1,4 +1,4 @@
-"""`dvc repro` drives the data stages: declared deps/params/outs, and no work when nothing changed."""
+"""`dvc repro` drives the data stages: declared deps, params and outs; no work when unchanged."""
 
 from __future__ import annotations
 

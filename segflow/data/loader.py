@@ -148,21 +148,50 @@ class _BinaryColumn:
 
 
 def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """HWC image -> contiguous float32 CHW tensor; mask -> int64 HW (what cross-entropy wants).
+    """HWC image -> contiguous CHW tensor; a normalised (float) image becomes float32 and its
+    mask int64 (what cross-entropy wants), a uint8 image stays uint8 and so does its mask."""
+    chw, mask = to_arrays(image, mask)
+    return torch.from_numpy(chw), torch.from_numpy(mask)
 
-    The transposing copy is made here, in numpy, because collating permuted views costs ~4x
-    more (torch.stack over strided inputs: ~1 ms per 360x480 image against ~0.4 ms here).
+
+def to_arrays(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The numpy side of :func:`to_tensors` (Ray Data rows are numpy).
+
+    The transposing copy is made here because collating permuted views costs ~4x more
+    (torch.stack over strided inputs: ~1 ms per 360x480 float image against ~0.3 ms here).
     """
+    if image.dtype == np.uint8:
+        return np.ascontiguousarray(image.transpose(2, 0, 1)), np.ascontiguousarray(mask)
     chw = np.ascontiguousarray(np.asarray(image, dtype=np.float32).transpose(2, 0, 1))
-    return torch.from_numpy(chw), torch.from_numpy(mask.astype(np.int64))
+    return chw, mask.astype(np.int64)
+
+
+def normalize_batch(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 N x 3 x H x W images and uint8 masks -> what the float loader gives: normalised
+    float32 images and int64 masks, computed wherever the tensors are (normally the GPU).
+
+    The uint8 loader (``make_dataloader(..., uint8=True)``) moves a quarter of the image bytes
+    and an eighth of the mask bytes between worker processes and to the device, and leaves the
+    per-pixel float work to the device (benchmarks/RESULTS.md, "a8").
+    """
+    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1) * 255
+    s = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1) * 255
+    return (images.float() - m) / s, masks.long()
 
 
 class ShardDataset(IterableDataset):
     """The samples of one split, split across ranks and DataLoader workers (see module doc).
 
-    Yields ``{"id": str, "image": float32 3xHxW, "mask": int64 HxW}``. Without a transform the
-    image keeps its 0..255 values (as float32). ``batch_size`` only sets the granularity of the
-    worker split; pass the DataLoader's batch size so batches come back in rank order.
+    Yields ``{"id": str, "image": float32 3xHxW, "mask": int64 HxW}`` when the transform
+    normalises; when it leaves the image uint8 (or there is none) the image is uint8 3xHxW and
+    the mask uint8 HxW, for :func:`normalize_batch` on the device. ``batch_size`` only sets the
+    granularity of the worker split; pass the DataLoader's batch size so batches come back in
+    rank order.
     """
 
     def __init__(
@@ -284,6 +313,7 @@ def make_dataloader(
     rank: int = 0,
     world_size: int = 1,
     seed: int = 0,
+    uint8: bool = False,
 ) -> DataLoader:
     """The DataLoader of one rank.
 
@@ -291,12 +321,18 @@ def make_dataloader(
     each epoch), padded to equal steps per rank, incomplete last batch dropped. Evaluation: full
     images, normalised only, every sample exactly once; batched only when all images of the
     split have one size, otherwise one image per batch.
+
+    ``uint8=True`` skips normalisation: batches hold uint8 images and masks, to be turned into
+    the float/int64 pair by :func:`normalize_batch` after the copy to the device.
+
+    Workers are not persistent: each epoch's iterator forks them afresh, which is how the epoch
+    set by ``set_epoch`` reaches them (a persistent worker would keep its first epoch's order).
     """
     if train:
         dataset = ShardDataset(
             shard_dir,
             split,
-            train_transform(params),
+            train_transform(params, normalize=not uint8),
             shuffle=True,
             seed=seed,
             rank=rank,
@@ -316,7 +352,7 @@ def make_dataloader(
         dataset = ShardDataset(
             shard_dir,
             split,
-            eval_transform(params),
+            eval_transform(params, normalize=not uint8),
             shuffle=False,
             seed=seed,
             rank=rank,
@@ -336,7 +372,8 @@ def make_dataloader(
 def ray_dataset(
     shard_dir: Path, split: str, transform: Transform | None = None, seed: int = 0, epoch: int = 0
 ):
-    """A Ray Data dataset of one split: rows ``{"id", "image": float32 3xHxW, "mask": int64}``.
+    """A Ray Data dataset of one split: rows ``{"id", "image": 3xHxW, "mask": HxW}`` as numpy,
+    typed as :func:`to_arrays` says (float32/int64 after a normalising transform, else uint8).
 
     The memory-mapped tables go to Ray as they are (encoded bytes, so the object store holds the
     compact form) and decoding runs in ``map`` on the Ray workers. Each row keeps its global
@@ -364,5 +401,5 @@ def _decode_row(row: dict, transform: Transform | None, seed: int, epoch: int) -
         reseed(transform, (seed, epoch, int(row["position"])))
         out = transform(image=image, mask=mask)
         image, mask = out["image"], out["mask"]
-    image = np.ascontiguousarray(np.asarray(image, np.float32).transpose(2, 0, 1))
-    return {"id": row["id"], "image": image, "mask": mask.astype(np.int64)}
+    image, mask = to_arrays(image, mask)
+    return {"id": row["id"], "image": image, "mask": mask}

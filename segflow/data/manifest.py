@@ -23,7 +23,16 @@ from segflow.data.datasets.base import ClassInfo, DatasetAdapter
 from segflow.errors import SegflowError
 from segflow.io import atomic_path
 
-COLUMNS = ["id", "split", "image_path", "mask_path", "image_sha256", "mask_sha256", "height", "width"]
+COLUMNS = [
+    "id",
+    "split",
+    "image_path",
+    "mask_path",
+    "image_sha256",
+    "mask_sha256",
+    "height",
+    "width",
+]
 _META_KEY = b"segflow"
 
 
@@ -89,7 +98,9 @@ def write_manifest(manifest: Manifest, path: str | Path) -> None:
     """Write atomically: a failed ingest leaves the previous manifest as it was."""
     table = pa.Table.from_pandas(manifest.frame, preserve_index=False)
     meta = {"dataset": manifest.dataset, "classes": [c.to_dict() for c in manifest.classes]}
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), _META_KEY: json.dumps(meta)})
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), _META_KEY: json.dumps(meta)}
+    )
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
@@ -97,7 +108,9 @@ def write_manifest(manifest: Manifest, path: str | Path) -> None:
 def read_manifest(path: str | Path) -> Manifest:
     path = Path(path)
     if not path.is_file():
-        raise SegflowError(f"{path}: manifest not found; run the ingest stage first (dvc repro ingest)")
+        raise SegflowError(
+            f"{path}: manifest not found; run the ingest stage first (dvc repro ingest)"
+        )
     table = pq.read_table(path)
     raw = (table.schema.metadata or {}).get(_META_KEY)
     if raw is None:

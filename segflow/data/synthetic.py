@@ -102,7 +102,9 @@ def render_scene(
     raise RuntimeError(f"synthetic generator: no scene with every class in {_MAX_ATTEMPTS} draws")
 
 
-def generate_sample(seed: int, split: str, index: int, height: int, width: int):
+def generate_sample(
+    seed: int, split: str, index: int, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The (image, mask) arrays of scene ``index`` of ``split``."""
     return render_scene(scene_rng(seed, split, index), height, width)
 

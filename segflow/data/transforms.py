@@ -24,8 +24,11 @@ from segflow.config import LoaderParams
 from segflow.data.datasets.base import IGNORE_INDEX
 
 
-def train_transform(p: LoaderParams) -> A.Compose:
+def train_transform(p: LoaderParams, normalize: bool = True) -> A.Compose:
     """Random scale, pad, random crop to ``crop_height x crop_width``, flip, jitter, normalise.
+
+    ``normalize=False`` leaves the image uint8, for loaders that normalise on the GPU
+    (``make_dataloader(..., uint8=True)`` with ``loader.normalize_batch``).
 
     Scale, pad and crop are one step (:class:`RandomScaleCrop`) that resizes only the part of
     the image the crop shows, and colour jitter and normalisation run on the crop only, not on
@@ -44,13 +47,14 @@ def train_transform(p: LoaderParams) -> A.Compose:
     if p.color_jitter > 0:
         j = p.color_jitter
         steps.append(A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=0.0, p=1.0))
-    steps.append(LutNormalize(mean=p.mean, std=p.std))
+    if normalize:
+        steps.append(A.Normalize(mean=p.mean, std=p.std))
     return A.Compose(steps, mask_interpolation=cv2.INTER_NEAREST_EXACT)
 
 
-def eval_transform(p: LoaderParams) -> A.Compose:
-    """Normalise only: evaluation sees the full image at its stored size."""
-    return A.Compose([LutNormalize(mean=p.mean, std=p.std)])
+def eval_transform(p: LoaderParams, normalize: bool = True) -> A.Compose:
+    """Normalise only (or nothing): evaluation sees the full image at its stored size."""
+    return A.Compose([A.Normalize(mean=p.mean, std=p.std)] if normalize else [])
 
 
 class RandomScaleCrop(A.DualTransform):
@@ -58,12 +62,13 @@ class RandomScaleCrop(A.DualTransform):
 
     Same distribution of outputs as that chain (the scaled image is centred when smaller than
     the crop, the crop is uniform over it when larger), but only the source region the crop
-    will show is resized, straight to its place in the output. At scale 2 the chain resizes the
-    whole image to 4x its pixels and throws three quarters away; this resizes a quarter of the
-    source. The region's bounds are rounded to whole source pixels, which changes the effective
-    scale by under one source pixel over the crop. Image and mask get the same region and
-    target size, resized with pixel-centre geometry (linear / nearest-exact), so they stay
-    aligned.
+    will show is resized, straight to its place in the output. At scale 2, with a crop the size
+    of the image, the chain resizes the whole image to 4x its pixels and throws three quarters
+    away; this resizes a quarter of the source (whole training transform on 1024x2048 images
+    with 512x1024 crops: ~3.8 ms instead of ~9.4, benchmarks/RESULTS.md). The region's bounds
+    are rounded to whole source pixels, which changes the effective scale by under one source
+    pixel over the crop. Image and mask get the same region and target size, resized with
+    pixel-centre geometry (linear / nearest-exact), so they stay aligned.
     """
 
     def __init__(
@@ -122,36 +127,6 @@ class RandomScaleCrop(A.DualTransform):
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("height", "width", "scale", "fill", "fill_mask")
-
-
-class LutNormalize(A.ImageOnlyTransform):
-    """``A.Normalize`` (``(x / 255 - mean) / std`` as float32) through one ``cv2.LUT`` call.
-
-    A uint8 channel has only 256 values, so the normalised value of each is tabulated once and
-    the image is mapped in a single pass: ~0.3 ms for 360x480 against ~2.6 ms for
-    ``A.Normalize``, which was the largest single cost of the training transform
-    (benchmarks/RESULTS.md). Float input (albumentations' convention: values in 0..1) falls back
-    to the arithmetic.
-    """
-
-    def __init__(
-        self, mean: tuple[float, float, float], std: tuple[float, float, float], p: float = 1.0
-    ) -> None:
-        super().__init__(p=p)
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
-        levels = np.arange(256, dtype=np.float64)[:, None] / 255.0
-        table = (levels - np.array(self.mean)) / np.array(self.std)
-        self._lut = np.ascontiguousarray(table.astype(np.float32).reshape(256, 1, 3))
-
-    def apply(self, img: np.ndarray, **params) -> np.ndarray:
-        if img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3:
-            return cv2.LUT(img, self._lut)
-        scaled = img.astype(np.float32) / (255.0 if img.dtype == np.uint8 else 1.0)
-        return (scaled - np.float32(self.mean)) / np.float32(self.std)
-
-    def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("mean", "std")
 
 
 def reseed(transform: object, key: Sequence[int]) -> None:

@@ -25,16 +25,7 @@ from torch import Tensor, nn
 
 from segflow.errors import SegflowError
 from segflow.models.backbones import build_backbone
-from segflow.models.registry import register_model
-
-
-def reject_unknown(model: str, unknown: dict, known: Sequence[str]) -> None:
-    """Unknown constructor options are a user error (a typo in params.yaml must not pass)."""
-    if unknown:
-        raise SegflowError(
-            f"model {model!r}: unknown option(s) {', '.join(sorted(unknown))}; "
-            f"known options: {', '.join(known)}"
-        )
+from segflow.models.registry import check_options, register_model
 
 
 def scaled_rates(
@@ -102,13 +93,13 @@ def deeplabv2(
 
     ``backbone_options`` go to the backbone constructor (e.g. ``{"width": 16}`` for VGG).
     """
-    reject_unknown("deeplabv2", unknown, ["rates", "backbone_options"])
+    check_options("deeplabv2", deeplabv2, unknown)
     output_stride = output_stride or 8
+    rates = tuple(rates) if rates else scaled_rates((6, 12, 18, 24), 8, output_stride)
+    _positive("deeplabv2", **{f"rates[{i}]": r for i, r in enumerate(rates)})
     body = build_backbone(
         backbone or "resnet101", output_stride, pretrained, **(backbone_options or {})
     )
-    rates = tuple(rates) if rates else scaled_rates((6, 12, 18, 24), 8, output_stride)
-    _positive("deeplabv2", **{f"rates[{i}]": r for i, r in enumerate(rates)})
     return DeepLabV2(body, num_classes, rates)
 
 
@@ -161,17 +152,16 @@ def deeplab_largefov(
 
     ``backbone_options`` go to the backbone constructor (e.g. ``{"width": 16}`` for VGG).
     """
-    known = ["fc_channels", "dilation", "dropout", "backbone_options"]
-    reject_unknown("deeplab_largefov", unknown, known)
+    check_options("deeplab_largefov", deeplab_largefov, unknown)
     output_stride = output_stride or 8
+    if dilation is None:
+        dilation = scaled_rates((12,), 8, output_stride)[0]
+    _positive("deeplab_largefov", fc_channels=fc_channels, dilation=dilation)
+    dropout = _dropout("deeplab_largefov", dropout)
     body = build_backbone(
         backbone or "vgg16", output_stride, pretrained, **(backbone_options or {})
     )
-    dilation = dilation or scaled_rates((12,), 8, output_stride)[0]
-    _positive("deeplab_largefov", fc_channels=fc_channels, dilation=dilation)
-    return DeepLabLargeFOV(
-        body, num_classes, fc_channels, dilation, _dropout("deeplab_largefov", dropout)
-    )
+    return DeepLabLargeFOV(body, num_classes, fc_channels, dilation, dropout)
 
 
 # --------------------------------------------------------------------------- DeepLab v3
@@ -259,9 +249,6 @@ class DeepLabV3Plus(nn.Module):
         return F.interpolate(scores, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-_V3_OPTIONS = ["aspp_channels", "rates", "dropout", "backbone_options"]
-
-
 def _v3_parts(
     model: str,
     backbone: str | None,
@@ -273,11 +260,12 @@ def _v3_parts(
     backbone_options: dict | None,
 ) -> tuple[nn.Module, tuple[int, ...], float]:
     output_stride = output_stride or 16
-    options = backbone_options or {}
-    body = build_backbone(backbone or "resnet50", output_stride, pretrained, **options)
     rates = tuple(rates) if rates else scaled_rates((6, 12, 18), 16, output_stride)
     _positive(model, aspp_channels=aspp_channels, **{f"rates[{i}]": r for i, r in enumerate(rates)})
-    return body, rates, _dropout(model, dropout)
+    dropout = _dropout(model, dropout)
+    options = backbone_options or {}
+    body = build_backbone(backbone or "resnet50", output_stride, pretrained, **options)
+    return body, rates, dropout
 
 
 @register_model("deeplabv3")
@@ -294,7 +282,7 @@ def deeplabv3(
     **unknown,
 ) -> DeepLabV3:
     """DeepLab v3; defaults: ResNet-50 at output stride 16, rates (6, 12, 18), 256 channels."""
-    reject_unknown("deeplabv3", unknown, _V3_OPTIONS)
+    check_options("deeplabv3", deeplabv3, unknown)
     body, rates, dropout = _v3_parts(
         "deeplabv3",
         backbone,
@@ -323,7 +311,7 @@ def deeplabv3plus(
     **unknown,
 ) -> DeepLabV3Plus:
     """DeepLab v3+; defaults as :func:`deeplabv3` plus a 48-channel stride-4 skip."""
-    reject_unknown("deeplabv3plus", unknown, [*_V3_OPTIONS, "low_level_channels"])
+    check_options("deeplabv3plus", deeplabv3plus, unknown)
     body, rates, dropout = _v3_parts(
         "deeplabv3plus",
         backbone,

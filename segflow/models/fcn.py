@@ -21,7 +21,6 @@ into the backbone; when fc6/fc7 have the classifier's shapes (``fc_channels=4096
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import torch
@@ -30,22 +29,10 @@ from torch import Tensor, nn
 
 from segflow.errors import SegflowError
 from segflow.models.backbones import build_backbone
-from segflow.models.registry import register_model
+from segflow.models.registry import check_options, register_model
 from segflow.models.upsample import Bilinear, TransposedConv, pad_to_multiple
 
 VGG_BACKBONES = ("vgg16", "vgg16_bn")
-
-
-def check_options(model: str, fn, options: dict) -> None:
-    """Unknown constructor options are a user error naming the option and the known ones."""
-    if options:
-        known = [
-            p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY
-        ]
-        raise SegflowError(
-            f"model {model!r}: unknown option(s) {', '.join(sorted(options))}; "
-            f"known options: {', '.join(known)}"
-        )
 
 
 def _score(in_channels: int, num_classes: int) -> nn.Conv2d:

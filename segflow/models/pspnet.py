@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from segflow.errors import SegflowError
 from segflow.models.backbones import build_backbone
-from segflow.models.registry import register_model
+from segflow.models.registry import check_options, register_model
 
 
 class PyramidPooling(nn.Module):
@@ -93,11 +93,7 @@ def pspnet(
 
     ``backbone_options`` go to the backbone constructor (e.g. ``{"width": 16}`` for VGG).
     """
-    if unknown:
-        raise SegflowError(
-            f"model 'pspnet': unknown option(s) {', '.join(sorted(unknown))}; "
-            "known options: bins, head_channels, dropout, backbone_options"
-        )
+    check_options("pspnet", pspnet, unknown)
     bins = tuple(bins)
     if not bins or any(b < 1 for b in bins):
         raise SegflowError(f"model 'pspnet': option bins must be positive sizes (got {bins})")

@@ -8,6 +8,7 @@ the architecture's published setting when passed as None.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +32,21 @@ def register_model(name: str) -> Callable[[ModelFn], ModelFn]:
     return wrap
 
 
+def check_options(model: str, fn: Callable, unknown: dict) -> None:
+    """Unknown constructor options are a user error naming them and the known ones.
+
+    Constructors collect what they do not know in ``**unknown`` and pass it here, so a typo in
+    params.yaml (``train.model_options``) fails loudly instead of being ignored.
+    """
+    if unknown:
+        params = inspect.signature(fn).parameters.values()
+        known = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
+        raise SegflowError(
+            f"model {model!r}: unknown option(s) {', '.join(sorted(unknown))}; "
+            f"known options: {', '.join(known)}"
+        )
+
+
 def list_models() -> list[str]:
     _import_architectures()
     return sorted(MODELS)
@@ -44,7 +60,7 @@ def build(
     pretrained: str | Path | None = None,
     **options,
 ) -> nn.Module:
-    """Build a registered model; an unknown name is a :class:`SegflowError` listing the known ones."""
+    """Build a registered model; an unknown name is a SegflowError listing the known ones."""
     _import_architectures()
     if name not in MODELS:
         raise SegflowError(f"model {name!r} is unknown; known models: {', '.join(sorted(MODELS))}")

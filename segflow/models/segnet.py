@@ -19,8 +19,7 @@ from torch import Tensor, nn
 
 from segflow.errors import SegflowError
 from segflow.models.backbones import build_backbone
-from segflow.models.fcn import check_options
-from segflow.models.registry import register_model
+from segflow.models.registry import check_options, register_model
 from segflow.models.upsample import UPSAMPLE_KINDS, make_upsample, pad_to_multiple
 
 

@@ -19,7 +19,7 @@ from segflow.models.registry import build, list_models
 def model_summary(
     name: str, num_classes: int = 21, size: tuple[int, int] = (512, 512), **build_kwargs
 ) -> dict:
-    """``{"name", "params", "gflops"}`` of model ``name`` built with ``build_kwargs``.
+    """``{"name", "backbone", "output_stride", "params", "gflops"}`` of model ``name``.
 
     ``params`` counts every parameter (trainable or not); buffers such as BN statistics are
     not parameters. ``pretrained`` is ignored: weights do not change the counts and cannot be
@@ -33,7 +33,14 @@ def model_summary(
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(x)
-    return {"name": name, "params": params, "gflops": counter.get_total_flops() / 1e9}
+    trunk = next((m for m in model.modules() if hasattr(m, "backbone_name")), None)
+    return {
+        "name": name,
+        "backbone": trunk.backbone_name if trunk is not None else None,
+        "output_stride": trunk.output_stride if trunk is not None else None,
+        "params": params,
+        "gflops": counter.get_total_flops() / 1e9,
+    }
 
 
 def summaries(num_classes: int = 21, size: tuple[int, int] = (512, 512)) -> list[dict]:

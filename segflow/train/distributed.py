@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -50,10 +51,16 @@ class TrainOutcome:
     run_name: str
     run_path: str
     node_ids: list[str] = field(default_factory=list)
+    #: Epochs already done when the final attempt started: 0 for a run that never restarted,
+    #: k after a worker crash (FailureConfig) or a resumed named run.
+    resumed_from: int = 0
 
 
 def _echo(line: str) -> None:
-    print(line, flush=True)
+    # Not print(): Ray Train patches print in its workers to log *and* tee each line, which
+    # shows every progress line twice in the driver's log.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def default_run_name() -> str:
@@ -108,7 +115,13 @@ def connect_ray(num_cpus: int | None = None) -> None:
         package = Path(__file__).resolve().parents[1]
         ray.init(address=address, runtime_env={"py_modules": [str(package)]}, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False)
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            # Without the dashboard, Ray Train's placement-group cleaner cannot reach the state
+            # API and warns every few seconds; errors still show, progress lines are stdout.
+            logging_config=ray.LoggingConfig(log_level="ERROR"),
+        )
 
 
 def check_cluster(params: Params) -> None:
@@ -144,6 +157,8 @@ def train_func(config: dict) -> dict:
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL and the DDP bucket allocations use the current one
     node_id = ray.get_runtime_context().get_node_id()
     node_ids = [node_id]
     if dist.is_available() and dist.is_initialized():
@@ -175,11 +190,11 @@ def train_func(config: dict) -> dict:
             # interval), so the crash lands after a checkpoint Ray knows about.
             interval = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0"))
             time.sleep(2.5 * interval)
-            print(f"train: {FAIL_AFTER_EPOCH_ENV}={fail_after}: rank 0 exits now", flush=True)
+            _echo(f"train: {FAIL_AFTER_EPOCH_ENV}={fail_after}: rank 0 exits now")
             os._exit(1)
 
     if rank == 0 and world_size > 1:
-        print(f"train: {world_size} workers on {len(set(node_ids))} node(s)", flush=True)
+        _echo(f"train: {world_size} workers on {len(set(node_ids))} node(s)")
     state = loop.train_epochs(
         params,
         shard_dir,
@@ -190,7 +205,8 @@ def train_func(config: dict) -> dict:
         resume=resume,
         echo=_echo,
     )
-    return {"history": state.history, "node_ids": node_ids}
+    resumed_from = int(resume["epoch"]) if resume is not None else 0
+    return {"history": state.history, "node_ids": node_ids, "resumed_from": resumed_from}
 
 
 def train_distributed(
@@ -228,6 +244,8 @@ def train_distributed(
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=SCORE, checkpoint_score_order="max"
             ),
+            # Ray Train's per-report INFO lines would drown the progress lines in a CI log.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
     echo(f"train: ray run {run_name!r} in {storage}: {p.num_workers} worker(s), {resources}")
@@ -250,7 +268,14 @@ def train_distributed(
     if history is None:  # e.g. a resumed run that had already finished: the checkpoint has it
         with result.checkpoint.as_directory() as d:
             history = torch.load(Path(d) / CHECKPOINT_FILE, weights_only=False)["history"]
-    return TrainOutcome(history, local, run_name, str(result.path), value.get("node_ids", []))
+    return TrainOutcome(
+        history,
+        local,
+        run_name,
+        str(result.path),
+        value.get("node_ids", []),
+        value.get("resumed_from", 0),
+    )
 
 
 def train_local(
@@ -264,13 +289,15 @@ def train_local(
         raise SegflowError("params.yaml: train.storage_path: the local launcher needs a local path")
     run_dir = Path(resolve_storage(storage)) / run_name
     echo(f"train: local run {run_name!r} in {run_dir}")
+    last = run_dir / loop.LAST
+    resumed_from = torch.load(last, weights_only=False)["epoch"] if last.is_file() else 0
     state = loop.fit(params, shard_dir, run_dir, echo=echo)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     local = work_dir / loop.BEST
     with atomic_path(local) as tmp:
         shutil.copyfile(run_dir / loop.BEST, tmp)
-    return TrainOutcome(state.history, local, run_name, str(run_dir))
+    return TrainOutcome(state.history, local, run_name, str(run_dir), [], resumed_from)
 
 
 def train(params: Params, shard_dir: str | Path, work_dir: str | Path, echo: Echo = _echo):

@@ -25,7 +25,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from segflow.config import Params, TrainParams
-from segflow.data.loader import make_dataloader
+from segflow.data.loader import make_dataloader, normalize_batch
 from segflow.data.shards import read_index
 from segflow.errors import SegflowError
 from segflow.evaluate.metrics import ConfusionMatrix
@@ -88,6 +88,29 @@ class EpochStats:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
+Norm = tuple[tuple[float, float, float], tuple[float, float, float]]
+
+
+def device_batch(
+    batch: dict,
+    device: torch.device,
+    norm: Norm | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, masks) on ``device``; uint8 batches are normalised there with ``norm``.
+
+    The training loaders yield uint8 (``make_dataloader(..., uint8=True)``): a quarter of the
+    bytes through worker queues and host-to-device copies, and the float work on the device.
+    """
+    x = batch["image"].to(device, non_blocking=True)
+    y = batch["mask"].to(device, non_blocking=True)
+    if x.dtype == torch.uint8:
+        if norm is None:
+            raise ValueError("a uint8 batch needs the loader's (mean, std) to be normalised")
+        x, y = normalize_batch(x, y, *norm)
+    return x.contiguous(memory_format=memory_format), y
+
+
 def autocast_for(device: torch.device, bf16: bool):
     """bf16 autocast on CUDA only: on CPU it is slower than fp32 and changes results."""
     enabled = bf16 and device.type == "cuda"
@@ -103,6 +126,7 @@ def train_one_epoch(
     device: torch.device,
     p: TrainParams,
     log: Callable[[int, float, float], None] | None = None,
+    norm: Norm | None = None,
 ) -> EpochStats:
     """One pass over ``loader``; the LR schedule steps per iteration."""
     model.train()
@@ -111,8 +135,7 @@ def train_one_epoch(
     start = tick = time.perf_counter()
     for batch in loader:
         data_seconds += time.perf_counter() - tick
-        x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
-        y = batch["mask"].to(device, non_blocking=True)
+        x, y = device_batch(batch, device, norm, memory_format)
         with autocast_for(device, p.bf16):
             logits = model(x)
         loss = loss_fn(logits, y)
@@ -145,15 +168,16 @@ def validate(
     device: torch.device,
     bf16: bool = True,
     distributed: bool = False,
+    norm: Norm | None = None,
 ) -> dict:
     """Full-image predictions on a split -> confusion-matrix metrics (mIoU, PA, ...)."""
     model.eval()
     cm = ConfusionMatrix(num_classes, device)
     for batch in loader:
-        x = batch["image"].to(device)
+        x, y = device_batch(batch, device, norm)
         with autocast_for(device, bf16):
             logits = model(x)
-        cm.update(batch["mask"].to(device), logits.argmax(1))
+        cm.update(y, logits.argmax(1))
     if distributed:
         cm.all_reduce()
     return cm.compute()
@@ -290,11 +314,13 @@ def train_epochs(
     seed_everything(params.seed + rank, p.deterministic)
     index = read_index(shard_dir)
     num_classes = int(index["num_classes"])
+    lp = params.loader
+    norm = (lp.mean, lp.std)
     train_loader = make_dataloader(
-        shard_dir, "train", params.loader, True, p.batch_size, rank, world_size, params.seed
+        shard_dir, "train", lp, True, p.batch_size, rank, world_size, params.seed, uint8=True
     )
     val_loader = make_dataloader(
-        shard_dir, "val", params.loader, False, p.batch_size, rank, world_size, params.seed
+        shard_dir, "val", lp, False, p.batch_size, rank, world_size, params.seed, uint8=True
     )
     # Every rank builds the same initial weights (DDP also broadcasts rank 0's at wrap time).
     torch.manual_seed(params.seed)
@@ -310,6 +336,7 @@ def train_epochs(
     if say and state.epoch > 0:
         say(f"train: resuming after epoch {state.epoch} (best val mIoU {state.best_miou:.4f})")
     for epoch in range(state.epoch, p.epochs):
+        started = time.time()  # wall clock: epoch walls include the checkpoint/report after it
         train_loader.dataset.set_epoch(epoch)
 
         def progress(step: int, loss: float, ips: float, epoch: int = epoch) -> None:
@@ -323,12 +350,12 @@ def train_epochs(
             torch.cuda.reset_peak_memory_stats(device)
         stats = train_one_epoch(
             state.model, train_loader, loss_fn, state.optimizer, state.scheduler, device, p,
-            progress,
+            progress, norm,
         )  # fmt: skip
         # Validate the plain model: DDP's forward would broadcast buffers, a collective that
         # hangs when ranks hold different numbers of validation images.
         val = validate(
-            unwrap(state.model), val_loader, num_classes, device, p.bf16, distributed=_distributed()
+            unwrap(state.model), val_loader, num_classes, device, p.bf16, _distributed(), norm
         )
         miou = val["miou"] if val["miou"] == val["miou"] else 0.0  # NaN: nothing to score
         is_best = miou > state.best_miou
@@ -345,6 +372,7 @@ def train_epochs(
             "epoch_seconds": stats.seconds,
             "data_wait_share": stats.data_seconds / stats.seconds if stats.seconds else 0.0,
             "peak_memory_mb": peak_memory_mb(device),
+            "epoch_start_time": started,
         }
         state.history.append(record)
         if say:

@@ -14,10 +14,17 @@ from torch.utils.data import DataLoader
 
 from segflow.config import LoaderParams
 from segflow.data.datasets.base import ClassInfo, DatasetAdapter, SampleRef
-from segflow.data.loader import ShardDataset, ShardReader, make_dataloader, ray_dataset, split_files
+from segflow.data.loader import (
+    ShardDataset,
+    ShardReader,
+    make_dataloader,
+    normalize_batch,
+    ray_dataset,
+    split_files,
+)
 from segflow.data.manifest import build_manifest
 from segflow.data.shards import write_shards
-from segflow.data.transforms import train_transform
+from segflow.data.transforms import eval_transform, train_transform
 from segflow.errors import SegflowError
 
 N_TRAIN = 11  # prime: no world size or batch size divides it
@@ -184,14 +191,39 @@ def test_augmented_epoch_is_identical_with_zero_and_two_workers(shards):
         torch.testing.assert_close(a["mask"], b["mask"], rtol=0, atol=0)
 
 
-def test_tensors_are_float_chw_images_and_int64_masks(shards):
+def test_normalised_samples_are_float_chw_images_and_int64_masks(shards):
     shard_dir, adapter = shards
-    sample = next(iter(ShardDataset(shard_dir, "train")))
+    sample = next(iter(ShardDataset(shard_dir, "train", eval_transform(LoaderParams()))))
     assert sample["image"].dtype == torch.float32 and sample["image"].shape == (3, 24, 32)
+    assert sample["image"].is_contiguous()
     assert sample["mask"].dtype == torch.int64 and sample["mask"].shape == (24, 32)
-    assert torch.all(sample["image"] == 0)  # sample 0's image is all zeros; no transform
-    ref = adapter.refs[0]
-    np.testing.assert_array_equal(sample["mask"].numpy(), adapter.read_mask(ref.mask))
+    # sample 0's image is all zeros: normalised, each channel holds -mean/std
+    expected = -torch.tensor(LoaderParams().mean) / torch.tensor(LoaderParams().std)
+    torch.testing.assert_close(sample["image"][:, 0, 0], expected)
+    np.testing.assert_array_equal(sample["mask"].numpy(), adapter.read_mask(adapter.refs[0].mask))
+
+
+def test_without_normalisation_samples_stay_uint8(shards):
+    shard_dir, adapter = shards
+    sample = list(ShardDataset(shard_dir, "train"))[3]
+    assert sample["image"].dtype == torch.uint8 and sample["mask"].dtype == torch.uint8
+    image = adapter.read_image(adapter.refs[3].image)
+    np.testing.assert_array_equal(sample["image"].numpy(), image.transpose(2, 0, 1))
+
+
+def test_uint8_loader_normalised_on_device_equals_the_float_loader(shards):
+    shard_dir, _ = shards
+    params = LoaderParams(crop_height=16, crop_width=20)
+    as_float = list(make_dataloader(shard_dir, "train", params, train=True, batch_size=4))
+    as_uint8 = list(
+        make_dataloader(shard_dir, "train", params, train=True, batch_size=4, uint8=True)
+    )
+    assert len(as_float) == len(as_uint8) == 2
+    for f, u in zip(as_float, as_uint8, strict=True):
+        assert u["image"].dtype == torch.uint8 and u["mask"].dtype == torch.uint8
+        image, mask = normalize_batch(u["image"], u["mask"], params.mean, params.std)
+        torch.testing.assert_close(image, f["image"], rtol=0, atol=1e-5)
+        assert mask.dtype == torch.int64 and torch.equal(mask, f["mask"])
 
 
 def test_train_dataloader_gives_full_shuffled_batches_of_crops(shards):
@@ -257,5 +289,7 @@ def test_ray_dataset_yields_every_sample_once_decoded(shards):
     refs = {r.id: r for r in adapter.refs if r.split == "train"}
     assert sorted(r["id"] for r in rows) == sorted(refs)
     for row in rows:
-        assert row["image"].shape == (3, 24, 32) and row["image"].dtype == np.float32
-        np.testing.assert_array_equal(row["mask"], adapter.read_mask(refs[row["id"]].mask))
+        ref = refs[row["id"]]
+        image = adapter.read_image(ref.image).transpose(2, 0, 1)
+        np.testing.assert_array_equal(row["image"], image)
+        np.testing.assert_array_equal(row["mask"], adapter.read_mask(ref.mask))

@@ -9,7 +9,6 @@ import pytest
 
 from segflow.config import LoaderParams
 from segflow.data.transforms import (
-    LutNormalize,
     RandomScaleCrop,
     eval_transform,
     reseed,
@@ -143,17 +142,6 @@ def test_eval_transform_keeps_the_full_image_and_only_normalises():
 def test_invalid_loader_params_are_rejected_by_the_schema(bad):
     with pytest.raises(ValueError):
         LoaderParams(**bad)
-
-
-@pytest.mark.parametrize("as_float", [False, True])
-def test_lut_normalize_matches_albumentations_normalize(as_float):
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (33, 47, 3), dtype=np.uint8)
-    expected = A.Normalize(mean=MEAN, std=STD)(image=image)["image"]
-    given = image.astype(np.float32) / 255 if as_float else image
-    got = LutNormalize(MEAN, STD)(image=given)["image"]
-    assert got.dtype == np.float32
-    np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 def test_scale_crop_matches_a_whole_image_resize_when_the_crop_is_the_scaled_size():

@@ -22,12 +22,13 @@ def _one_thread():
 
 
 # Small but complete variants: every head part is there, only the widths are reduced.
+_RESNET18_W16 = {"backbone": "resnet18", "backbone_options": {"width": 16}}
 SMALL = {
-    "deeplabv2": {"backbone": "resnet18"},
+    "deeplabv2": _RESNET18_W16,
     "deeplab_largefov": {"fc_channels": 32, "backbone_options": {"width": 8}},
-    "deeplabv3": {"backbone": "resnet18", "aspp_channels": 32},
+    "deeplabv3": {**_RESNET18_W16, "aspp_channels": 32},
     "deeplabv3plus": {"backbone": "mobilenet_v2", "aspp_channels": 32},
-    "pspnet": {"backbone": "resnet18", "head_channels": 32},
+    "pspnet": {**_RESNET18_W16, "head_channels": 32},
 }
 
 
@@ -150,8 +151,11 @@ def test_invalid_option_values_are_errors_naming_the_option(name, options, field
 def test_backbone_options_reach_the_backbone_and_wrong_ones_are_errors():
     model = build("deeplab_largefov", 3, **SMALL["deeplab_largefov"])
     assert model.backbone.channels["s32"] == 64  # VGG at width 8: 8 * 8
-    with pytest.raises(SegflowError, match="resnet18.*width"):
-        build("pspnet", 3, backbone="resnet18", backbone_options={"width": 8})
+    assert build("pspnet", 3, **SMALL["pspnet"]).backbone.channels["s32"] == 128  # 16 * 8
+    with pytest.raises(SegflowError, match="resnet18.*widht"):
+        build("pspnet", 3, backbone="resnet18", backbone_options={"widht": 8})
+    with pytest.raises(SegflowError, match="mobilenet_v2.*width"):
+        build("deeplabv3plus", 3, backbone="mobilenet_v2", backbone_options={"width": 8})
 
 
 def test_pretrained_loads_torchvision_weights_into_the_backbone(tmp_path):
@@ -161,11 +165,11 @@ def test_pretrained_loads_torchvision_weights_into_the_backbone(tmp_path):
             buf.copy_(torch.rand_like(buf) + 0.5)
     path = tmp_path / "resnet18.pth"
     torch.save({**source.state_dict(), "fc.weight": torch.zeros(1000, 512)}, path)
-    model = build("deeplabv3", 3, pretrained=path, **SMALL["deeplabv3"])
+    model = build("deeplabv3", 3, backbone="resnet18", pretrained=path, aspp_channels=16)
     for key, value in source.state_dict().items():
         assert torch.equal(model.backbone.state_dict()[key], value), key
 
     bad = tmp_path / "not-resnet18.pth"
     torch.save({"conv1.weight": torch.zeros(1)}, bad)
     with pytest.raises(SegflowError, match=r"not-resnet18\.pth"):
-        build("pspnet", 3, pretrained=bad, **SMALL["pspnet"])
+        build("pspnet", 3, backbone="resnet18", pretrained=bad, head_channels=16)

@@ -85,7 +85,9 @@ def test_default_builds_are_the_published_architectures():
         seg = segnet(11)
         basic = segnet_basic(11)
         plain = unet(2)
+        resunet = unet(2, backbone="resnet34")
         x = torch.empty(1, 3, 97, 131)
+        assert resunet(x).shape == (1, 2, 97, 131)
         assert res(x).shape == (1, 21, 97, 131)  # shapes only, on meta
         assert seg(x).shape == (1, 11, 97, 131)
     assert isinstance(res, FCNResNet) and res.backbone.output_stride == 8
@@ -97,6 +99,8 @@ def test_default_builds_are_the_published_architectures():
     assert isinstance(plain, UNet) and plain.inc[0].out_channels == 64
     assert plain.downs[-1][1][0].out_channels == 1024
     assert all(isinstance(up.up, TransposedConv) for up in plain.ups)
+    assert isinstance(resunet, BackboneUNet) and resunet.backbone.channels["s32"] == 512
+    assert [up.conv[-3].out_channels for up in resunet.ups] == [256, 128, 64, 32, 16]
 
 
 @pytest.mark.parametrize("fn", [fcn32s, fcn16s, fcn8s, fcn_resnet, segnet, segnet_basic, unet])

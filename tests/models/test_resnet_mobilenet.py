@@ -108,6 +108,22 @@ def test_dilated_backbone_computes_the_strided_features_on_a_denser_grid(name, o
         torch.testing.assert_close(b["s16"][..., ::2, ::2], a["s16"], rtol=1e-4, atol=1e-4)
 
 
+def test_resnet_width_scales_every_stage_for_small_models():
+    model = build_backbone("resnet50", output_stride=8, width=16).eval()
+    assert model.channels == {"s2": 16, "s4": 64, "s8": 128, "s16": 256, "s32": 512}
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, 32, 48))
+    assert {k: tuple(v.shape[1:]) for k, v in feats.items()} == {
+        "s2": (16, 16, 24),
+        "s4": (64, 8, 12),
+        "s8": (128, 4, 6),
+        "s16": (256, 4, 6),
+        "s32": (512, 4, 6),
+    }
+    with pytest.raises(SegflowError, match="width"):
+        build_backbone("resnet18", width=0)
+
+
 def _randomise_statistics(model: torch.nn.Module) -> None:
     # Fresh BN stats (0/1) would hide a failure to load them: make every buffer distinctive.
     for name, buf in model.named_buffers():

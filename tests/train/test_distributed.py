@@ -62,6 +62,7 @@ def test_two_ddp_workers_step_like_one_process_with_the_doubled_batch(shards, tm
     fit(tiny_params(epochs=1, batch_size=4), shards, tmp_path / "single", "cpu", echo=None)
 
     assert [r["epoch"] for r in ddp.history] == [1]
+    assert ddp.resumed_from == 0
     assert_same_weights(
         model_weights(ddp.best_checkpoint), model_weights(tmp_path / "single" / LAST), 1e-5
     )
@@ -77,6 +78,7 @@ def test_a_crashed_worker_resumes_from_the_last_checkpoint_with_its_optimizer_st
     # The hook kills rank 0 after every epoch-1 report: a restart from scratch would crash
     # again and exhaust max_failures. Finishing means the retry started at epoch 2.
     assert [r["epoch"] for r in out.history] == [1, 2, 3]
+    assert out.resumed_from == 1
     run = tmp_path / "ray_results" / "crash"
     latest = torch.load(run / "epoch-0003" / CHECKPOINT_FILE, weights_only=False)
     assert latest["epoch"] == 3
@@ -91,6 +93,7 @@ def test_rerunning_a_finished_named_run_resumes_it_without_training(shards, tmp_
     first = train_distributed(params, shards, tmp_path / "a")
     again = train_distributed(params, shards, tmp_path / "b")
     assert again.history == first.history
+    assert (first.resumed_from, again.resumed_from) == (0, 1)
     assert_same_weights(
         model_weights(first.best_checkpoint), model_weights(again.best_checkpoint), 0
     )

@@ -10,7 +10,7 @@ import torch
 
 from segflow.config import parse_params
 from segflow.errors import SegflowError
-from segflow.train.distributed import preflight
+from segflow.train.distributed import preflight, train
 from segflow.train.loop import BEST, LAST, build_model, fit, load_model
 from tests.train.conftest import NUM_CLASSES, SIZE, tiny_params
 
@@ -130,3 +130,18 @@ def test_a_shard_file_gone_missing_is_named(shards, tmp_path):
         f.unlink()
     with pytest.raises(SegflowError, match="missing"):
         fit(tiny_params(epochs=1), copy, tmp_path / "out", "cpu", echo=None)
+
+
+def test_the_local_launcher_trains_in_process_and_resumes_a_named_run(shards, tmp_path):
+    params = tiny_params(tmp_path, epochs=1, launcher="local", run_name="plain")
+    out = train(params, shards, tmp_path / "models")
+    assert [r["epoch"] for r in out.history] == [1]
+    assert out.run_path == str(tmp_path / "ray_results" / "plain")
+    assert load_model(out.best_checkpoint) is not None
+
+    longer = tiny_params(tmp_path, epochs=2, launcher="local", run_name="plain")
+    lines: list[str] = []
+    again = train(longer, shards, tmp_path / "models", echo=lines.append)
+    assert [r["epoch"] for r in again.history] == [1, 2]
+    assert (out.resumed_from, again.resumed_from) == (0, 1)
+    assert any(line.startswith("train: resuming after epoch 1") for line in lines)

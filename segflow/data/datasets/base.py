@@ -105,5 +105,7 @@ def read_label_png(path: Path) -> np.ndarray:
 def require_dir(path: Path, layout: str) -> Path:
     """Fail with a message naming the path and the layout expected when a root is missing."""
     if not path.is_dir():
-        raise SegflowError(f"dataset root {path} does not exist or is not a directory; expected {layout}")
+        raise SegflowError(
+            f"dataset root {path} does not exist or is not a directory; expected {layout}"
+        )
     return path

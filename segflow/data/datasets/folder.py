@@ -7,10 +7,11 @@
     root/images/<split>/<stem>.<ext>  ext: png jpg jpeg bmp tif tiff
     root/masks/<split>/<stem>.png     one train id per pixel (0..C-1), 255 = ignore
 
-The split rule: when ``images/`` holds sub-directories, each one is a split (``train``,
-``val``, ``test`` or any other name) and its masks are in ``masks/<split>/``. Otherwise the
-images and masks lie flat in ``images/`` and ``masks/`` and ``root/splits/<split>.txt`` lists
-the stems of each split, one per line; images that no list names are not used.
+The split rule: when ``images/`` holds sub-directories (hidden ones aside), each one is a
+split (``train``, ``val``, ``test`` or any other name) with its masks in ``masks/<split>/``.
+Otherwise the images and masks lie flat in ``images/`` and ``masks/``, and
+``root/splits/<split>.txt`` lists the stems of each split, one per line; images that no list
+names are not used.
 
 Images and masks are matched by file stem. An image without a mask, a mask without an image,
 a stem in two splits (a leak between them) or two images with one stem is an error naming
@@ -121,7 +122,8 @@ class FolderDataset(DatasetAdapter):
 
     def samples(self) -> Iterator[SampleRef]:
         split_dirs = sorted(
-            (p.name for p in self.image_dir.iterdir() if p.is_dir()), key=_split_key
+            (p.name for p in self.image_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
+            key=_split_key,
         )
         pairs = self._from_subfolders(split_dirs) if split_dirs else self._from_split_lists()
         seen: dict[str, Path] = {}
@@ -142,7 +144,9 @@ class FolderDataset(DatasetAdapter):
 
     def _from_subfolders(self, splits: list[str]) -> list[tuple[str, str, Path, Path]]:
         for extra in sorted(
-            p for p in self.mask_dir.iterdir() if p.is_dir() and p.name not in splits
+            p
+            for p in self.mask_dir.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and p.name not in splits
         ):
             raise SegflowError(
                 f"{extra}: masks of split {extra.name!r}, but no {self.image_dir / extra.name}"

@@ -3,7 +3,8 @@
 The synthesize stage generates them (``segflow.data.synthetic.generate_dataset``); ``prepare()``
 does the same for code without DVC. Ingest only lists them.
 
-Layout written (and nothing outside ``out_dir``)::
+Layout written (nothing else: the temporary sibling directory it is built in is renamed
+over ``out_dir`` at the end)::
 
     out_dir/images/<split>/<split>_<index:04d>.png   RGB
     out_dir/masks/<split>/<split>_<index:04d>.png    class ids 0..7 (see segflow.data.synthetic)

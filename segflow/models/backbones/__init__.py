@@ -12,6 +12,7 @@ The contract every backbone keeps, so that any decoder works on any backbone:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,4 +62,16 @@ def build_backbone(
         raise SegflowError(f"backbone {name!r} is unknown; known backbones: {', '.join(BACKBONES)}")
     if output_stride not in (8, 16, 32):
         raise SegflowError(f"output_stride must be 8, 16 or 32 (got {output_stride})")
-    return _FAMILIES[name](name)(output_stride=output_stride, pretrained=pretrained, **options)
+    fn = _FAMILIES[name](name)
+    accepted = inspect.signature(fn).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:  # e.g. a typo in backbone_options
+            known = [k for k in accepted if k not in ("output_stride", "pretrained")]
+            raise SegflowError(
+                f"backbone {name!r}: unknown option(s) {', '.join(unknown)}; "
+                f"known: {', '.join(known) or 'none'}"
+            )
+    model = fn(output_stride=output_stride, pretrained=pretrained, **options)
+    model.backbone_name = name  # lets summaries and reports say what a model is built on
+    return model

@@ -121,7 +121,7 @@ def _out_channels(module: nn.Module) -> int:
 def mobilenet_v2(
     output_stride: int = 32, pretrained: str | Path | None = None, **options
 ) -> MobileNetV2:
-    if options:  # e.g. backbone_options meant for another family ("width" is VGG's)
+    if options:  # e.g. backbone_options meant for another family (ResNet's and VGG's "width")
         raise SegflowError(
             f"backbone 'mobilenet_v2' takes no options (got {', '.join(sorted(options))})"
         )

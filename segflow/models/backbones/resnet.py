@@ -98,23 +98,26 @@ class ResNet(nn.Module):
     decoders that want a stride-2 skip; the other keys follow the backbone contract.
     """
 
-    def __init__(self, block: Block, layers: list[int], output_stride: int = 32) -> None:
+    def __init__(
+        self, block: Block, layers: list[int], output_stride: int = 32, width: int = 64
+    ) -> None:
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32 (got {output_stride})")
         self.output_stride = output_stride
-        self.inplanes = 64
+        self.inplanes = width
         self.dilation = 1
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.conv1 = nn.Conv2d(3, width, 7, 2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, padding=1)
-        self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2, dilate=output_stride == 8)
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=2, dilate=output_stride < 32)
+        w = width
+        self.layer1 = self._make_layer(block, w, layers[0])
+        self.layer2 = self._make_layer(block, 2 * w, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 4 * w, layers[2], stride=2, dilate=output_stride == 8)
+        self.layer4 = self._make_layer(block, 8 * w, layers[3], stride=2, dilate=output_stride < 32)
         e = block.expansion
-        self.channels = {"s2": 64, "s4": 64 * e, "s8": 128 * e, "s16": 256 * e, "s32": 512 * e}
+        self.channels = {"s2": w, "s4": w * e, "s8": 2 * w * e, "s16": 4 * w * e, "s32": 8 * w * e}
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -157,27 +160,46 @@ def _resnet(
     layers: list[int],
     output_stride: int,
     pretrained: str | Path | None,
-    options: dict,
+    width: int,
+    unknown: dict,
 ) -> ResNet:
-    if options:  # e.g. backbone_options meant for another family ("width" is VGG's)
-        raise SegflowError(f"backbone {name!r} takes no options (got {', '.join(sorted(options))})")
-    model = ResNet(block, layers, output_stride)
+    if unknown:  # e.g. a typo in backbone_options
+        raise SegflowError(
+            f"backbone {name!r}: unknown option(s) {', '.join(sorted(unknown))}; known: width"
+        )
+    if width < 1:
+        raise SegflowError(f"backbone {name!r}: width must be >= 1 (got {width})")
+    model = ResNet(block, layers, output_stride, width)
     if pretrained is not None:
         load_torchvision_weights(model, pretrained)
     return model
 
 
-def resnet18(output_stride: int = 32, pretrained: str | Path | None = None, **options) -> ResNet:
-    return _resnet("resnet18", BasicBlock, [2, 2, 2, 2], output_stride, pretrained, options)
+# ``width`` is the stem/layer1 channel count (64 in the published nets; layer2-4 have 2x, 4x,
+# 8x it). Only 64 can load ImageNet weights; smaller widths exist for small test models.
 
 
-def resnet34(output_stride: int = 32, pretrained: str | Path | None = None, **options) -> ResNet:
-    return _resnet("resnet34", BasicBlock, [3, 4, 6, 3], output_stride, pretrained, options)
+def resnet18(
+    output_stride: int = 32, pretrained: str | Path | None = None, width: int = 64, **unknown
+) -> ResNet:
+    return _resnet("resnet18", BasicBlock, [2, 2, 2, 2], output_stride, pretrained, width, unknown)
 
 
-def resnet50(output_stride: int = 32, pretrained: str | Path | None = None, **options) -> ResNet:
-    return _resnet("resnet50", Bottleneck, [3, 4, 6, 3], output_stride, pretrained, options)
+def resnet34(
+    output_stride: int = 32, pretrained: str | Path | None = None, width: int = 64, **unknown
+) -> ResNet:
+    return _resnet("resnet34", BasicBlock, [3, 4, 6, 3], output_stride, pretrained, width, unknown)
 
 
-def resnet101(output_stride: int = 32, pretrained: str | Path | None = None, **options) -> ResNet:
-    return _resnet("resnet101", Bottleneck, [3, 4, 23, 3], output_stride, pretrained, options)
+def resnet50(
+    output_stride: int = 32, pretrained: str | Path | None = None, width: int = 64, **unknown
+) -> ResNet:
+    return _resnet("resnet50", Bottleneck, [3, 4, 6, 3], output_stride, pretrained, width, unknown)
+
+
+def resnet101(
+    output_stride: int = 32, pretrained: str | Path | None = None, width: int = 64, **unknown
+) -> ResNet:
+    return _resnet(
+        "resnet101", Bottleneck, [3, 4, 23, 3], output_stride, pretrained, width, unknown
+    )

@@ -1,9 +1,10 @@
 """Load ImageNet weights saved in torchvision's state_dict key format from a local file.
 
 Backbones name their parameters exactly as torchvision does (``layer1.0.conv1.weight``,
-``features.0.weight``), so a file produced by ``torchvision.models.resnet50(weights=...).state_dict()``
-loads directly. Classifier weights (``fc.*``, ``classifier.*``) are dropped because a segmentation
-backbone has no classifier. Nothing is ever downloaded.
+``features.0.weight``), so a file saved from
+``torchvision.models.resnet50(weights=...).state_dict()`` loads directly. Classifier weights
+(``fc.*``, ``classifier.*``) are dropped because a segmentation backbone has no classifier.
+Nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ def load_torchvision_weights(
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a bad file
-        raise SegflowError(f"pretrained weights {path}: not a readable torch file ({exc})") from None
+        raise SegflowError(
+            f"pretrained weights {path}: not a readable torch file ({exc})"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -44,8 +47,14 @@ def load_torchvision_weights(
     mismatched = [k for k in state if k in own and own[k].shape != state[k].shape]
     if missing or unexpected or mismatched:
         parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", mismatched)):
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape", mismatched),
+        ):
             if keys:
                 parts.append(f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}")
-        raise SegflowError(f"pretrained weights {path} do not match the backbone ({'; '.join(parts)})")
+        raise SegflowError(
+            f"pretrained weights {path} do not match the backbone ({'; '.join(parts)})"
+        )
     module.load_state_dict(state, strict=True)

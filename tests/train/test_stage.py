@@ -1,0 +1,108 @@
+"""The train stage in a throw-away copy of the pipeline: `dvc repro train`, outputs, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import mlflow
+import pytest
+import torch
+
+from segflow.train.loop import load_model
+from tests.project import make_project
+
+pytestmark = pytest.mark.integration
+
+SMALL = {
+    "synthetic": {"num_train": 8, "num_val": 4, "num_test": 2, "height": 48, "width": 64},
+    "loader": {"crop_height": 48, "crop_width": 64},
+    "train": {
+        "model": "unet",
+        "backbone": None,
+        "output_stride": None,
+        "model_options": {"width": 4},
+        "epochs": 2,
+        "batch_size": 4,
+        "cpus_per_worker": 1,
+        "log_every": 1,
+    },
+}
+
+
+def small_project(tmp_path):
+    project = make_project(tmp_path, **SMALL)
+    project.env.pop("MLFLOW_TRACKING_URI", None)
+    project.env.pop("RAY_ADDRESS", None)
+    project.env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return project
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One `dvc repro train` (synthesize .. train) shared by the tests of this module."""
+    project = small_project(tmp_path_factory.mktemp("stage"))
+    return project, project.dvc("repro", "train")
+
+
+def test_dvc_repro_train_writes_the_model_reports_and_an_mlflow_run(trained):
+    project, out = trained
+    assert out.returncode == 0, out.stdout + out.stderr
+    root = project.root
+
+    # Progress is plain lines a CI log shows as they are, no carriage-return bars.
+    assert "train: epoch 2/2 step 2/2 loss" in out.stdout + out.stderr
+    assert "\r" not in out.stdout
+    model = load_model(root / "models" / "best.pt")
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 48, 64)).shape == (1, 8, 48, 64)
+    metrics = json.loads((root / "reports" / "train_metrics.json").read_text())
+    assert metrics["epochs"] == 2 and 0 <= metrics["best_val_miou"] <= 1
+    with (root / "reports" / "train_curve.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert {"train_loss", "val_miou", "lr", "images_per_second"} <= set(rows[0])
+
+    info = json.loads((root / "models" / "run.json").read_text())
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    run = client.get_run(info["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "2"
+    assert run.data.tags["git_commit"] == "unknown"  # a fresh repo without commits
+    assert len(client.get_metric_history(run.info.run_id, "val_miou")) == 2
+    assert (root / "ray_results" / info["ray_run_name"]).is_dir()
+
+    plots = project.dvc("plots", "show", "--json")
+    assert plots.returncode == 0, plots.stderr
+    assert "reports/train_curve.csv" in plots.stdout
+
+    again = project.dvc("repro", "train")
+    assert again.returncode == 0 and "didn't change" in again.stdout
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"model": "no_such_net"}, "model 'no_such_net' is unknown"),
+        ({"batch_size": 0}, "train.batch_size"),
+        ({"batch_size": 16}, "train.batch_size"),
+    ],
+)
+def test_bad_train_params_exit_1_with_one_message_and_no_traceback(trained, train, message):
+    project, _ = trained
+    params = project.root / "params.yaml"
+    original, model = params.read_text(), (project.root / "models" / "best.pt").read_bytes()
+    try:
+        project.set_params(train=train)
+        out = project.stage("train")
+    finally:
+        params.write_text(original)
+    assert out.returncode == 1
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert (project.root / "models" / "best.pt").read_bytes() == model  # left as it was
+
+
+def test_missing_shards_exit_1_naming_the_index(tmp_path):
+    out = small_project(tmp_path).stage("train")
+    assert out.returncode == 1
+    assert "data/shards/index.json: shard index not found" in out.stderr
