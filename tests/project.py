@@ -17,6 +17,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+#: The CamVid train/val copy beside the checkout (shared/datasets/camvid); tests that need it
+#: skip when it is absent. SEGFLOW_CAMVID points elsewhere.
+CAMVID = Path(os.environ.get("SEGFLOW_CAMVID", REPO.parent / "shared" / "datasets" / "camvid"))
 
 
 class Project:

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 
 from tests.data.helpers import make_folder_dataset
-from tests.project import REPO, make_project
+from tests.project import CAMVID, make_project
 
 pytestmark = pytest.mark.integration
 
-CAMVID = REPO.parent / "shared" / "datasets" / "camvid"
 TINY = {"num_train": 6, "num_val": 3, "num_test": 3, "height": 48, "width": 64}
 
 

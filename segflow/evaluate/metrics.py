@@ -49,7 +49,12 @@ class ConfusionMatrix:
 
 
 def metrics_from_confusion(mat: np.ndarray) -> dict:
-    """PA, MPA, per-class IoU, mIoU and FWIoU of a confusion matrix (rows = truth)."""
+    """PA, MPA, per-class IoU, mIoU and FWIoU of a confusion matrix (rows = truth).
+
+    Also ``class_accuracy`` (per-class recall, the terms MPA averages) and ``pixel_share`` (each
+    class's share of the scored ground-truth pixels, the FWIoU weights), which reports print.
+    Per-class lists hold NaN where the value is undefined (see the module rule).
+    """
     mat = mat.astype(np.float64)
     tp = np.diag(mat)
     gt = mat.sum(axis=1)
@@ -65,6 +70,28 @@ def metrics_from_confusion(mat: np.ndarray) -> dict:
         "pixel_accuracy": float(tp.sum() / total) if total > 0 else float("nan"),
         "mean_accuracy": float(np.nanmean(acc)) if (gt > 0).any() else float("nan"),
         "iou": [float(x) for x in iou],
+        "class_accuracy": [float(x) for x in acc],
+        "pixel_share": [float(x) for x in freq],
         "miou": float(np.nanmean(iou)) if seen.any() else float("nan"),
         "fwiou": float((freq[seen] * iou[seen]).sum()) if total > 0 else float("nan"),
     }
+
+
+def format_table(metrics: dict, class_names: list[str]) -> str:
+    """Plain-text per-class table (IoU, accuracy, pixel share) and the summary, for logs."""
+    width = max([len("class"), *(len(n) for n in class_names)])
+    lines = [f"{'class':<{width}}  {'IoU':>7}  {'acc':>7}  {'share':>7}"]
+    per_class = (metrics["iou"], metrics["class_accuracy"], metrics["pixel_share"])
+    rows = zip(class_names, *per_class, strict=True)
+    for name, iou, acc, share in rows:
+        lines.append(f"{name:<{width}}  {_pct(iou):>7}  {_pct(acc):>7}  {_pct(share):>7}")
+    lines.append(
+        f"PA {_pct(metrics['pixel_accuracy'])}  MPA {_pct(metrics['mean_accuracy'])}  "
+        f"mIoU {_pct(metrics['miou'])}  FWIoU {_pct(metrics['fwiou'])}"
+    )
+    return "\n".join(lines)
+
+
+def _pct(x: float) -> str:
+    """A fraction as a percentage with two decimals; NaN (undefined) as a dash."""
+    return "-" if x != x else f"{100 * x:.2f}"

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.data import helpers
-
-CAMVID_SHARED = Path("/work/shared/datasets/camvid")
+from tests.project import CAMVID
 
 
 @pytest.fixture
@@ -40,6 +39,6 @@ def ade20k_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def camvid_shared() -> Path:
     """The shared CamVid copy, read in place; tests that need it skip where it is absent."""
-    if not (CAMVID_SHARED / "train").is_dir():
-        pytest.skip(f"shared CamVid copy not found at {CAMVID_SHARED}")
-    return CAMVID_SHARED
+    if not (CAMVID / "train").is_dir():
+        pytest.skip(f"shared CamVid copy not found at {CAMVID}")
+    return CAMVID

@@ -11,16 +11,6 @@ from segflow.models import build
 from segflow.models.backbones import build_backbone
 from segflow.models.summary import model_summary
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # One thread: on 2 shared cores, OpenMP threads spin-waiting on each other cost up to 10x.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # Small but complete variants: every head part is there, only the widths are reduced.
 _RESNET18_W16 = {"backbone": "resnet18", "backbone_options": {"width": 16}}
 SMALL = {

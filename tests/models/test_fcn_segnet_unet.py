@@ -17,17 +17,7 @@ from segflow.models.fcn import FCNVGG, FCNResNet, fcn8s, fcn16s, fcn32s, fcn_res
 from segflow.models.segnet import SegNet, SegNetBasic, segnet, segnet_basic
 from segflow.models.unet import BackboneUNet, UNet, unet
 from segflow.models.upsample import BedOfNails, MaxUnpool, NearestUnpool, TransposedConv
-
-CAMVID = Path("/work/shared/datasets/camvid")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+from tests.project import CAMVID
 
 # Small but complete versions of every model of this file.
 SMALL = {

@@ -8,16 +8,6 @@ import torch
 from segflow.errors import SegflowError
 from segflow.models.backbones import FEATURE_KEYS, build_backbone
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # One thread: on 2 shared cores, OpenMP threads spin-waiting on each other cost up to 10x.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # torchvision's parameter counts minus the ImageNet classifier (fc / classifier.1).
 TORCHVISION_TRUNK_PARAMS = {
     "resnet18": 11_689_512 - (512 * 1000 + 1000),

@@ -20,14 +20,6 @@ from segflow.models.upsample import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _smooth(n: int, c: int, h: int, w: int) -> torch.Tensor:
     ys = torch.linspace(0, 3, h).view(1, 1, h, 1)
     xs = torch.linspace(0, 3, w).view(1, 1, 1, w)

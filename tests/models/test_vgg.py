@@ -9,16 +9,6 @@ import torch.nn.functional as F
 from segflow.errors import SegflowError
 from segflow.models.backbones import build_backbone
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # One thread: on 2 shared cores, OpenMP threads spin-waiting on each other cost a lot.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # Indices of the 13 convs in torchvision's ``features`` for cfg "D" (conv, relu / conv, bn, relu).
 VGG16_CONVS = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
 VGG16_BN_CONVS = [0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40]

@@ -6,9 +6,7 @@ registers; it must also declare its small test options in :data:`SMALL`.
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,8 +17,8 @@ import torch.nn.functional as F
 from segflow.data.datasets.base import IGNORE_INDEX, read_label_png, read_rgb
 from segflow.models import build, list_models
 from segflow.models.summary import summaries
+from tests.project import CAMVID
 
-CAMVID = Path(os.environ.get("SEGFLOW_CAMVID", "/work/shared/datasets/camvid"))
 CAMVID_VOID = 11
 
 _RESNET18_W16 = {"backbone": "resnet18", "backbone_options": {"width": 16}}
@@ -58,15 +56,6 @@ OVERFIT_ACCURACY = 0.95
 OVERFIT_MAX_STEPS = 300
 OVERFIT_LR = 3e-3
 MODELS = list_models()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # One thread: on 2 shared cores, OpenMP threads spin-waiting on each other cost up to 10x.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_every_registered_model_declares_small_test_options():

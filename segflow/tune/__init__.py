@@ -1,0 +1,1 @@
+"""Ray Tune sweeps (dense-CRF parameters: crf_search)."""

@@ -1,0 +1,255 @@
+"""The evaluation report: every file written, links resolve, tables complete, PNG layouts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from segflow.data.datasets.base import ClassInfo
+from segflow.evaluate.metrics import ConfusionMatrix
+from segflow.evaluate.report import (
+    GAP_PX,
+    HEADER_PX,
+    MAX_PANEL_WIDTH,
+    QualitativeSample,
+    colorize,
+    confusion_rows,
+    write_report,
+)
+
+CLASSES = [
+    ClassInfo(0, "road", (128, 64, 128)),
+    ClassInfo(1, "sky", (70, 130, 180)),
+    ClassInfo(2, "car", (0, 0, 142)),
+    ClassInfo(3, "bicyclist", (119, 11, 32)),  # never in truth nor prediction below
+]
+SPEED = {
+    "ms_per_image_median": 12.5,
+    "peak_memory_mb": 321.0,
+    "memory_measure": "cpu_peak_rss_increase",
+    "device": "cpu",
+    "image_size": [24, 32],
+    "batch_size": 1,
+    "mode": "single",
+    "repeats": 5,
+    "warmup": 1,
+}
+
+
+def scene(seed: int, height: int = 24, width: int = 32):
+    rng = np.random.default_rng(seed)
+    label = np.zeros((height, width), np.uint8)
+    label[: height // 3] = 1
+    label[height // 2 :, width // 4 : width // 2] = 2
+    label[0, :4] = 255
+    pred = label.copy()
+    pred[pred == 255] = 0
+    flip = rng.random(label.shape) < 0.2
+    pred[flip] = rng.integers(0, 3, int(flip.sum()))
+    crf = label.copy()
+    crf[crf == 255] = 0
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return image, label, pred, crf
+
+
+def make_inputs(with_crf: bool = True, ids=("a", "b")):
+    cm_b, cm_a = ConfusionMatrix(len(CLASSES)), ConfusionMatrix(len(CLASSES))
+    samples = []
+    for i, sid in enumerate(ids):
+        image, label, pred, crf = scene(i)
+        cm_b.update(torch.from_numpy(label), torch.from_numpy(pred))
+        cm_a.update(torch.from_numpy(label), torch.from_numpy(crf))
+        samples.append(QualitativeSample(sid, image, label, pred, crf if with_crf else None))
+    after = cm_a.compute() if with_crf else None
+    cm_after = cm_a.mat.numpy() if with_crf else None
+    return cm_b.compute(), after, cm_b.mat.numpy(), cm_after, samples
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.refs += [v for k, v in attrs if k in ("src", "href") and v]
+
+
+@pytest.fixture
+def report_dir(tmp_path: Path) -> Path:
+    before, after, cm_b, cm_a, samples = make_inputs()
+    out = tmp_path / "eval"
+    write_report(out, CLASSES, before, after, cm_b, cm_a, samples, SPEED, "test report")
+    return out
+
+
+def test_all_report_files_are_written(report_dir: Path):
+    for name in (
+        "report.md",
+        "index.html",
+        "confusion_matrix.png",
+        "per_class_iou.png",
+        "per_class_iou.csv",
+        "per_class_iou.json",
+        "confusion.csv",
+        "confusion_crf.csv",
+        "confusion_counts.csv",
+        "samples/a.png",
+        "samples/b.png",
+    ):
+        assert (report_dir / name).is_file(), name
+    assert not list(report_dir.parent.glob(".eval.*"))  # no temp directory left behind
+
+
+def test_html_is_self_contained_and_references_only_files_that_exist(report_dir: Path):
+    text = (report_dir / "index.html").read_text()
+    parser = _Links()
+    parser.feed(text)
+    assert "samples/a.png" in parser.refs and "confusion_matrix.png" in parser.refs
+    for ref in parser.refs:
+        assert not re.match(r"^[a-z]+:|^/", ref), f"not a relative path: {ref}"
+        assert (report_dir / ref).is_file(), ref
+    assert "<style>" in text and "<link" not in text and "<script" not in text
+
+
+def test_markdown_table_has_every_class_with_both_ious(report_dir: Path):
+    md = (report_dir / "report.md").read_text()
+    rows = {line.split("|")[2].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    for c in CLASSES:
+        assert c.name in rows, c.name
+    # bicyclist is absent from truth and prediction: undefined, shown as dashes
+    cells = [c.strip() for c in rows["bicyclist"].strip("|").split("|")]
+    assert cells[2:6] == ["-", "-", "-", "-"]
+    # the CRF column of the example is perfect on road
+    assert [c.strip() for c in rows["road"].strip("|").split("|")][3] == "100.00"
+    for key in ("pixel accuracy (PA)", "mean accuracy (MPA)", "mean IoU (mIoU)", "(FWIoU)"):
+        assert key in md
+    assert "12.5 ms per image" in md and "321.0 MiB" in md
+    for ref in re.findall(r"!\[[^]]*\]\(([^)]+)\)", md):
+        assert (report_dir / ref).is_file(), ref
+
+
+def test_sample_png_is_four_panels_side_by_side_under_a_caption_strip(report_dir: Path):
+    png = cv2.imread(str(report_dir / "samples" / "a.png"), cv2.IMREAD_COLOR)
+    assert png is not None
+    assert png.shape == (HEADER_PX + 24, 4 * 32 + 3 * GAP_PX, 3)
+    image, label, _, _ = scene(0)
+    rgb = cv2.cvtColor(png, cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(rgb[HEADER_PX:, :32], image)
+    truth = rgb[HEADER_PX:, 32 + GAP_PX : 64 + GAP_PX]
+    np.testing.assert_array_equal(truth[0, :4], np.zeros((4, 3)))  # ignore drawn black
+    np.testing.assert_array_equal(truth[-1, -1], CLASSES[0].color)
+
+
+def test_sample_without_crf_has_three_panels(tmp_path: Path):
+    before, _, cm_b, _, samples = make_inputs(with_crf=False, ids=("x",))
+    write_report(tmp_path / "r", CLASSES, before, None, cm_b, None, samples, {}, "no crf")
+    png = cv2.imread(str(tmp_path / "r" / "samples" / "x.png"))
+    assert png.shape == (HEADER_PX + 24, 3 * 32 + 2 * GAP_PX, 3)
+    assert not (tmp_path / "r" / "confusion_crf.csv").exists()
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "no CRF" in md and "not measured" in md
+
+
+def test_wide_images_are_shrunk_to_the_panel_width_limit(tmp_path: Path):
+    image, label, pred, _ = scene(0, height=40, width=2 * MAX_PANEL_WIDTH)
+    cm = ConfusionMatrix(len(CLASSES))
+    cm.update(torch.from_numpy(label), torch.from_numpy(pred))
+    sample = QualitativeSample("wide", image, label, pred)
+    write_report(tmp_path / "r", CLASSES, cm.compute(), None, cm.mat.numpy(), None, [sample], {})
+    png = cv2.imread(str(tmp_path / "r" / "samples" / "wide.png"))
+    assert png.shape == (HEADER_PX + 20, 3 * MAX_PANEL_WIDTH + 2 * GAP_PX, 3)
+
+
+def test_figures_decode_and_grow_with_the_crf_panel(report_dir: Path, tmp_path: Path):
+    before, _, cm_b, _, samples = make_inputs(with_crf=False)
+    write_report(tmp_path / "r", CLASSES, before, None, cm_b, None, samples, SPEED)
+    for name in ("confusion_matrix.png", "per_class_iou.png"):
+        png = cv2.imread(str(report_dir / name))
+        assert png is not None and png.shape[0] > 200 and png.shape[1] > 300, name
+    two = cv2.imread(str(report_dir / "confusion_matrix.png"))
+    one = cv2.imread(str(tmp_path / "r" / "confusion_matrix.png"))
+    assert two.shape[0] == one.shape[0] and two.shape[1] > 1.5 * one.shape[1] - 100
+
+
+def test_iou_tables_hold_both_columns_with_nan_as_empty_or_null(report_dir: Path):
+    rows = read_csv(report_dir / "per_class_iou.csv")
+    assert [r["class"] for r in rows] == [c.name for c in CLASSES]
+    assert rows[3]["iou"] == "" and rows[3]["iou_crf"] == ""
+    assert float(rows[0]["iou_crf"]) == 1.0
+    data = json.loads((report_dir / "per_class_iou.json").read_text())
+    assert data[3] == {"class": "bicyclist", "iou": None, "iou_crf": None}
+    assert data[0]["iou"] == pytest.approx(float(rows[0]["iou"]))
+
+
+def test_confusion_counts_csv_is_exact(report_dir: Path):
+    _, _, cm_b, cm_a, _ = make_inputs()
+    rows = read_csv(report_dir / "confusion_counts.csv")
+    names = [c.name for c in CLASSES]
+    got = np.zeros_like(cm_b)
+    for r in rows:
+        got[names.index(r["actual"]), names.index(r["predicted"])] = int(r["count"])
+    np.testing.assert_array_equal(got, cm_b)
+    assert sum(int(r["count_crf"]) for r in rows) == cm_a.sum()
+
+
+def test_long_confusion_table_reproduces_the_row_normalised_matrix(report_dir: Path):
+    _, _, cm_b, _, _ = make_inputs()
+    rows = read_csv(report_dir / "confusion.csv")
+    names = [c.name for c in CLASSES]
+    counts = np.zeros(cm_b.shape)
+    for r in rows:
+        counts[names.index(r["actual"]), names.index(r["predicted"])] += 1
+    present = cm_b.sum(1) > 0
+    per_class = counts[present].sum(1)
+    assert (per_class == per_class[0]).all()  # the same number of rows per true class
+    expected = cm_b[present] / cm_b[present].sum(1, keepdims=True)
+    np.testing.assert_allclose(
+        counts[present] / per_class[:, None], expected, atol=1 / per_class[0]
+    )
+
+
+def test_confusion_rows_allocates_by_largest_remainder():
+    rows = confusion_rows(np.array([[1, 1, 1], [0, 0, 0], [0, 3, 1]]), rows_per_class=4)
+    # row 0: 4/3 each -> 1, 1, 1 and one leftover to the first largest remainder (class 0)
+    # row 1: no truth pixels, no rows; row 2: 0, 3, 1 exactly
+    assert rows == [(0, 0), (0, 0), (0, 1), (0, 2), (2, 1), (2, 1), (2, 1), (2, 2)]
+
+
+def test_colorize_draws_ignore_and_unknown_labels_black():
+    out = colorize(np.array([[0, 2, 255, 9]], np.uint8), CLASSES)
+    assert out.tolist() == [[[128, 64, 128], [0, 0, 142], [0, 0, 0], [0, 0, 0]]]
+
+
+def test_sample_ids_with_slashes_become_file_names_the_html_links(tmp_path: Path):
+    before, after, cm_b, cm_a, samples = make_inputs(ids=("city/frame 1", "city_frame_1"))
+    write_report(tmp_path / "r", CLASSES, before, after, cm_b, cm_a, samples, SPEED)
+    parser = _Links()
+    parser.feed((tmp_path / "r" / "index.html").read_text())
+    pngs = [ref for ref in parser.refs if ref.startswith("samples/")]
+    assert len(set(pngs)) == 2
+    assert all((tmp_path / "r" / ref).is_file() for ref in pngs)
+
+
+def test_rewriting_replaces_the_old_report_and_a_failure_keeps_it(tmp_path: Path):
+    before, after, cm_b, cm_a, samples = make_inputs()
+    out = tmp_path / "eval"
+    write_report(out, CLASSES, before, after, cm_b, cm_a, samples, SPEED, "first")
+    write_report(out, CLASSES, before, after, cm_b, cm_a, samples[:1], SPEED, "second")
+    assert not (out / "samples" / "b.png").exists()
+    bad = QualitativeSample("bad", samples[0].image, samples[0].label, np.zeros((3, 3), np.uint8))
+    with pytest.raises(ValueError, match="bad"):
+        write_report(out, CLASSES, before, after, cm_b, cm_a, [bad], SPEED, "third")
+    assert "# second" in (out / "report.md").read_text()
