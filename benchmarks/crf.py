@@ -22,9 +22,10 @@ Printed: images/s of each, speed-up ray/serial and efficiency per core (speed-up
 target >= 0.85); images per CPU-second of each (all CPU of this process and its descendants,
 i.e. Ray's GCS, raylet and workers too), whose ratio is the efficiency that the wall-clock
 figure shows only on otherwise idle cores; then mIoU and pixel accuracy of the whole split
-before and after the CRF (default CRFParams), computed with the Ray path.
+before and after the CRF (default CRFParams), computed with the Ray path. ``--sweep N`` adds a
+2x2x2 Ray Tune grid (w_bilateral 3/5, sigma_alpha 30/80, sigma_beta 3/5) on the first N images.
 
-    .venv/bin/python benchmarks/crf.py --root /work/shared/datasets/camvid
+    .venv/bin/python benchmarks/crf.py --root ../shared/datasets/camvid --sweep 16
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def prepare(root: Path, out: Path, args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", type=Path, default=Path("/work/shared/datasets/camvid"))
+    parser.add_argument("--root", type=Path, default=Path("../shared/datasets/camvid"))
     parser.add_argument("--images", type=int, default=32, help="images in each timed pass")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cpus", type=int, default=os.cpu_count())
@@ -119,6 +120,9 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=1.5)
     parser.add_argument("--noise-sigma", type=float, default=6.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--sweep", type=int, default=0, help="also run a small CRF grid sweep on this many images"
+    )
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the saved probs here")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -188,7 +192,23 @@ def main() -> None:
         print("  per-class IoU before:", " ".join(f"{x:.2f}" for x in before.metrics["iou"]))
         print("  per-class IoU after: ", " ".join(f"{x:.2f}" for x in after.metrics["iou"]))
         print(f"  (Ray pass over the split: {full:.1f} s, {after.num_images / full:.2f} img/s)")
+        if args.sweep:
+            sweep(prob_dir, ids[: args.sweep], Path(tmp) / "tune")
         ray.shutdown()
+
+
+def sweep(prob_dir: Path, ids: list[str], storage: Path) -> None:
+    """A 2x2x2 grid around DeepLab's defaults with Ray Tune, one CPU per trial."""
+    from segflow.tune.crf_search import crf_sweep
+
+    space = {"w_bilateral": [3.0, 5.0], "sigma_alpha": [30.0, 80.0], "sigma_beta": [3.0, 5.0]}
+    t = time.perf_counter()
+    result = crf_sweep(prob_dir, NUM_CLASSES, storage, space=space, ids=ids)
+    print(f"\nCRF grid sweep on {len(ids)} images, {len(result.trials)} trials, "
+          f"{time.perf_counter() - t:.0f} s; best first:")  # fmt: skip
+    for row in result.trials:
+        print(f"  w_bilateral {row['w_bilateral']:.0f}  sigma_alpha {row['sigma_alpha']:3.0f}  "
+              f"sigma_beta {row['sigma_beta']:.0f}  mIoU {row['miou']:.4f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ page faults per image, a/c (target >= 0.7), a/b and the worker scaling d(workers
 ``--profile`` adds the mean CPU cost of each step of the training transform; ``--baseline`` runs
 (a) and (b) with the plain albumentations chain instead of the loader's transform.
 
-    .venv/bin/python benchmarks/loader.py --root /work/shared/datasets/camvid --profile
+    .venv/bin/python benchmarks/loader.py --root ../shared/datasets/camvid --profile
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from segflow.data.transforms import reseed, train_transform
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--root", default="/work/shared/datasets/camvid", help="CamVid root")
+    ap.add_argument("--root", default="../shared/datasets/camvid", help="CamVid root")
     ap.add_argument("--split", default="train")
     ap.add_argument("--crop-height", type=int, default=360)
     ap.add_argument("--crop-width", type=int, default=480)

@@ -15,7 +15,7 @@ GPU mode (``--gpu``): CamVid 360x480 shards, DeepLab v3+ ResNet-50, bf16 autocas
 1 GPU worker: images/s and the share of step time spent waiting for data.
 
     .venv/bin/python benchmarks/train.py --epochs 4
-    .venv/bin/python benchmarks/train.py --gpu --camvid /work/shared/datasets/camvid
+    .venv/bin/python benchmarks/train.py --gpu --camvid ../shared/datasets/camvid
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from segflow.data.datasets import open_dataset_by_name
 from segflow.data.manifest import build_manifest
 from segflow.data.shards import write_shards
 from segflow.data.synthetic import generate_dataset
-from segflow.train.distributed import connect_ray, train_distributed
+from segflow.raycluster import connect_ray
+from segflow.train.distributed import train_distributed
 from segflow.train.loop import fit
 
 
@@ -47,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds of (a), (b), (c)")
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--gpu", action="store_true", help="GPU mode (CamVid, ResNet-50, bf16)")
-    ap.add_argument("--camvid", default="/work/shared/datasets/camvid")
+    ap.add_argument("--camvid", default="../shared/datasets/camvid")
     ap.add_argument("--batch-size", type=int, help="override train.batch_size")
     return ap.parse_args(argv)
 

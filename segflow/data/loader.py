@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
+import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -325,8 +326,11 @@ def make_dataloader(
     ``uint8=True`` skips normalisation: batches hold uint8 images and masks, to be turned into
     the float/int64 pair by :func:`normalize_batch` after the copy to the device.
 
-    Workers are not persistent: each epoch's iterator forks them afresh, which is how the epoch
+    Workers are not persistent: each epoch's iterator starts them afresh, which is how the epoch
     set by ``set_epoch`` reaches them (a persistent worker would keep its first epoch's order).
+    They start from a forkserver that has imported this module but run nothing: a plain fork of
+    a process whose OpenMP/OpenCV thread pools are live can deadlock in the child (seen here
+    after a model had run in the parent), and a forkserver child is still cheap to start.
     """
     if train:
         dataset = ShardDataset(
@@ -366,7 +370,14 @@ def make_dataloader(
         drop_last=train,
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=_init_worker,
+        multiprocessing_context=_worker_context() if params.num_workers > 0 else None,
     )
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])  # workers fork with torch, cv2 and this module loaded
+    return ctx
 
 
 def ray_dataset(

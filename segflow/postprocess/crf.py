@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import numpy as np
 
 from segflow.errors import SegflowError
 from segflow.postprocess.probs import list_ids, prob_path, read_prob_file
+from segflow.raycluster import connect_ray
 
 #: Probabilities are clipped to this before -log so a confident 0 does not become +inf energy.
 PROB_FLOOR = 1e-8
@@ -192,26 +192,6 @@ def crf_over_split_serial(
     scores the raw argmax, the "without CRF" figure."""
     paths = _split_paths(prob_dir, ids)
     return _result(confusion_of_files(paths, params, num_classes), len(paths))
-
-
-def connect_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster in $RAY_ADDRESS, else start a local Ray; reuse one already started."""
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network at run time
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        # Cluster nodes may not have this checkout: ship the segflow package with the job.
-        package = Path(__file__).resolve().parents[1]
-        ray.init(address=address, runtime_env={"py_modules": [str(package)]})
-    else:
-        ray.init(
-            num_cpus=num_cpus or os.cpu_count(),
-            include_dashboard=False,
-            logging_config=ray.LoggingConfig(log_level="ERROR"),
-        )
 
 
 def crf_over_split(

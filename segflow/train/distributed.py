@@ -31,6 +31,7 @@ from segflow.config import Params
 from segflow.data.shards import read_index
 from segflow.errors import SegflowError
 from segflow.io import atomic_path
+from segflow.raycluster import connect_ray
 from segflow.train import loop
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -100,28 +101,6 @@ def preflight(params: Params, shard_dir: Path) -> dict:
         raise SegflowError("params.yaml: train.use_gpu: true but this machine has no CUDA GPU")
     loop.build_model(p, int(index["num_classes"]))  # unknown model/option: SegflowError here
     return index
-
-
-def connect_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster in $RAY_ADDRESS, else start a local Ray on this machine's cores."""
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network at run time
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        # Cluster nodes may not have this checkout: ship the segflow package with the job.
-        package = Path(__file__).resolve().parents[1]
-        ray.init(address=address, runtime_env={"py_modules": [str(package)]}, log_to_driver=True)
-    else:
-        ray.init(
-            num_cpus=num_cpus or os.cpu_count(),
-            include_dashboard=False,
-            # Without the dashboard, Ray Train's placement-group cleaner cannot reach the state
-            # API and warns every few seconds; errors still show, progress lines are stdout.
-            logging_config=ray.LoggingConfig(log_level="ERROR"),
-        )
 
 
 def check_cluster(params: Params) -> None:
@@ -300,7 +279,9 @@ def train_local(
     return TrainOutcome(state.history, local, run_name, str(run_dir), [], resumed_from)
 
 
-def train(params: Params, shard_dir: str | Path, work_dir: str | Path, echo: Echo = _echo):
+def train(
+    params: Params, shard_dir: str | Path, work_dir: str | Path, echo: Echo = _echo
+) -> TrainOutcome:
     """Train with the launcher named in ``train.launcher``."""
     run = train_distributed if params.train.launcher == "ray" else train_local
     return run(params, shard_dir, work_dir, echo)

@@ -24,8 +24,9 @@ from typing import Any
 
 from segflow.errors import SegflowError
 from segflow.io import write_json
-from segflow.postprocess.crf import CRFParams, connect_ray, crf_over_split_serial
+from segflow.postprocess.crf import CRFParams, crf_over_split_serial
 from segflow.postprocess.probs import list_ids
+from segflow.raycluster import connect_ray
 
 METRIC = "miou"
 SEARCHES = ("grid", "optuna")
@@ -128,7 +129,8 @@ def crf_sweep(
 
         ``num_samples`` is the number of Optuna trials (a grid runs each point once).
         ``max_concurrent`` caps trials running at once (default: as many as the CPUs allow).
-        Tune's files go to ``storage_path/name``. Ties are broken by trial order, so a grid sweep
+        Tune's files go to ``storage_path/name``; on a cluster ($RAY_ADDRESS) ``prob_dir`` must be
+    readable from every node. Ties are broken by trial order, so a grid sweep
         picks the same best every run. ``num_cpus`` sizes a local Ray started here. ``ids`` limits
     the sweep to those images (default: all in ``prob_dir``), e.g. a fixed subset of a large val.
     """
