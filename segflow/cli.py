@@ -72,6 +72,41 @@ def shards(shard_dir: Path = typer.Argument(Path("data/shards"))) -> None:
     console.print(table)
 
 
+@app.command()
+def predict(
+    image: Path = typer.Argument(..., help="RGB image to segment (PNG, JPEG...)."),
+    model: str = typer.Option(..., help="Model URI, e.g. models:/segflow-camvid@champion."),
+    out: Path = typer.Option(None, help="Coloured mask PNG (default: <image>_mask.png)."),
+    labels: Path = typer.Option(None, help="Also write the raw class-id PNG here."),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: as training)."),
+) -> None:
+    """Segment one image with a registered model; write the mask in the class colours."""
+    import os
+
+    import cv2
+
+    from segflow.data.datasets.base import ClassInfo, read_rgb
+    from segflow.evaluate.report import colorize
+    from segflow.registry import load_for_predict
+    from segflow.tracking import tracking_uri as default_uri
+
+    if tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    import mlflow
+
+    mlflow.set_tracking_uri(default_uri())
+    rgb = read_rgb(image)
+    loaded, classes = load_for_predict(model)
+    label_map = loaded.predict(rgb)
+    out = out or image.with_name(f"{image.stem}_mask.png")
+    mask = colorize(label_map, [ClassInfo.from_dict(c) for c in classes])
+    if not cv2.imwrite(str(out), cv2.cvtColor(mask, cv2.COLOR_RGB2BGR)):
+        raise SegflowError(f"{out}: cannot write the mask")
+    if labels is not None and not cv2.imwrite(str(labels), label_map):
+        raise SegflowError(f"{labels}: cannot write the label map")
+    console.print(f"predict: {image} -> {out}" + (f", labels {labels}" if labels else ""))
+
+
 def main() -> None:
     """Entry point: user errors print one message and exit 1, without a traceback."""
     try:

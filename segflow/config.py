@@ -9,8 +9,9 @@ must not be silently ignored), and every error names the field, e.g.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -150,6 +151,80 @@ class TrainParams(_Section):
     experiment: str = "segflow"
 
 
+#: A dense-CRF setting in the crf sweep: one value (fixed) or a list of values to try.
+_Weight = Annotated[float, Field(ge=0)]
+_Sigma = Annotated[float, Field(gt=0)]
+_Iterations = Annotated[int, Field(ge=1)]
+
+
+class CRFTuneParams(_Section):
+    """The crf_tune stage: a Ray Tune sweep of dense-CRF settings on val, best mIoU wins.
+
+    Each CRF field is one value (fixed) or a list of values: ``search: grid`` tries every
+    combination of the lists; ``search: optuna`` draws ``num_samples`` points, each list a
+    categorical choice. The default grid (8 points) centres on DeepLab v2's VOC values.
+    """
+
+    search: Literal["grid", "optuna"] = "grid"
+    #: Optuna trials (a grid runs each point once).
+    num_samples: int = Field(8, gt=0)
+    w_gauss: _Weight | Annotated[list[_Weight], Field(min_length=1)] = 3.0
+    sigma_gamma: _Sigma | Annotated[list[_Sigma], Field(min_length=1)] = 3.0
+    w_bilateral: _Weight | Annotated[list[_Weight], Field(min_length=1)] = [3.0, 5.0]
+    sigma_alpha: _Sigma | Annotated[list[_Sigma], Field(min_length=1)] = [30.0, 80.0]
+    sigma_beta: _Sigma | Annotated[list[_Sigma], Field(min_length=1)] = [3.0, 5.0]
+    iterations: _Iterations | Annotated[list[_Iterations], Field(min_length=1)] = 10
+    #: Predict and sweep the first this many val images (shard order); null: all of them.
+    max_images: int | None = Field(12, gt=0)
+    #: CPUs reserved per Tune trial (a trial runs its images one after another).
+    cpus_per_trial: float = Field(1.0, gt=0)
+    #: Saved probabilities: uint8 (1/255 steps, smallest) or float16.
+    prob_dtype: Literal["uint8", "float16"] = "uint8"
+    #: Images per Ray task when the evaluate stage runs the tuned CRF over the test split.
+    images_per_task: int = Field(1, gt=0)
+
+    def space(self) -> dict:
+        """The sweep space in :mod:`segflow.tune.crf_search`'s format (lists = values tried)."""
+        names = ("w_gauss", "sigma_gamma", "w_bilateral", "sigma_alpha", "sigma_beta", "iterations")
+        return {name: getattr(self, name) for name in names}
+
+
+class EvaluateParams(_Section):
+    """Inference mode of the crf_tune and evaluate stages, and what the report shows."""
+
+    #: single: one pass over the whole image; multiscale: averaged over scales (and flips);
+    #: sliding: a crop-sized window slid over the image.
+    mode: Literal["single", "multiscale", "sliding"] = "single"
+    #: multiscale: the scales averaged (DeepLab's aug test uses 0.5-1.75).
+    scales: Annotated[list[_Sigma], Field(min_length=1)] = [0.75, 1.0, 1.25]
+    #: multiscale: add horizontally flipped copies.
+    flip: bool = True
+    #: sliding: window size; null takes the training crop (loader.crop_height/crop_width).
+    crop_height: int | None = Field(None, gt=0)
+    crop_width: int | None = Field(None, gt=0)
+    #: sliding: share of a window that overlaps the next one.
+    overlap: float = Field(1 / 3, ge=0, lt=1)
+    #: Qualitative sample figures in the report (image | truth | prediction | with CRF).
+    num_samples_report: int = Field(4, ge=0)
+    #: Timed inference calls (after 2 warm-up calls) for ms per image and peak memory.
+    speed_repeats: int = Field(10, gt=0)
+
+
+class RegisterParams(_Section):
+    """The register stage: model name and the promotion gate."""
+
+    #: ``champion`` moves to a new version only if its test mIoU beats the champion's (same
+    #: test split) by more than 0 and at least this much.
+    min_gain: float = Field(0.0, ge=0)
+    #: Registered model name is ``<prefix>-<dataset.name>``.
+    model_name_prefix: str = Field("segflow", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+# pydantic warns that the field name "register" shadows ``ABCMeta.register`` of the model
+# class; only class-level access sees that method, instances read the field as usual.
+warnings.filterwarnings("ignore", message='Field name "register" in "Params"', category=UserWarning)
+
+
 class Params(_Section):
     seed: int = 0
     dataset: DatasetParams = DatasetParams()
@@ -157,6 +232,9 @@ class Params(_Section):
     shard: ShardParams = ShardParams()
     loader: LoaderParams = LoaderParams()
     train: TrainParams = TrainParams()
+    crf: CRFTuneParams = CRFTuneParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    register: RegisterParams = RegisterParams()
 
     @model_validator(mode="after")
     def _synthetic_root(self) -> Params:

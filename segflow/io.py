@@ -59,6 +59,20 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def read_json(path: str | Path, hint: str) -> dict:
+    """Load a JSON file another stage wrote; missing or corrupt is a SegflowError with ``hint``
+    (what to run to make it)."""
+    from segflow.errors import SegflowError
+
+    path = Path(path)
+    if not path.is_file():
+        raise SegflowError(f"{path}: not found; {hint}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SegflowError(f"{path}: not valid JSON ({exc}); {hint}") from None
+
+
 def write_json(path: str | Path, data: object) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")

@@ -22,7 +22,6 @@ training tags its runs with.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,7 +33,7 @@ import pyarrow as pa
 from segflow.data.datasets.base import IGNORE_INDEX, DatasetAdapter
 from segflow.data.manifest import Manifest, sha256_file
 from segflow.errors import SegflowError
-from segflow.io import atomic_dir, write_json
+from segflow.io import atomic_dir, read_json, write_json
 
 INDEX_NAME = "index.json"
 IMAGE_CODECS = ("png", "jpg")
@@ -104,13 +103,7 @@ def content_hash(file_hashes: Iterable[str]) -> str:
 
 def read_index(out_dir: Path) -> dict:
     """Load ``<out_dir>/index.json``; a missing one means the shard stage has not run."""
-    path = Path(out_dir) / INDEX_NAME
-    if not path.is_file():
-        raise SegflowError(f"{path}: shard index not found; run the shard stage (dvc repro shard)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SegflowError(f"{path}: not valid JSON ({exc}); rerun dvc repro shard") from None
+    return read_json(Path(out_dir) / INDEX_NAME, "run the shard stage (dvc repro shard)")
 
 
 class _Encoder:

@@ -114,7 +114,7 @@ def test_bad_train_params_are_one_clear_error_before_training(shards, train, mes
 
 
 def test_missing_shards_name_the_index(tmp_path):
-    with pytest.raises(SegflowError, match="index.json: shard index not found"):
+    with pytest.raises(SegflowError, match="index.json: not found; run the shard stage"):
         preflight(tiny_params(), tmp_path / "no_shards")
 
 

@@ -105,4 +105,4 @@ def test_bad_train_params_exit_1_with_one_message_and_no_traceback(trained, trai
 def test_missing_shards_exit_1_naming_the_index(tmp_path):
     out = small_project(tmp_path).stage("train")
     assert out.returncode == 1
-    assert "data/shards/index.json: shard index not found" in out.stderr
+    assert "data/shards/index.json: not found; run the shard stage" in out.stderr

@@ -1,0 +1,65 @@
+"""`dvc repro evaluate`: train -> crf_tune (Ray Tune) -> evaluate (Ray tasks) in a temp project."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.project import make_project
+
+pytestmark = pytest.mark.integration
+
+TINY = {"num_train": 6, "num_val": 3, "num_test": 3, "height": 48, "width": 64}
+TRAIN = {"epochs": 1, "launcher": "local", "batch_size": 2, "cpus_per_worker": 1}
+
+
+def test_dvc_repro_evaluate_tunes_the_crf_scores_with_and_without_it_and_reruns_nothing(tmp_path):
+    project = make_project(
+        tmp_path,
+        synthetic=TINY,
+        loader={"crop_height": 48, "crop_width": 64},
+        train=TRAIN,
+        crf={"w_bilateral": [3.0, 5.0], "sigma_alpha": 30.0, "sigma_beta": 3.0},
+        evaluate={"num_samples_report": 2, "speed_repeats": 2},
+    )
+    first = project.dvc("repro", "evaluate")
+    assert first.returncode == 0, first.stdout + first.stderr
+    for stage in ("train", "crf_tune", "evaluate"):
+        assert f"Running stage '{stage}'" in first.stdout
+
+    root = project.root
+    crf = json.loads((root / "reports/crf_params.json").read_text())
+    assert crf["params"]["w_bilateral"] in (3.0, 5.0)  # a point of the declared grid
+    assert crf["params"]["sigma_alpha"] == 30.0
+    assert sorted(p.name for p in (root / "data/probs/val").glob("*.npz")) == [
+        "val_0000.npz",
+        "val_0001.npz",
+        "val_0002.npz",
+    ]
+
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    for name in ("pa", "mpa", "miou", "fwiou"):
+        for key in (name, f"{name}_crf"):
+            assert 0.0 <= metrics[key] <= 1.0, (key, metrics)
+    assert metrics["ms_per_image"] > 0
+    assert metrics["peak_memory_mb"] >= 0
+    assert metrics["num_images"] == 3
+
+    report = root / "reports/eval"
+    assert "mean IoU (mIoU)" in (report / "index.html").read_text()
+    assert len(list((report / "samples").glob("*.png"))) == 2
+    assert (report / "per_class_iou.csv").read_text().startswith("class,iou,iou_crf")
+
+    second = project.dvc("repro", "evaluate")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "Running stage" not in second.stdout
+    assert "Data and pipelines are up to date" in second.stdout
+
+
+def test_evaluate_without_tuned_crf_params_fails_naming_the_file(tmp_path):
+    project = make_project(tmp_path)
+    result = project.stage("evaluate")
+    assert result.returncode == 1
+    assert "reports/crf_params.json: CRF parameters file not found" in result.stderr
+    assert "Traceback" not in result.stderr

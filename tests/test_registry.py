@@ -1,0 +1,264 @@
+"""The Model Registry: registration, the promotion gate, the pyfunc model and `segflow predict`.
+
+Everything runs against a real MLflow sqlite store in a temp dir; the model is a tiny U-Net
+saved in the training-checkpoint format (the gate judges the metrics it is given, so nothing
+needs training).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from segflow.config import TrainParams
+from segflow.registry import (
+    CHALLENGER,
+    CHAMPION,
+    promote_if_better,
+    register_model,
+    registered_name,
+)
+from segflow.train.loop import TrainState, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CLASSES = [
+    {"id": 0, "name": "road", "color": [128, 64, 128]},
+    {"id": 1, "name": "car", "color": [64, 0, 128]},
+    {"id": 2, "name": "sky", "color": [128, 128, 128]},
+]
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+HASH_A, HASH_B = "a" * 64, "b" * 64
+
+
+def write_checkpoint(path: Path) -> Path:
+    """A tiny U-Net in the format train.loop.load_model reads (train_params + num_classes)."""
+    p = TrainParams(
+        model="unet",
+        backbone=None,
+        output_stride=None,
+        model_options={"width": 4, "upsample": "bilinear"},
+    )
+    from segflow.train.loop import build_model
+
+    torch.manual_seed(0)
+    model = build_model(p, len(CLASSES))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    extra = {"train_params": p.model_dump(mode="json"), "num_classes": len(CLASSES)}
+    save_checkpoint(path, TrainState(model, opt, sched), extra)
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> dict:
+    """A sqlite tracking store, one finished training run and a checkpoint."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("test", artifact_location=(root / "art").as_uri())
+    with mlflow.start_run(experiment_id=experiment) as run:
+        pass
+    yield {
+        "uri": uri,
+        "root": root,
+        "run_id": run.info.run_id,
+        "checkpoint": write_checkpoint(root / "best.pt"),
+    }
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+@pytest.fixture
+def tracking(store, monkeypatch) -> dict:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
+    mlflow.set_tracking_uri(store["uri"])
+    return store
+
+
+def register(store: dict, dataset: str, miou: float, split_hash: str, crf=None):
+    return register_model(
+        store["run_id"], dataset, {"miou": miou, "pa": 0.9}, crf, CLASSES, store["checkpoint"],
+        MEAN, STD, split_hash,
+    )  # fmt: skip
+
+
+def champion_of(name: str) -> str:
+    return str(mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
+
+
+def test_gate_promotes_only_a_measurably_better_model_on_the_same_test_split(tracking):
+    name = registered_name("gate")
+    client = mlflow.MlflowClient()
+
+    v1 = register(tracking, "gate", 0.50, HASH_A)
+    assert v1.name == name and CHALLENGER in v1.aliases
+    first = promote_if_better(name, v1.version, 0.50, 0.01, HASH_A)
+    assert first["decision"] == "promoted" and champion_of(name) == str(v1.version)
+
+    v2 = register(tracking, "gate", 0.40, HASH_A)  # worse
+    worse = promote_if_better(name, v2.version, 0.40, 0.0, HASH_A)
+    assert worse["decision"] == "kept" and worse["gain"] == pytest.approx(-0.10)
+    assert champion_of(name) == str(v1.version)
+    assert str(client.get_model_version_by_alias(name, CHALLENGER).version) == str(v2.version)
+
+    v3 = register(tracking, "gate", 0.505, HASH_A)  # better, but by less than min_gain
+    small = promote_if_better(name, v3.version, 0.505, 0.01, HASH_A)
+    assert small["decision"] == "kept" and champion_of(name) == str(v1.version)
+
+    v4 = register(tracking, "gate", 0.60, HASH_A)  # better by more than min_gain
+    better = promote_if_better(name, v4.version, 0.60, 0.01, HASH_A)
+    assert better["decision"] == "promoted" and better["champion_before"] == str(v1.version)
+    assert champion_of(name) == str(v4.version)
+
+    v5 = register(tracking, "gate", 0.95, HASH_B)  # scored on other test images
+    other = promote_if_better(name, v5.version, 0.95, 0.0, HASH_B)
+    assert other["decision"] == "refused" and "different test images" in other["reason"]
+    assert champion_of(name) == str(v4.version)
+
+    versions = client.search_model_versions(f"name='{name}'")
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4, 5]  # nothing deleted
+    decisions = {str(v.version): v.tags["gate.decision"] for v in versions}
+    assert decisions == {
+        "1": "promoted", "2": "kept", "3": "kept", "4": "promoted", "5": "refused"
+    }  # fmt: skip
+    assert client.get_model_version(name, v2.version).tags["test_miou"] == "0.4"
+
+
+def test_registered_version_carries_metrics_crf_params_and_class_table(tracking):
+    crf = {"w_gauss": 3.0, "sigma_gamma": 3.0, "w_bilateral": 4.0, "sigma_alpha": 30.0,
+           "sigma_beta": 5.0, "iterations": 2}  # fmt: skip
+    version = register_model(
+        tracking["run_id"], "tags", {"miou": 0.3, "miou_crf": 0.35}, crf, CLASSES,
+        tracking["checkpoint"], MEAN, STD, HASH_A,
+    )  # fmt: skip
+    tags = version.tags
+    assert json.loads(tags["crf_params"]) == crf
+    assert json.loads(tags["classes"]) == CLASSES
+    # The model applies the CRF, so the gate judges it by the with-CRF score.
+    assert float(tags["test_miou"]) == 0.35 and tags["test_split_hash"] == HASH_A
+    assert version.run_id == tracking["run_id"]
+
+    model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
+    labels = model.predict(np.random.default_rng(0).integers(0, 256, (20, 28, 3), np.uint8))
+    assert labels.shape == (20, 28) and labels.dtype == np.uint8 and labels.max() < len(CLASSES)
+
+
+def test_champion_pyfunc_model_maps_an_image_to_a_label_map_of_its_size(tracking):
+    version = register(tracking, "roundtrip", 0.5, HASH_A)
+    promote_if_better(version.name, version.version, 0.5, 0.0, HASH_A)
+    model = mlflow.pyfunc.load_model(f"models:/{version.name}@champion")
+    image = np.random.default_rng(1).integers(0, 256, (30, 45, 3), dtype=np.uint8)
+    labels = model.predict(image)
+    assert labels.shape == (30, 45) and labels.dtype == np.uint8
+    assert set(np.unique(labels)) <= {0, 1, 2}
+    # Same input, same output: the model is in eval mode and deterministic.
+    assert np.array_equal(labels, model.predict(image))
+
+
+def segflow_cli(*args: str, uri: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "MLFLOW_TRACKING_URI": uri, "COLUMNS": "200"}
+    return subprocess.run(
+        [str(BIN / "segflow"), *args], capture_output=True, text=True, cwd=cwd, env=env,
+        timeout=300,
+    )  # fmt: skip
+
+
+def test_predict_command_writes_a_coloured_mask_of_the_input_size(tracking, tmp_path):
+    version = register(tracking, "cli", 0.5, HASH_A)
+    promote_if_better(version.name, version.version, 0.5, 0.0, HASH_A)
+    image = np.random.default_rng(2).integers(0, 256, (33, 47, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "in.png"), image)
+    result = segflow_cli(
+        "predict", "in.png", "--model", "models:/segflow-cli@champion", "--out", "mask.png",
+        "--labels", "labels.png", uri=tracking["uri"], cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    mask = cv2.cvtColor(cv2.imread(str(tmp_path / "mask.png")), cv2.COLOR_BGR2RGB)
+    labels = cv2.imread(str(tmp_path / "labels.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (33, 47, 3) and labels.shape == (33, 47)
+    for c in CLASSES:  # every pixel is painted in its class's colour
+        assert (mask[labels == c["id"]] == c["color"]).all()
+
+
+def test_predict_command_with_an_unknown_model_is_one_error_line_and_exit_1(tracking, tmp_path):
+    cv2.imwrite(str(tmp_path / "in.png"), np.zeros((8, 8, 3), np.uint8))
+    result = segflow_cli(
+        "predict", "in.png", "--model", "models:/segflow-nothing@champion",
+        uri=tracking["uri"], cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert "models:/segflow-nothing@champion" in lines[0]
+    assert not (tmp_path / "in_mask.png").exists()
+
+
+def test_register_stage_records_version_aliases_and_decision(tracking, tmp_path):
+    """pipelines/register.py in a throw-away project: run.json + metrics.json -> registry.json."""
+    root = tmp_path / "project"
+    (root / "models").mkdir(parents=True)
+    (root / "reports").mkdir()
+    (root / "data" / "shards").mkdir(parents=True)
+    (root / "models" / "best.pt").write_bytes(tracking["checkpoint"].read_bytes())
+    (root / "models" / "run.json").write_text(json.dumps({"mlflow_run_id": tracking["run_id"]}))
+    (root / "reports" / "metrics.json").write_text(json.dumps({"miou": 0.42, "pa": 0.8}))
+    files = [{"path": "test/test-00000.arrow", "sha256": "c" * 64}]
+    index = {"dataset": "stage", "classes": CLASSES, "num_classes": 3,
+             "splits": {"test": {"files": files}}}  # fmt: skip
+    (root / "data" / "shards" / "index.json").write_text(json.dumps(index))
+    (root / "params.yaml").write_text("register:\n  min_gain: 0.01\n")
+
+    def run_stage() -> dict:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking["uri"]}
+        result = subprocess.run(
+            [sys.executable, str(REPO / "pipelines" / "register.py")],
+            cwd=root, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return json.loads((root / "reports" / "registry.json").read_text())
+
+    first = run_stage()
+    assert first["name"] == "segflow-stage" and first["version"] == "1"
+    assert first["aliases"] == [CHALLENGER, CHAMPION]
+    assert first["decision"]["decision"] == "promoted" and first["crf_applied"] is False
+
+    # The same score again is not a gain: registered as challenger, champion stays.
+    second = run_stage()
+    assert second["version"] == "2" and second["aliases"] == [CHALLENGER]
+    assert second["decision"]["decision"] == "kept"
+    assert second["decision"]["champion_after"] == "1"
+
+    # crf_tune's file, and a CRF that helps on test: the model serves it and is judged with it.
+    crf = {"w_gauss": 3.0, "sigma_gamma": 3.0, "w_bilateral": 4.0, "sigma_alpha": 30.0,
+           "sigma_beta": 5.0, "iterations": 2}  # fmt: skip
+    (root / "reports" / "crf_params.json").write_text(json.dumps({"params": crf, "metrics": {}}))
+    (root / "reports" / "metrics.json").write_text(json.dumps({"miou": 0.42, "miou_crf": 0.45}))
+    third = run_stage()
+    assert third["crf_applied"] is True and third["aliases"] == [CHALLENGER, CHAMPION]
+    assert third["decision"]["test_miou"] == 0.45 and third["decision"]["champion_before"] == "1"
+
+
+def test_registering_a_run_missing_from_the_store_names_the_run_and_the_store(tracking):
+    from segflow.errors import SegflowError
+
+    with pytest.raises(SegflowError, match="run 0123abcd not found in sqlite"):
+        register_model(
+            "0123abcd", "missing", {"miou": 0.5}, None, CLASSES, tracking["checkpoint"],
+            MEAN, STD, HASH_A,
+        )  # fmt: skip
