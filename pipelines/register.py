@@ -5,15 +5,19 @@ metrics, class table and tuned CRF params, then runs the promotion gate: ``champ
 only if it beats the champion's test mIoU on the same test split by ``register.min_gain``.
 """
 
-from pathlib import Path
-
 from segflow.config import Params
 from segflow.io import write_json
-from segflow.paths import BEST_MODEL, CRF_PARAMS, METRICS, RUN_INFO, SHARD_INDEX
+from segflow.paths import (
+    BEST_MODEL,
+    CRF_PARAMS,
+    EVAL_REPORT,
+    METRICS,
+    REGISTRY_RECORD,
+    RUN_INFO,
+    SHARD_INDEX,
+)
 from segflow.registry import register_and_gate
 from segflow.stage import console, run_stage
-
-REGISTRY = Path("reports/registry.json")
 
 
 def main(params: Params) -> None:
@@ -28,8 +32,9 @@ def main(params: Params) -> None:
         params.dataset.test_split,
         params.register.min_gain,
         params.register.model_name_prefix,
+        report_dir=EVAL_REPORT,
     )
-    write_json(REGISTRY, record)
+    write_json(REGISTRY_RECORD, record)
     decision = record["decision"]
     console.print(
         f"register: {record['name']} v{record['version']} ({', '.join(record['aliases'])}): "

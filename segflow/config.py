@@ -189,6 +189,56 @@ class CRFTuneParams(_Section):
         return {name: getattr(self, name) for name in names}
 
 
+class TuneModelChoice(_Section):
+    """One architecture a train sweep may pick; it replaces all four model keys of ``train``."""
+
+    model: str
+    backbone: str | None = None
+    output_stride: int | None = None
+    model_options: dict[str, int | float | str | bool | list | dict] = {}
+
+
+_Range = Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=2, max_length=2)]
+_Crop = Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=2, max_length=2)]
+
+
+class TuneParams(_Section):
+    """The tune stage: a Ray Tune sweep of training hyper-parameters (off by default).
+
+    Each trial trains ``max_epochs`` epochs with the plain loop in one process; ASHA stops the
+    weak trials early on val mIoU. The best setting goes to reports/best_train_params.yaml for
+    the user to copy into params.yaml: the sweep never changes the train stage by itself.
+    """
+
+    enabled: bool = False
+    num_samples: int = Field(8, gt=0)
+    #: Epochs per trial (ASHA's max_t); the LR schedule spans these epochs.
+    max_epochs: int = Field(4, gt=0)
+    grace_period: int = Field(1, gt=0)
+    reduction_factor: float = Field(2, gt=1)
+    search: Literal["optuna", "random"] = "optuna"
+    cpus_per_trial: float = Field(2, gt=0)
+    gpus_per_trial: float = Field(0, ge=0)
+    #: [low, high], sampled log-uniformly.
+    lr: _Range = [0.005, 0.1]
+    weight_decay: _Range = [1e-5, 1e-3]
+    batch_size: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)] = [4, 8]
+    #: [height, width] choices; empty: the loader's crop.
+    crops: list[_Crop] = []
+    #: Architecture choices; empty: the train stage's model.
+    models: list[TuneModelChoice] = []
+
+    @model_validator(mode="after")
+    def _ranges(self) -> TuneParams:
+        for name in ("lr", "weight_decay"):
+            low, high = getattr(self, name)
+            if not low < high:
+                raise ValueError(f"{name} must be [low, high] with low < high")
+        if self.grace_period > self.max_epochs:
+            raise ValueError("grace_period must not exceed max_epochs")
+        return self
+
+
 class EvaluateParams(_Section):
     """Inference mode of the crf_tune and evaluate stages, and what the report shows."""
 
@@ -233,6 +283,7 @@ class Params(_Section):
     loader: LoaderParams = LoaderParams()
     train: TrainParams = TrainParams()
     crf: CRFTuneParams = CRFTuneParams()
+    tune: TuneParams = TuneParams()
     evaluate: EvaluateParams = EvaluateParams()
     register: RegisterParams = RegisterParams()
 

@@ -335,6 +335,21 @@ def _served_crf(crf_file: Path, metrics: dict) -> dict | None:
     return crf
 
 
+def log_evaluation(
+    run_id: str, metrics: dict, metrics_file: Path, report_dir: Path | None = None
+) -> None:
+    """Attach the evaluate stage's numbers and report to the training run."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for key, value in metrics.items():
+        if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
+            client.log_metric(run_id, f"test_{key}", float(value))
+    client.log_artifact(run_id, str(metrics_file), "evaluation")
+    if report_dir is not None and Path(report_dir).is_dir():
+        client.log_artifacts(run_id, str(report_dir), "evaluation/report")
+
+
 def register_and_gate(
     run_info: Path,
     metrics_file: Path,
@@ -346,8 +361,13 @@ def register_and_gate(
     test_split: str,
     min_gain: float,
     prefix: str = "segflow",
+    report_dir: Path | None = None,
 ) -> dict:
     """The register stage: register the trained model, run the gate; the registry.json record.
+
+    The test metrics (as ``test_<name>``) and the evaluation report (``report_dir``, under the
+    artifact path ``evaluation/``) are logged to the training run first, so the run in the
+    MLflow UI shows how its model scored next to how it trained.
 
     ``crf_file`` is optional (no file: the model applies no CRF). The current tracking URI
     (``$MLFLOW_TRACKING_URI`` or the default store) must be the one training logged to.
@@ -365,6 +385,7 @@ def register_and_gate(
     mlflow.set_tracking_uri(tracking_uri())
     dataset = str(index.get("dataset", "unknown"))
     test_hash = split_hash(index, test_split)
+    log_evaluation(run["mlflow_run_id"], metrics, metrics_file, report_dir)
     version = register_model(
         run["mlflow_run_id"], dataset, metrics, crf, index.get("classes", []), model_path,
         mean, std, test_hash, prefix,

@@ -1,4 +1,5 @@
-"""`dvc repro evaluate`: train -> crf_tune (Ray Tune) -> evaluate (Ray tasks) in a temp project."""
+"""`dvc repro` end to end on tiny synthetic data in a temp project: every stage from synthesize
+to register, with crf_tune (Ray Tune), evaluate (Ray tasks) and the MLflow registry."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ TINY = {"num_train": 6, "num_val": 3, "num_test": 3, "height": 48, "width": 64}
 TRAIN = {"epochs": 1, "launcher": "local", "batch_size": 2, "cpus_per_worker": 1}
 
 
-def test_dvc_repro_evaluate_tunes_the_crf_scores_with_and_without_it_and_reruns_nothing(tmp_path):
+def test_dvc_repro_runs_every_stage_scores_with_and_without_crf_and_reruns_nothing(tmp_path):
     project = make_project(
         tmp_path,
         synthetic=TINY,
@@ -23,9 +24,10 @@ def test_dvc_repro_evaluate_tunes_the_crf_scores_with_and_without_it_and_reruns_
         crf={"w_bilateral": [3.0, 5.0], "sigma_alpha": 30.0, "sigma_beta": 3.0},
         evaluate={"num_samples_report": 2, "speed_repeats": 2},
     )
-    first = project.dvc("repro", "evaluate")
+    first = project.dvc("repro")
     assert first.returncode == 0, first.stdout + first.stderr
-    for stage in ("train", "crf_tune", "evaluate"):
+    stages = ("synthesize", "ingest", "validate", "shard", "train", "tune", "crf_tune")
+    for stage in (*stages, "evaluate", "register"):
         assert f"Running stage '{stage}'" in first.stdout
 
     root = project.root
@@ -51,7 +53,11 @@ def test_dvc_repro_evaluate_tunes_the_crf_scores_with_and_without_it_and_reruns_
     assert len(list((report / "samples").glob("*.png"))) == 2
     assert (report / "per_class_iou.csv").read_text().startswith("class,iou,iou_crf")
 
-    second = project.dvc("repro", "evaluate")
+    registry = json.loads((root / "reports/registry.json").read_text())
+    assert registry["name"] == "segflow-synthetic" and registry["version"] == "1"
+    assert registry["aliases"] == ["challenger", "champion"]  # the first model is champion
+
+    second = project.dvc("repro")
     assert second.returncode == 0, second.stdout + second.stderr
     assert "Running stage" not in second.stdout
     assert "Data and pipelines are up to date" in second.stdout

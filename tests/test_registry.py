@@ -218,6 +218,8 @@ def test_register_stage_records_version_aliases_and_decision(tracking, tmp_path)
     (root / "models" / "best.pt").write_bytes(tracking["checkpoint"].read_bytes())
     (root / "models" / "run.json").write_text(json.dumps({"mlflow_run_id": tracking["run_id"]}))
     (root / "reports" / "metrics.json").write_text(json.dumps({"miou": 0.42, "pa": 0.8}))
+    (root / "reports" / "eval").mkdir()
+    (root / "reports" / "eval" / "report.md").write_text("# evaluation\n")
     files = [{"path": "test/test-00000.arrow", "sha256": "c" * 64}]
     index = {"dataset": "stage", "classes": CLASSES, "num_classes": 3,
              "splits": {"test": {"files": files}}}  # fmt: skip
@@ -237,6 +239,12 @@ def test_register_stage_records_version_aliases_and_decision(tracking, tmp_path)
     assert first["name"] == "segflow-stage" and first["version"] == "1"
     assert first["aliases"] == [CHALLENGER, CHAMPION]
     assert first["decision"]["decision"] == "promoted" and first["crf_applied"] is False
+    # The training run now also holds the test metrics and the evaluation report.
+    client = mlflow.MlflowClient(tracking["uri"])
+    run = client.get_run(tracking["run_id"])
+    assert run.data.metrics["test_miou"] == 0.42 and run.data.metrics["test_pa"] == 0.8
+    logged = {f.path for f in client.list_artifacts(tracking["run_id"], "evaluation/report")}
+    assert "evaluation/report/report.md" in logged
 
     # The same score again is not a gain: registered as challenger, champion stays.
     second = run_stage()

@@ -1,1 +1,1 @@
-"""Ray Tune sweeps (dense-CRF parameters: crf_search)."""
+"""Ray Tune sweeps: training hyper-parameters (train_search) and dense-CRF settings (crf_search)."""
