@@ -28,7 +28,7 @@ import functools
 import math
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -167,6 +167,16 @@ def to_arrays(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return chw, mask.astype(np.int64)
 
 
+def normalize_images(
+    images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """uint8 (or 0..255 float) N x 3 x H x W -> ``(pixel / 255 - mean) / std`` per channel, the
+    arithmetic of albumentations' ``Normalize`` in training, on whatever device holds them."""
+    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1) * 255
+    s = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1) * 255
+    return (images.float() - m) / s
+
+
 def normalize_batch(
     images: torch.Tensor,
     masks: torch.Tensor,
@@ -180,9 +190,7 @@ def normalize_batch(
     and an eighth of the mask bytes between worker processes and to the device, and leaves the
     per-pixel float work to the device (benchmarks/RESULTS.md, "a8").
     """
-    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1) * 255
-    s = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1) * 255
-    return (images.float() - m) / s, masks.long()
+    return normalize_images(images, mean, std), masks.long()
 
 
 class ShardDataset(IterableDataset):

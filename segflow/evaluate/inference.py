@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from segflow.config import LoaderParams
 from segflow.data.datasets.base import read_rgb
+from segflow.data.loader import normalize_images
 from segflow.errors import SegflowError
 
 MODES = ("single", "multiscale", "sliding")
@@ -48,10 +49,7 @@ def normalize(
         )
     x = torch.from_numpy(np.ascontiguousarray(image)).to(device)
     x = x.unsqueeze(0) if x.ndim == 3 else x
-    x = x.permute(0, 3, 1, 2).float()
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1) * 255
-    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1) * 255
-    return (x - m) / s
+    return normalize_images(x.permute(0, 3, 1, 2), mean, std)
 
 
 def load_image_tensor(
@@ -131,7 +129,7 @@ def predict_multiscale(
                 x = scaled.flip(-1) if flipped else scaled
                 if sliding:
                     # The windows' softmax is already averaged: resize probabilities.
-                    p = _sliding(model, x, **sliding)
+                    p = predict_sliding(model, x, **sliding)  # eval_mode nests
                     if p.shape[-2:] != (height, width):
                         p = F.interpolate(p, (height, width), mode="bilinear", align_corners=False)
                 else:  # logits resized to the input size, then softmax (as mmsegmentation)
@@ -164,7 +162,38 @@ def predict_sliding(
     """
     _check_image(image)
     with eval_mode(model):
-        return _sliding(model, image, crop, stride, overlap, num_classes, batch_windows)
+        crop_h, crop_w = _pair(crop, "crop")
+        if stride is None:
+            if not 0 <= overlap < 1:
+                raise SegflowError(f"sliding inference: overlap {overlap} must be in [0, 1)")
+            stride = (math.ceil(crop_h * (1 - overlap)), math.ceil(crop_w * (1 - overlap)))
+        stride_h, stride_w = _pair(stride, "stride")
+        n, _, height, width = image.shape
+        pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
+        if pad_h or pad_w:
+            image = F.pad(image, (0, pad_w, 0, pad_h), value=0.0)
+        full_h, full_w = height + pad_h, width + pad_w
+
+        boxes = [
+            (y, x)
+            for y in window_starts(full_h, crop_h, stride_h)
+            for x in window_starts(full_w, crop_w, stride_w)
+        ]
+        total: Tensor | None = None
+        if num_classes is not None:
+            total = image.new_zeros((n, num_classes, full_h, full_w), dtype=torch.float32)
+        count = image.new_zeros((1, 1, full_h, full_w), dtype=torch.float32)
+        for i in range(0, len(boxes), max(1, batch_windows)):
+            group = boxes[i : i + max(1, batch_windows)]
+            windows = torch.cat([image[:, :, y : y + crop_h, x : x + crop_w] for y, x in group])
+            probs = _probs(model, windows)
+            if total is None:
+                total = image.new_zeros((n, probs.shape[1], full_h, full_w), dtype=torch.float32)
+            for j, (y, x) in enumerate(group):
+                total[:, :, y : y + crop_h, x : x + crop_w] += probs[j * n : (j + 1) * n]
+                count[:, :, y : y + crop_h, x : x + crop_w] += 1
+        assert total is not None
+        return (total / count)[:, :, :height, :width]
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -178,49 +207,6 @@ def window_starts(length: int, crop: int, stride: int) -> list[int]:
     """Start offsets of the windows along one axis of ``length`` (>= crop) pixels."""
     grids = max(length - crop + stride - 1, 0) // stride + 1
     return [min(i * stride, length - crop) for i in range(grids)]
-
-
-def _sliding(
-    model: nn.Module,
-    image: Tensor,
-    crop: int | tuple[int, int],
-    stride: int | tuple[int, int] | None = None,
-    overlap: float = 1 / 3,
-    num_classes: int | None = None,
-    batch_windows: int = 1,
-) -> Tensor:
-    crop_h, crop_w = _pair(crop, "crop")
-    if stride is None:
-        if not 0 <= overlap < 1:
-            raise SegflowError(f"sliding inference: overlap {overlap} must be in [0, 1)")
-        stride = (math.ceil(crop_h * (1 - overlap)), math.ceil(crop_w * (1 - overlap)))
-    stride_h, stride_w = _pair(stride, "stride")
-    n, _, height, width = image.shape
-    pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
-    if pad_h or pad_w:
-        image = F.pad(image, (0, pad_w, 0, pad_h), value=0.0)
-    full_h, full_w = height + pad_h, width + pad_w
-
-    boxes = [
-        (y, x)
-        for y in window_starts(full_h, crop_h, stride_h)
-        for x in window_starts(full_w, crop_w, stride_w)
-    ]
-    total: Tensor | None = None
-    if num_classes is not None:
-        total = image.new_zeros((n, num_classes, full_h, full_w), dtype=torch.float32)
-    count = image.new_zeros((1, 1, full_h, full_w), dtype=torch.float32)
-    for i in range(0, len(boxes), max(1, batch_windows)):
-        group = boxes[i : i + max(1, batch_windows)]
-        windows = torch.cat([image[:, :, y : y + crop_h, x : x + crop_w] for y, x in group])
-        probs = _probs(model, windows)
-        if total is None:
-            total = image.new_zeros((n, probs.shape[1], full_h, full_w), dtype=torch.float32)
-        for j, (y, x) in enumerate(group):
-            total[:, :, y : y + crop_h, x : x + crop_w] += probs[j * n : (j + 1) * n]
-            count[:, :, y : y + crop_h, x : x + crop_w] += 1
-    assert total is not None
-    return (total / count)[:, :, :height, :width]
 
 
 def predict(model: nn.Module, image: Tensor, mode: str = "single", **options) -> Tensor:

@@ -240,13 +240,6 @@ def restore_state(state: TrainState, payload: dict) -> None:
     state.history = list(payload.get("history", []))
 
 
-def load_checkpoint(path: str | Path, state: TrainState, map_location: str = "cpu") -> dict:
-    """Restore ``state`` in place from :func:`save_checkpoint`'s file; returns the raw payload."""
-    payload = torch.load(path, map_location=map_location, weights_only=False)
-    restore_state(state, payload)
-    return payload
-
-
 def load_model(path: str | Path, map_location: str = "cpu") -> nn.Module:
     """The trained model of a checkpoint written by :func:`fit` or the Ray workers (eval mode)."""
     path = Path(path)

@@ -25,14 +25,6 @@ from segflow.evaluate.inference import (
 NUM_CLASSES = 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def pointwise_model(seed: int = 0) -> nn.Module:
     """A 1x1 convolution: each pixel's logits depend on that pixel only, so the model commutes
     with translation, cropping and horizontal flips."""

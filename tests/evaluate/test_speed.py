@@ -15,14 +15,6 @@ from segflow.evaluate.speed import measure_inference
 BUFFER_MB = 96
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class TemporaryBufferModel(nn.Module):
     """A 1x1 convolution whose forward also fills a ``mb``-MiB temporary tensor."""
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from segflow.config import Params
 from segflow.data.datasets.base import ClassInfo, DatasetAdapter, SampleRef
@@ -89,12 +88,3 @@ def tiny_params(tmp_path: Path | None = None, **train) -> Params:
             "train": settings,
         }
     )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI box has 2 shared cores; the float sums must also not depend on the thread count.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
