@@ -1,39 +1,27 @@
 """Stage register: models/best.pt + reports/metrics.json -> MLflow Model Registry, registry.json.
 
 Registers the trained model as ``<prefix>-<dataset>`` (alias ``challenger``) with its test
-metrics, class table and tuned CRF params, then runs the promotion gate: ``champion`` moves to it
-only if it beats the champion's test mIoU on the same test split by ``register.min_gain``.
+metrics, class table and tuned CRF params, then runs the promotion gate: the champion is scored
+again on the same test images, and ``champion`` moves to the new version only if the paired
+bootstrap interval of the mIoU difference lies above ``register.min_gain``. The gate's figures
+go to reports/gate.md (also logged with the run's evaluation report) and reports/registry.json.
 """
 
+import mlflow
+
 from segflow.config import Params
-from segflow.io import write_json
-from segflow.paths import (
-    BEST_MODEL,
-    CRF_PARAMS,
-    EVAL_REPORT,
-    METRICS,
-    REGISTRY_RECORD,
-    RUN_INFO,
-    SHARD_INDEX,
-)
+from segflow.gate import gate_markdown
+from segflow.io import atomic_path, write_json
+from segflow.paths import GATE_REPORT, REGISTRY_RECORD
 from segflow.registry import register_and_gate
 from segflow.stage import console, run_stage
 
 
 def main(params: Params) -> None:
-    record = register_and_gate(
-        RUN_INFO,
-        METRICS,
-        CRF_PARAMS,
-        SHARD_INDEX,
-        BEST_MODEL,
-        params.loader.mean,
-        params.loader.std,
-        params.dataset.test_split,
-        params.register.min_gain,
-        params.register.model_name_prefix,
-        report_dir=EVAL_REPORT,
-    )
+    record = register_and_gate(params)
+    with atomic_path(GATE_REPORT) as tmp:
+        tmp.write_text(gate_markdown(record))
+    mlflow.MlflowClient().log_artifact(record["mlflow_run_id"], str(GATE_REPORT), "evaluation")
     write_json(REGISTRY_RECORD, record)
     decision = record["decision"]
     console.print(

@@ -107,6 +107,48 @@ def predict(
     console.print(f"predict: {image} -> {out}" + (f", labels {labels}" if labels else ""))
 
 
+@app.command()
+def schedule(
+    params: Path = typer.Option(Path("params.yaml"), help="Params file with retrain.schedule."),
+    out: Path = typer.Option(Path("infra/schedule"), help="Directory of the scheduler files."),
+    check: bool = typer.Option(False, "--check", help="Only compare; exit 1 if any is stale."),
+) -> None:
+    """Render the retrain schedulers (CronJob, systemd timer, crontab) from retrain.schedule."""
+    from segflow.config import load_params
+    from segflow.schedule import cron_to_oncalendar, stale_files, write
+
+    loaded = load_params(params)
+    if check:
+        stale = stale_files(loaded, out)
+        if stale:
+            names = ", ".join(str(p) for p in stale)
+            raise SegflowError(f"{names}: stale for {params}; run `segflow schedule`")
+        console.print(f"schedule: {out} matches {params}")
+        return
+    changed = write(loaded, out)
+    cron = loaded.retrain.schedule
+    console.print(f"schedule: {cron!r} (UTC) = OnCalendar {cron_to_oncalendar(cron)!r}")
+    for path in changed:
+        console.print(f"  wrote {path}")
+    if not changed:
+        console.print(f"  {out} was up to date")
+
+
+@app.command()
+def retrain(
+    params: Path = typer.Option(Path("params.yaml"), help="Params file of the project."),
+) -> None:
+    """New data -> dvc repro -> promotion gate; one audit record in reports/retrain_log.jsonl.
+
+    Run in the project checkout (where dvc.yaml is). Exit 0: retrained (promoted or kept) or no
+    new data; 1: a stage or the gate failed (the champion is untouched); 75: another retrain
+    holds the lock.
+    """
+    from segflow.retrain import run_retrain
+
+    sys.exit(run_retrain(params))
+
+
 def main() -> None:
     """Entry point: user errors print one message and exit 1, without a traceback."""
     try:

@@ -263,11 +263,34 @@ class EvaluateParams(_Section):
 class RegisterParams(_Section):
     """The register stage: model name and the promotion gate."""
 
-    #: ``champion`` moves to a new version only if its test mIoU beats the champion's (same
-    #: test split) by more than 0 and at least this much.
+    #: ``champion`` moves to a new version only if the lower bound of the paired-bootstrap
+    #: interval of (new - champion) test mIoU, both scored on the same test images, exceeds this.
     min_gain: float = Field(0.0, ge=0)
+    #: Two-sided confidence of that interval (0.95: the 2.5th percentile is the lower bound).
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    #: Bootstrap resamples of the test images.
+    bootstrap_samples: int = Field(2000, ge=100)
     #: Registered model name is ``<prefix>-<dataset.name>``.
     model_name_prefix: str = Field("segflow", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+_CRON_FIELD = r"[0-9*/,A-Za-z-]+"
+
+
+class RetrainParams(_Section):
+    """The scheduled retraining flow (``segflow retrain``) and its schedule."""
+
+    #: Cadence, one cron expression (minute hour day-of-month month day-of-week) for every
+    #: scheduler in infra/schedule/ (Kubernetes CronJob, systemd timer, crontab line); render
+    #: them with ``segflow schedule``.
+    schedule: str = Field("0 3 * * 1", pattern=rf"^{_CRON_FIELD}( {_CRON_FIELD}){{4}}$")
+    #: DVC targets brought to their latest version first with ``dvc update`` (``.dvc`` files of
+    #: ``dvc import`` / ``dvc import-url``), e.g. [data/raw.dvc].
+    update: list[str] = []
+    #: ``dvc pull`` before the run (a shared DVC remote holds the data and the cache).
+    pull: bool = False
+    #: MLflow experiment with one run per retrain attempt; its tags are the audit record.
+    experiment: str = Field("segflow-retrain", min_length=1)
 
 
 # pydantic warns that the field name "register" shadows ``ABCMeta.register`` of the model
@@ -286,6 +309,7 @@ class Params(_Section):
     tune: TuneParams = TuneParams()
     evaluate: EvaluateParams = EvaluateParams()
     register: RegisterParams = RegisterParams()
+    retrain: RetrainParams = RetrainParams()
 
     @model_validator(mode="after")
     def _synthetic_root(self) -> Params:

@@ -7,11 +7,13 @@ parameters when the pipeline attached them. It is registered as ``segflow-<datas
 gets the alias ``challenger``.
 
 ``champion`` (what ``segflow predict models:/segflow-<dataset>@champion`` serves) only moves
-through :func:`promote_if_better`: the first version becomes champion; later ones must beat the
-champion's test mIoU by ``min_gain`` *on the same test split* (same content hash), because a
-score on different test images says nothing about which model is better. Versions are never
-deleted or overwritten; every decision is recorded as tags on the version it judged, so the
-registry itself is the audit trail.
+through :func:`promote_if_better`: the first version becomes champion; a later one must be
+*measurably* better. The champion is re-scored on the same test images as the new model
+(:mod:`segflow.gate`), a paired bootstrap over those images gives an interval for the mIoU
+difference (:mod:`segflow.evaluate.bootstrap`), and the new model is promoted only if the
+interval's lower bound exceeds ``register.min_gain``. Versions are never deleted or
+overwritten; every decision, with its figures, is recorded as tags on the version it judged,
+so the registry itself is the audit trail.
 """
 
 from __future__ import annotations
@@ -20,19 +22,21 @@ import json
 import math
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from segflow.config import Params
 from segflow.errors import SegflowError
+from segflow.evaluate.bootstrap import load_image_counts, paired_bootstrap
 from segflow.io import read_json
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 #: Name of the pyfunc model inside the training run.
 MODEL_NAME = "segmentation_model"
-#: Version tags the gate reads: the score and the exact test split it was measured on.
-TEST_MIOU, TEST_SPLIT_HASH = "test_miou", "test_split_hash"
+#: Version tags: the score, the exact test split it was measured on, the data it trained on.
+TEST_MIOU, TEST_SPLIT_HASH, DATA_HASH = "test_miou", "test_split_hash", "data_hash"
 
 
 def registered_name(dataset: str, prefix: str = "segflow") -> str:
@@ -129,12 +133,14 @@ def register_model(
     std: Sequence[float],
     test_split_hash: str,
     prefix: str = "segflow",
+    data_hash: str = "unknown",
 ):
     """Log the pyfunc model to training run ``run_id``, register it, alias it ``challenger``.
 
     The version carries, as tags, what the gate and a reader need: the test mIoU and the test
-    split's hash, all metrics, the CRF params and the class table (JSON); the CRF params and
-    class table are also artifacts of the model. Returns the new ``ModelVersion``.
+    split's hash, the content hash of the data it was trained on, all metrics, the CRF params,
+    the normalisation and the class table (JSON); the CRF params and class table are also
+    artifacts of the model. Returns the new ``ModelVersion``.
     """
     import mlflow
     import torch
@@ -183,7 +189,10 @@ def register_model(
         "dataset": dataset,
         TEST_MIOU: repr(test_miou),
         TEST_SPLIT_HASH: test_split_hash,
+        DATA_HASH: data_hash,
         "metrics": json.dumps(metrics, sort_keys=True),
+        "mean": json.dumps([float(v) for v in mean]),
+        "std": json.dumps([float(v) for v in std]),
         "crf_params": json.dumps(crf_params),
         "classes": json.dumps(classes),
     }
@@ -206,15 +215,35 @@ def champion_version(name: str):
         raise
 
 
-def promote_if_better(
-    name: str, version: str | int, test_miou: float, min_gain: float, test_split_hash: str
-) -> dict:
-    """Move ``champion`` to ``version`` only if it measurably beats the champion.
+def latest_version(name: str):
+    """The newest registered version of ``name`` (None when there is none): the last model the
+    pipeline produced, promoted or not."""
+    import mlflow
 
-    Decisions: ``promoted`` (first model, or mIoU gain > 0 and >= ``min_gain`` on the same test
-    split), ``kept`` (not better enough, or already champion), ``refused`` (the champion was
-    scored on a different test split, or the champion has no score). The decision is recorded
-    as ``gate.*`` tags on ``version`` and returned.
+    versions = mlflow.MlflowClient().search_model_versions(f"name='{name}'")
+    return max(versions, key=lambda v: int(v.version), default=None)
+
+
+def promote_if_better(
+    name: str,
+    version: str | int,
+    new_counts: np.ndarray,
+    champion_counts: Callable[[object], np.ndarray],
+    min_gain: float,
+    confidence: float = 0.95,
+    samples: int = 2000,
+    seed: int = 0,
+    test_split_hash: str = "unknown",
+) -> dict:
+    """Move ``champion`` to ``version`` only if it is measurably better than the champion.
+
+    ``new_counts`` are the new model's per-image counts on the test split (N x 3 x C, see
+    evaluate.bootstrap); ``champion_counts(champion_version)`` scores the current champion on
+    the same images. Decisions: ``promoted`` (the first model, or the lower bound of the
+    ``confidence`` interval of the paired-bootstrap mIoU difference is above ``min_gain``),
+    ``kept`` (not measurably better, or already champion), ``refused`` (the champion cannot be
+    scored on these images: another class table, a missing artifact). The decision and its
+    figures are recorded as ``gate.*`` tags on ``version`` and returned.
     """
     import mlflow
 
@@ -224,54 +253,50 @@ def promote_if_better(
     decision = {
         "name": name,
         "version": version,
-        "test_miou": float(test_miou),
         "test_split_hash": test_split_hash,
         "min_gain": float(min_gain),
         "champion_before": str(current.version) if current else None,
-        "champion_miou": None,
-        "gain": None,
+        "bootstrap": None,
     }
     if current is None:
         verdict, reason = "promoted", "no champion yet: the first model becomes champion"
     elif str(current.version) == version:
         verdict, reason = "kept", f"version {version} is already the champion"
     else:
-        champ_hash = current.tags.get(TEST_SPLIT_HASH)
-        champ_miou = float(current.tags.get(TEST_MIOU, "nan"))
-        decision["champion_miou"] = champ_miou
-        if champ_hash != test_split_hash:
-            verdict = "refused"
-            reason = (
-                f"champion v{current.version} was scored on test split {champ_hash!s:.12} and "
-                f"this model on {test_split_hash:.12}: mIoU on different test images does not "
-                "compare; re-evaluate both on one split"
+        try:
+            old_counts = champion_counts(current)
+        except SegflowError as exc:
+            old_counts, verdict = None, "refused"
+            reason = f"champion v{current.version} cannot be scored on this test split: {exc}"
+        if old_counts is not None:
+            boot = paired_bootstrap(new_counts, old_counts, samples, confidence, seed)
+            decision["bootstrap"] = boot.to_dict()
+            interval = f"{round(100 * confidence)}% interval [{boot.low:+.4f}, {boot.high:+.4f}]"
+            scores = (
+                f"mIoU {boot.new_miou:.4f} vs champion v{current.version}'s {boot.old_miou:.4f} "
+                f"on the same {boot.num_images} images ({boot.diff:+.4f}, {interval})"
             )
-        elif not math.isfinite(champ_miou):
-            verdict, reason = "refused", f"champion v{current.version} has no test mIoU tag"
-        else:
-            gain = float(test_miou) - champ_miou
-            decision["gain"] = gain
-            if gain > 0 and gain >= min_gain:
+            if math.isfinite(boot.low) and boot.low > min_gain:
                 verdict = "promoted"
-                reason = f"mIoU {test_miou:.4f} beats champion's {champ_miou:.4f} by {gain:+.4f}"
+                reason = f"{scores}: lower bound above min_gain {min_gain}"
             else:
                 verdict = "kept"
-                reason = (
-                    f"mIoU {test_miou:.4f} vs champion's {champ_miou:.4f} ({gain:+.4f}); "
-                    f"needs a gain > 0 and >= min_gain {min_gain}"
-                )
+                reason = f"{scores}: lower bound not above min_gain {min_gain}"
     if verdict == "promoted":
         client.set_registered_model_alias(name, CHAMPION, version)
     decision["decision"] = verdict
     decision["reason"] = reason
     decision["champion_after"] = version if verdict == "promoted" else decision["champion_before"]
-    for key, value in {
+    tags = {
         "gate.decision": verdict,
         "gate.reason": reason,
         "gate.champion_before": str(decision["champion_before"]),
         "gate.min_gain": repr(float(min_gain)),
         "gate.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }.items():
+    }
+    for key, value in (decision["bootstrap"] or {}).items():
+        tags[f"gate.{key}"] = repr(value)
+    for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     return decision
 
@@ -350,55 +375,62 @@ def log_evaluation(
         client.log_artifacts(run_id, str(report_dir), "evaluation/report")
 
 
-def register_and_gate(
-    run_info: Path,
-    metrics_file: Path,
-    crf_file: Path,
-    index_file: Path,
-    model_path: Path,
-    mean: Sequence[float],
-    std: Sequence[float],
-    test_split: str,
-    min_gain: float,
-    prefix: str = "segflow",
-    report_dir: Path | None = None,
-) -> dict:
+def register_and_gate(params: Params) -> dict:
     """The register stage: register the trained model, run the gate; the registry.json record.
 
-    The test metrics (as ``test_<name>``) and the evaluation report (``report_dir``, under the
-    artifact path ``evaluation/``) are logged to the training run first, so the run in the
-    MLflow UI shows how its model scored next to how it trained.
+    The test metrics (as ``test_<name>``) and the evaluation report (under the artifact path
+    ``evaluation/``) are logged to the training run first, so the run in the MLflow UI shows
+    how its model scored next to how it trained. The new model is judged by what it serves:
+    with the tuned CRF when the evaluate stage found the CRF no worse on test, else without.
 
-    ``crf_file`` is optional (no file: the model applies no CRF). The current tracking URI
-    (``$MLFLOW_TRACKING_URI`` or the default store) must be the one training logged to.
+    Reads and writes the stage paths of :mod:`segflow.paths`, relative to the working
+    directory. The current tracking URI (``$MLFLOW_TRACKING_URI`` or the default store) must be
+    the one training logged to.
     """
     import mlflow
 
+    from segflow import paths
+    from segflow.gate import score_version
     from segflow.tracking import tracking_uri
 
-    run = read_json(run_info, "run the train stage (dvc repro train)")
-    metrics = read_json(metrics_file, "run the evaluate stage (dvc repro evaluate)")
-    crf = _served_crf(crf_file, metrics)
-    index = read_json(index_file, "run the shard stage (dvc repro shard)")
+    run = read_json(paths.RUN_INFO, "run the train stage (dvc repro train)")
+    metrics = read_json(paths.METRICS, "run the evaluate stage (dvc repro evaluate)")
+    crf = _served_crf(paths.CRF_PARAMS, metrics)
+    index = read_json(paths.SHARD_INDEX, "run the shard stage (dvc repro shard)")
+    ids, counts = load_image_counts(paths.IMAGE_COUNTS, "run the evaluate stage")
     if "mlflow_run_id" not in run:
-        raise SegflowError(f"{run_info}: no mlflow_run_id; rerun the train stage")
+        raise SegflowError(f"{paths.RUN_INFO}: no mlflow_run_id; rerun the train stage")
     mlflow.set_tracking_uri(tracking_uri())
     dataset = str(index.get("dataset", "unknown"))
-    test_hash = split_hash(index, test_split)
-    log_evaluation(run["mlflow_run_id"], metrics, metrics_file, report_dir)
+    test_hash = split_hash(index, params.dataset.test_split)
+    log_evaluation(run["mlflow_run_id"], metrics, paths.METRICS, paths.EVAL_REPORT)
     version = register_model(
-        run["mlflow_run_id"], dataset, metrics, crf, index.get("classes", []), model_path,
-        mean, std, test_hash, prefix,
+        run["mlflow_run_id"], dataset, metrics, crf, index.get("classes", []), paths.BEST_MODEL,
+        params.loader.mean, params.loader.std, test_hash, params.register.model_name_prefix,
+        data_hash=str(index.get("content_hash", "unknown")),
     )  # fmt: skip
+
+    def champion_counts(champion) -> np.ndarray:
+        champion_ids, champion_counts = score_version(champion, params, paths.SHARDS)
+        if champion_ids != ids:
+            raise SegflowError(
+                f"{paths.IMAGE_COUNTS} lists other test images than the shards; rerun evaluate"
+            )
+        return champion_counts
+
+    g = params.register
     decision = promote_if_better(
-        version.name, version.version, model_miou(metrics, crf), min_gain, test_hash
-    )
+        version.name, version.version, counts["crf" if crf is not None else "raw"],
+        champion_counts, g.min_gain, g.confidence, g.bootstrap_samples, params.seed, test_hash,
+    )  # fmt: skip
+    decision["test_miou"] = model_miou(metrics, crf)
     return {
         "name": version.name,
         "version": str(version.version),
         "model_uri": f"models:/{version.name}/{version.version}",
         "aliases": aliases(version.name, version.version),
         "mlflow_run_id": run["mlflow_run_id"],
+        "data_hash": str(index.get("content_hash", "unknown")),
         "crf_applied": crf is not None,
         "decision": decision,
     }

@@ -34,9 +34,14 @@ NOT_METRICS = {"epoch", "epoch_start_time"}
 
 
 def quiet_mlflow() -> None:
-    """No telemetry or other network calls from MLflow at run time."""
+    """No telemetry or other network calls from MLflow at run time, and no progress bars.
+
+    Downloading a model from a tracking server draws a tqdm bar per model on stderr, where
+    ``segflow predict`` prints only errors. The user's own settings of these variables win.
+    """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def tracking_uri(root: str | Path = ".") -> str:

@@ -1,8 +1,8 @@
 """The Model Registry: registration, the promotion gate, the pyfunc model and `segflow predict`.
 
 Everything runs against a real MLflow sqlite store in a temp dir; the model is a tiny U-Net
-saved in the training-checkpoint format (the gate judges the metrics it is given, so nothing
-needs training).
+saved in the training-checkpoint format. The gate's decision logic is fed per-image counts
+directly; the register stage scores the models on real shards.
 """
 
 from __future__ import annotations
@@ -19,7 +19,13 @@ import numpy as np
 import pytest
 import torch
 
-from segflow.config import TrainParams
+from segflow.config import EvaluateParams, LoaderParams, TrainParams
+from segflow.data.manifest import build_manifest
+from segflow.data.shards import write_shards
+from segflow.errors import SegflowError
+from segflow.evaluate.bootstrap import image_counts, save_image_counts
+from segflow.evaluate.predict_split import predict_split
+from segflow.postprocess.crf import CRFParams, crf_over_split_serial
 from segflow.registry import (
     CHALLENGER,
     CHAMPION,
@@ -27,7 +33,8 @@ from segflow.registry import (
     register_model,
     registered_name,
 )
-from segflow.train.loop import TrainState, save_checkpoint
+from segflow.train.loop import TrainState, load_model, save_checkpoint
+from tests.train.conftest import BandsAdapter
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -101,41 +108,86 @@ def champion_of(name: str) -> str:
     return str(mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
 
 
-def test_gate_promotes_only_a_measurably_better_model_on_the_same_test_split(tracking):
+def counts(accuracy: float, images: int = 12, seed: int = 0) -> np.ndarray:
+    """Per-image counts (N x 3 x 3) of a model whose pixels are right with prob. ``accuracy``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(images):
+        mat = np.zeros((3, 3), dtype=np.int64)
+        for t in range(3):
+            pixels = int(rng.integers(100, 300))
+            right = rng.binomial(pixels, accuracy)
+            mat[t, t] = right
+            mat[t, (t + 1) % 3] = pixels - right
+        out.append(image_counts(mat))
+    return np.stack(out)
+
+
+def first_champion(version) -> dict:
+    """Promote the first version of a name (no champion: no scores needed)."""
+
+    def never(_):
+        raise AssertionError("a first version needs no champion scores")
+
+    return promote_if_better(version.name, version.version, counts(0.5), never, 0.0)
+
+
+def test_gate_promotes_only_when_the_bootstrap_interval_clears_min_gain(tracking):
     name = registered_name("gate")
     client = mlflow.MlflowClient()
+    scores = {}  # version -> its per-image counts on the (one) test split
+
+    def gate(version, accuracy, min_gain=0.0, seed=0):
+        scores[str(version.version)] = counts(accuracy, seed=seed)
+        return promote_if_better(
+            name, version.version, scores[str(version.version)],
+            lambda champion: scores[str(champion.version)], min_gain, 0.95, 1000, 0, HASH_A,
+        )  # fmt: skip
 
     v1 = register(tracking, "gate", 0.50, HASH_A)
     assert v1.name == name and CHALLENGER in v1.aliases
-    first = promote_if_better(name, v1.version, 0.50, 0.01, HASH_A)
-    assert first["decision"] == "promoted" and champion_of(name) == str(v1.version)
+    first = gate(v1, 0.70)
+    assert first["decision"] == "promoted" and first["bootstrap"] is None
+    assert champion_of(name) == str(v1.version)
 
-    v2 = register(tracking, "gate", 0.40, HASH_A)  # worse
-    worse = promote_if_better(name, v2.version, 0.40, 0.0, HASH_A)
-    assert worse["decision"] == "kept" and worse["gain"] == pytest.approx(-0.10)
+    v2 = register(tracking, "gate", 0.40, HASH_A)  # clearly worse
+    worse = gate(v2, 0.50, seed=1)
+    assert worse["decision"] == "kept" and worse["bootstrap"]["high"] < 0
     assert champion_of(name) == str(v1.version)
     assert str(client.get_model_version_by_alias(name, CHALLENGER).version) == str(v2.version)
 
-    v3 = register(tracking, "gate", 0.505, HASH_A)  # better, but by less than min_gain
-    small = promote_if_better(name, v3.version, 0.505, 0.01, HASH_A)
-    assert small["decision"] == "kept" and champion_of(name) == str(v1.version)
+    v3 = register(tracking, "gate", 0.70, HASH_A)  # as good: the interval straddles zero
+    same = gate(v3, 0.70, seed=2)
+    assert same["decision"] == "kept" and same["bootstrap"]["low"] < 0 < same["bootstrap"]["high"]
 
-    v4 = register(tracking, "gate", 0.60, HASH_A)  # better by more than min_gain
-    better = promote_if_better(name, v4.version, 0.60, 0.01, HASH_A)
+    v4 = register(tracking, "gate", 0.75, HASH_A)  # better, but not by min_gain
+    small = gate(v4, 0.75, min_gain=0.5, seed=3)
+    assert small["decision"] == "kept" and 0 < small["bootstrap"]["low"] < 0.5
+
+    v5 = register(tracking, "gate", 0.90, HASH_A)  # clearly better: lower bound above 0
+    better = gate(v5, 0.90, seed=4)
     assert better["decision"] == "promoted" and better["champion_before"] == str(v1.version)
-    assert champion_of(name) == str(v4.version)
+    assert better["bootstrap"]["low"] > 0 and champion_of(name) == str(v5.version)
+    assert "on the same 12 images" in better["reason"]
 
-    v5 = register(tracking, "gate", 0.95, HASH_B)  # scored on other test images
-    other = promote_if_better(name, v5.version, 0.95, 0.0, HASH_B)
-    assert other["decision"] == "refused" and "different test images" in other["reason"]
-    assert champion_of(name) == str(v4.version)
+    v6 = register(tracking, "gate", 0.95, HASH_B)
+
+    def unscorable(champion):
+        raise SegflowError("the model predicts 5 classes, the test split has 3")
+
+    other = promote_if_better(name, v6.version, counts(0.99), unscorable, 0.0)
+    assert other["decision"] == "refused" and "predicts 5 classes" in other["reason"]
+    assert champion_of(name) == str(v5.version)
 
     versions = client.search_model_versions(f"name='{name}'")
-    assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4, 5]  # nothing deleted
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4, 5, 6]  # nothing deleted
     decisions = {str(v.version): v.tags["gate.decision"] for v in versions}
     assert decisions == {
-        "1": "promoted", "2": "kept", "3": "kept", "4": "promoted", "5": "refused"
+        "1": "promoted", "2": "kept", "3": "kept", "4": "kept", "5": "promoted", "6": "refused"
     }  # fmt: skip
+    tags = client.get_model_version(name, v5.version).tags
+    assert float(tags["gate.low"]) == pytest.approx(better["bootstrap"]["low"])
+    assert float(tags["gate.old_miou"]) == pytest.approx(better["bootstrap"]["old_miou"])
     assert client.get_model_version(name, v2.version).tags["test_miou"] == "0.4"
 
 
@@ -160,7 +212,7 @@ def test_registered_version_carries_metrics_crf_params_and_class_table(tracking)
 
 def test_champion_pyfunc_model_maps_an_image_to_a_label_map_of_its_size(tracking):
     version = register(tracking, "roundtrip", 0.5, HASH_A)
-    promote_if_better(version.name, version.version, 0.5, 0.0, HASH_A)
+    first_champion(version)
     model = mlflow.pyfunc.load_model(f"models:/{version.name}@champion")
     image = np.random.default_rng(1).integers(0, 256, (30, 45, 3), dtype=np.uint8)
     labels = model.predict(image)
@@ -180,7 +232,7 @@ def segflow_cli(*args: str, uri: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_predict_command_writes_a_coloured_mask_of_the_input_size(tracking, tmp_path):
     version = register(tracking, "cli", 0.5, HASH_A)
-    promote_if_better(version.name, version.version, 0.5, 0.0, HASH_A)
+    first_champion(version)
     image = np.random.default_rng(2).integers(0, 256, (33, 47, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / "in.png"), image)
     result = segflow_cli(
@@ -209,22 +261,34 @@ def test_predict_command_with_an_unknown_model_is_one_error_line_and_exit_1(trac
     assert not (tmp_path / "in_mask.png").exists()
 
 
-def test_register_stage_records_version_aliases_and_decision(tracking, tmp_path):
-    """pipelines/register.py in a throw-away project: run.json + metrics.json -> registry.json."""
+def test_register_stage_rescores_the_champion_on_the_same_images_and_records_the_gate(
+    tracking, tmp_path
+):
+    """pipelines/register.py in a throw-away project with real test shards: the model's
+    per-image counts (as the evaluate stage writes them) -> registry.json, gate.md, tags."""
     root = tmp_path / "project"
+    adapter = BandsAdapter(tmp_path / "raw", {"train": 2, "test": 4})
+    shards = root / "data" / "shards"
+    write_shards(build_manifest(adapter), adapter, shards, rows_per_shard=8, workers=1)
     (root / "models").mkdir(parents=True)
-    (root / "reports").mkdir()
-    (root / "data" / "shards").mkdir(parents=True)
+    (root / "reports" / "eval").mkdir(parents=True)
     (root / "models" / "best.pt").write_bytes(tracking["checkpoint"].read_bytes())
     (root / "models" / "run.json").write_text(json.dumps({"mlflow_run_id": tracking["run_id"]}))
-    (root / "reports" / "metrics.json").write_text(json.dumps({"miou": 0.42, "pa": 0.8}))
-    (root / "reports" / "eval").mkdir()
     (root / "reports" / "eval" / "report.md").write_text("# evaluation\n")
-    files = [{"path": "test/test-00000.arrow", "sha256": "c" * 64}]
-    index = {"dataset": "stage", "classes": CLASSES, "num_classes": 3,
-             "splits": {"test": {"files": files}}}  # fmt: skip
-    (root / "data" / "shards" / "index.json").write_text(json.dumps(index))
-    (root / "params.yaml").write_text("register:\n  min_gain: 0.01\n")
+    (root / "params.yaml").write_text("register:\n  min_gain: 0.01\n  bootstrap_samples: 500\n")
+    # What the evaluate stage writes: the model's counts without and with a CRF.
+    pred = predict_split(
+        load_model(root / "models" / "best.pt"), shards, "test", tmp_path / "probs", 3,
+        EvaluateParams(), LoaderParams(mean=list(MEAN), std=list(STD)),
+    )  # fmt: skip
+    crf = {"w_gauss": 3.0, "sigma_gamma": 3.0, "w_bilateral": 4.0, "sigma_alpha": 30.0,
+           "sigma_beta": 5.0, "iterations": 2}  # fmt: skip
+    refined = crf_over_split_serial(tmp_path / "probs", CRFParams.from_dict(crf), 3)
+    save_image_counts(
+        root / "reports" / "eval_image_counts.npz", pred.sample_ids,
+        raw=pred.image_counts, crf=refined.image_counts,
+    )  # fmt: skip
+    (root / "reports" / "metrics.json").write_text(json.dumps({"miou": 0.42, "pa": 0.8}))
 
     def run_stage() -> dict:
         env = {**os.environ, "MLFLOW_TRACKING_URI": tracking["uri"]}
@@ -236,35 +300,42 @@ def test_register_stage_records_version_aliases_and_decision(tracking, tmp_path)
         return json.loads((root / "reports" / "registry.json").read_text())
 
     first = run_stage()
-    assert first["name"] == "segflow-stage" and first["version"] == "1"
+    assert first["name"] == "segflow-bands" and first["version"] == "1"
     assert first["aliases"] == [CHALLENGER, CHAMPION]
     assert first["decision"]["decision"] == "promoted" and first["crf_applied"] is False
-    # The training run now also holds the test metrics and the evaluation report.
+    # The training run now also holds the test metrics, the evaluation report and the gate.
     client = mlflow.MlflowClient(tracking["uri"])
     run = client.get_run(tracking["run_id"])
     assert run.data.metrics["test_miou"] == 0.42 and run.data.metrics["test_pa"] == 0.8
     logged = {f.path for f in client.list_artifacts(tracking["run_id"], "evaluation/report")}
     assert "evaluation/report/report.md" in logged
+    gate_logged = {f.path for f in client.list_artifacts(tracking["run_id"], "evaluation")}
+    assert "evaluation/gate.md" in gate_logged
 
-    # The same score again is not a gain: registered as challenger, champion stays.
+    # The same model again: the champion, scored here on the same images, gets exactly the
+    # evaluate stage's counts, so the difference is 0 on every resample: kept.
     second = run_stage()
     assert second["version"] == "2" and second["aliases"] == [CHALLENGER]
-    assert second["decision"]["decision"] == "kept"
-    assert second["decision"]["champion_after"] == "1"
+    gate = second["decision"]
+    assert gate["decision"] == "kept" and gate["champion_after"] == "1"
+    assert gate["bootstrap"]["diff"] == gate["bootstrap"]["low"] == gate["bootstrap"]["high"] == 0
+    assert gate["bootstrap"]["num_images"] == 4 and gate["bootstrap"]["samples"] == 500
+    report = (root / "reports" / "gate.md").read_text()
+    assert "**kept**" in report and "| champion v1 mIoU |" in report
+    assert "95% interval of the difference | [+0.0000, +0.0000]" in report
 
-    # crf_tune's file, and a CRF that helps on test: the model serves it and is judged with it.
-    crf = {"w_gauss": 3.0, "sigma_gamma": 3.0, "w_bilateral": 4.0, "sigma_alpha": 30.0,
-           "sigma_beta": 5.0, "iterations": 2}  # fmt: skip
+    # crf_tune's file, and a CRF that helps on test: the model serves it and is judged with
+    # its with-CRF counts against the champion's plain ones.
     (root / "reports" / "crf_params.json").write_text(json.dumps({"params": crf, "metrics": {}}))
     (root / "reports" / "metrics.json").write_text(json.dumps({"miou": 0.42, "miou_crf": 0.45}))
     third = run_stage()
-    assert third["crf_applied"] is True and third["aliases"] == [CHALLENGER, CHAMPION]
-    assert third["decision"]["test_miou"] == 0.45 and third["decision"]["champion_before"] == "1"
+    assert third["crf_applied"] is True and third["decision"]["champion_before"] == "1"
+    boot = third["decision"]["bootstrap"]
+    assert boot["new_miou"] == pytest.approx(refined.metrics["miou"], abs=1e-6)
+    assert boot["old_miou"] == pytest.approx(second["decision"]["bootstrap"]["old_miou"])
 
 
 def test_registering_a_run_missing_from_the_store_names_the_run_and_the_store(tracking):
-    from segflow.errors import SegflowError
-
     with pytest.raises(SegflowError, match="run 0123abcd not found in sqlite"):
         register_model(
             "0123abcd", "missing", {"miou": 0.5}, None, CLASSES, tracking["checkpoint"],

@@ -19,6 +19,7 @@ import numpy as np
 from segflow.config import Params
 from segflow.data.datasets.base import ClassInfo
 from segflow.data.shards import read_index
+from segflow.evaluate.bootstrap import save_image_counts
 from segflow.evaluate.metrics import metrics_from_confusion
 from segflow.evaluate.predict_split import inference_options, predict_split
 from segflow.evaluate.report import QualitativeSample, write_report
@@ -78,9 +79,11 @@ def evaluate_split(
     crf_path: str | Path,
     metrics_path: str | Path,
     report_dir: str | Path,
+    counts_path: str | Path,
 ) -> dict:
     """Score ``params.dataset.test_split`` without and with the tuned CRF; write the flat
-    metrics (DVC metrics file) and the report directory; return the flat metrics."""
+    metrics (DVC metrics file), the report directory and each image's counts without and with
+    the CRF (``counts_path``, what the promotion gate resamples); return the flat metrics."""
     crf = read_best(crf_path)  # before any work: a missing file is the user's first error
     device = default_device()
     model = load_model(model_path, map_location=str(device))
@@ -118,6 +121,8 @@ def evaluate_split(
         samples, speed, title=f"segflow evaluation: {params.dataset.name} "
         f"{params.dataset.test_split} ({ev.mode} inference)",
     )  # fmt: skip
+    counts = {"raw": pred.image_counts, "crf": with_crf.image_counts}
+    save_image_counts(counts_path, pred.sample_ids, **counts)
     write_json(metrics_path, metrics)
     return metrics
 

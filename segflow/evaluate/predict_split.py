@@ -5,7 +5,9 @@ its stored size (the eval transform: normalise only), in the inference mode of
 ``params.evaluate``. Each image's softmax goes to a compact ``<id>.npz`` (image, label,
 quantised probabilities; see :mod:`segflow.postprocess.probs`) so that the CRF can run later,
 in other processes, one image at a time. The confusion counts of the plain argmax are summed
-on the way, from the full-precision probabilities, so "without CRF" needs no second pass.
+on the way, from the full-precision probabilities, so "without CRF" needs no second pass; each
+image's own counts (TP, GT, predicted pixels per class) are kept for the paired bootstrap of the
+promotion gate.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from torch import nn
 
 from segflow.config import EvaluateParams, LoaderParams
 from segflow.data.loader import ShardReader, split_files
+from segflow.errors import SegflowError
+from segflow.evaluate.bootstrap import image_counts
 from segflow.evaluate.inference import normalize, predict
 from segflow.evaluate.metrics import ConfusionMatrix
 from segflow.io import atomic_dir
@@ -57,11 +61,13 @@ def file_ids(sample_ids: list[str]) -> list[str]:
 @dataclass
 class SplitPrediction:
     """Files written (``file_ids[i]`` is the file of ``sample_ids[i]``), argmax confusion counts
-    (C x C int64, rows = truth) and the size of the first image (for the speed measurement)."""
+    (C x C int64, rows = truth), per-image counts (N x 3 x C, see evaluate.bootstrap) and the size
+    of the first image (for the speed measurement)."""
 
     sample_ids: list[str]
     file_ids: list[str]
     confusion: np.ndarray
+    image_counts: np.ndarray
     image_size: tuple[int, int]
 
 
@@ -86,7 +92,8 @@ def predict_split(
     names = file_ids(sample_ids)
     options = inference_options(evaluate, loader)
     model = model.to(device)
-    cm = ConfusionMatrix(num_classes)
+    total = np.zeros((num_classes, num_classes), dtype=np.int64)
+    per_image = np.zeros((len(names), 3, num_classes), dtype=np.int64)
     image_size = (0, 0)
     with atomic_dir(out_dir) as tmp:
         for i, name in enumerate(names):
@@ -95,6 +102,14 @@ def predict_split(
                 image_size = (int(image.shape[0]), int(image.shape[1]))
             x = normalize(image, loader.mean, loader.std, device)
             probs = predict(model, x, evaluate.mode, **options)[0].cpu()
+            if probs.shape[0] != num_classes:
+                raise SegflowError(
+                    f"{shard_dir}: the model predicts {probs.shape[0]} classes, the {split} "
+                    f"split has {num_classes}; it was trained on another class table"
+                )
+            cm = ConfusionMatrix(num_classes)
             cm.update(torch.from_numpy(label.astype(np.int64)), probs.argmax(dim=0))
+            total += cm.mat.numpy()
+            per_image[i] = image_counts(cm.mat.numpy())
             save_probs(tmp, name, image, label, probs.numpy(), dtype)
-    return SplitPrediction(sample_ids, names, cm.mat.numpy().copy(), image_size)
+    return SplitPrediction(sample_ids, names, total, per_image, image_size)

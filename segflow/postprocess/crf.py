@@ -137,25 +137,28 @@ def refine_labels(
 
 @dataclass
 class SplitResult:
-    """Confusion counts summed over a split (rows = truth) and the metrics they give."""
+    """Confusion counts summed over a split (rows = truth), the metrics they give, and each
+    image's counts (N x 3 x C: TP, GT, predicted pixels per class; in the order of the files)
+    for the paired bootstrap of the promotion gate."""
 
     confusion: np.ndarray
     metrics: dict
     num_images: int
+    image_counts: np.ndarray
 
 
 def confusion_of_files(paths: list[str], params: CRFParams | None, num_classes: int) -> np.ndarray:
-    """C x C int64 confusion counts of saved-probability files; ``params=None``: no CRF.
+    """Confusion counts of each saved-probability file (N x C x C int64); ``params=None``: no CRF.
 
     This is the unit of work of a Ray task; it reads its inputs itself so that only paths go
-    into the object store and only the small matrix comes back.
+    into the object store and only the small matrices come back.
     """
     import torch
 
     from segflow.evaluate.metrics import ConfusionMatrix
 
-    cm = ConfusionMatrix(num_classes)
-    for path in paths:
+    out = np.zeros((len(paths), num_classes, num_classes), dtype=np.int64)
+    for i, path in enumerate(paths):
         record = read_prob_file(path)
         if record.probs.shape[0] != num_classes:
             raise SegflowError(
@@ -165,8 +168,10 @@ def confusion_of_files(paths: list[str], params: CRFParams | None, num_classes: 
             pred = record.probs.argmax(axis=0)
         else:
             pred = dense_crf(record.image, record.probs, params).argmax(axis=0)
+        cm = ConfusionMatrix(num_classes)
         cm.update(torch.from_numpy(record.label.astype(np.int64)), torch.from_numpy(pred))
-    return cm.mat.numpy().copy()
+        out[i] = cm.mat.numpy()
+    return out
 
 
 def _split_paths(prob_dir: str | Path, ids: list[str] | None) -> list[str]:
@@ -176,10 +181,26 @@ def _split_paths(prob_dir: str | Path, ids: list[str] | None) -> list[str]:
     return [str(prob_path(prob_dir, i)) for i in ids]
 
 
-def _result(mat: np.ndarray, num_images: int) -> SplitResult:
-    from segflow.evaluate.metrics import metrics_from_confusion
+class _Accumulator:
+    """Folds per-file matrices into the split's sum and each image's three count vectors, so a
+    split of thousands of 150-class images never holds thousands of C x C matrices."""
 
-    return SplitResult(mat, metrics_from_confusion(mat), num_images)
+    def __init__(self, num_images: int, num_classes: int) -> None:
+        self.confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+        self.image_counts = np.zeros((num_images, 3, num_classes), dtype=np.int64)
+
+    def add(self, per_file: np.ndarray, start: int) -> None:
+        from segflow.evaluate.bootstrap import image_counts
+
+        for offset, mat in enumerate(per_file):
+            self.confusion += mat
+            self.image_counts[start + offset] = image_counts(mat)
+
+    def result(self) -> SplitResult:
+        from segflow.evaluate.metrics import metrics_from_confusion
+
+        metrics = metrics_from_confusion(self.confusion)
+        return SplitResult(self.confusion, metrics, len(self.image_counts), self.image_counts)
 
 
 def crf_over_split_serial(
@@ -191,7 +212,9 @@ def crf_over_split_serial(
     """The CRF over every image of ``prob_dir`` in this process (no Ray); ``params=None``
     scores the raw argmax, the "without CRF" figure."""
     paths = _split_paths(prob_dir, ids)
-    return _result(confusion_of_files(paths, params, num_classes), len(paths))
+    acc = _Accumulator(len(paths), num_classes)
+    acc.add(confusion_of_files(paths, params, num_classes), start=0)
+    return acc.result()
 
 
 def crf_over_split(
@@ -216,11 +239,12 @@ def crf_over_split(
     paths = _split_paths(prob_dir, ids)
     connect_ray(num_cpus)
     task = ray.remote(num_cpus=1)(confusion_of_files)
-    batches = [paths[i : i + images_per_task] for i in range(0, len(paths), images_per_task)]
-    refs = [task.remote(batch, params, num_classes) for batch in batches]
-    total = np.zeros((num_classes, num_classes), dtype=np.int64)
-    # ray.wait hands back matrices as tasks finish, so the driver holds one at a time.
-    while refs:
-        done, refs = ray.wait(refs, num_returns=1)
-        total += ray.get(done[0])
-    return _result(total, len(paths))
+    starts = range(0, len(paths), images_per_task)
+    refs = {task.remote(paths[i : i + images_per_task], params, num_classes): i for i in starts}
+    acc = _Accumulator(len(paths), num_classes)
+    # ray.wait hands back results as tasks finish; each lands at its files' positions.
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        acc.add(ray.get(done[0]), start=refs[done[0]])
+    return acc.result()

@@ -39,13 +39,19 @@ def prob_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("images_per_task", [1, 2])
-def test_ray_tasks_give_exactly_the_serial_confusion(prob_dir, images_per_task):
+def test_ray_tasks_give_exactly_the_serial_confusion_and_per_image_counts(
+    prob_dir, images_per_task
+):
     params = CRFParams(w_bilateral=5.0, sigma_alpha=40.0)
     serial = crf_over_split_serial(prob_dir, params, num_classes=2)
     parallel = crf_over_split(prob_dir, params, num_classes=2, images_per_task=images_per_task)
     assert parallel.num_images == serial.num_images == 3
     assert np.array_equal(parallel.confusion, serial.confusion)
     assert parallel.metrics == serial.metrics
+    # Per-image counts in file order, whatever order the tasks finished in.
+    assert np.array_equal(parallel.image_counts, serial.image_counts)
+    assert serial.image_counts.shape == (3, 3, 2)
+    assert np.array_equal(serial.image_counts[:, 0].sum(axis=0), np.diag(serial.confusion))
 
 
 def test_grid_sweep_finds_the_planted_best_setting(prob_dir, tmp_path):

@@ -1,0 +1,273 @@
+"""The pipeline against a real MLflow tracking server over HTTP, restarted in the middle of a run.
+
+`mlflow server` (sqlite backend, artifacts served by the server) runs on 127.0.0.1; a temp
+project runs `dvc repro` with ``MLFLOW_TRACKING_URI`` pointing at it. The server is killed once
+the training run exists and started again (same port, same store) only after training has
+written its learning curve, so the driver's history, model, evaluation and registry calls start
+while the server is down or just back. MLflow's HTTP retries must carry them through: the run,
+every per-epoch point, the models and the registered champion all end up on the server, and
+nothing in the project's local mlruns/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.project import BIN, make_project
+
+pytestmark = pytest.mark.integration
+
+TINY = {"num_train": 6, "num_val": 3, "num_test": 3, "height": 48, "width": 64}
+EPOCHS = 3
+TRAIN = {"epochs": EPOCHS, "launcher": "local", "batch_size": 2, "cpus_per_worker": 1}
+#: Nothing reaches the network; the job runner (a pool of huey consumers) is not needed here
+#: and would compete for the 2 CI cores.
+SERVER_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+}
+MODEL = "segflow-synthetic"
+
+
+def running(pgid: int) -> list[int]:
+    """Processes of group ``pgid`` still running (a zombie waits only for its reaper)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):  # a process may exit while we read
+            state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            if int(group) == pgid and state != "Z":
+                pids.append(int(stat.parent.name))
+    return pids
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`mlflow server` on one port over a store and artifact directory that outlive it."""
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.root = root
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def log(self, start: int) -> Path:
+        return self.root / f"server-{start}.log"
+
+    def start(self) -> None:
+        """Launch it; :meth:`wait_until_up` waits for it (boot takes seconds: overlap them)."""
+        self.starts += 1
+        cmd = [
+            str(BIN / "mlflow"), "server",
+            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+            "--serve-artifacts", "--artifacts-destination", str(self.root / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+        ]  # fmt: skip
+        with self.log(self.starts).open("w") as log:
+            # Its own process group: the CLI runs uvicorn as a child, and both must go.
+            self.proc = subprocess.Popen(
+                cmd,
+                cwd=self.root,
+                env={**os.environ, **SERVER_ENV},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_until_up(self, timeout: float = 60.0) -> float:
+        """Wait until /health answers; returns that moment (epoch seconds)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited:\n{self.log(self.starts).read_text()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
+                    if response.status == 200:
+                        return time.time()
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(
+            f"mlflow server not up in {timeout} s:\n{self.log(self.starts).read_text()}"
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the whole group, as a crash would: no graceful shutdown, no orphans."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid
+        with contextlib.suppress(ProcessLookupError):  # the group outlives an exited leader
+            os.killpg(pgid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.proc = None
+        # uvicorn too: a survivor would hold the port the restarted server needs.
+        deadline = time.monotonic() + 10
+        while running(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running(pgid), f"mlflow server processes left: {running(pgid)}"
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    root = tmp_path / "server"
+    root.mkdir()
+    server = Server(root, free_port())
+    server.start()  # booting while the test sets up; the test waits for it
+    yield server
+    server.kill()
+
+
+def wait_for(condition, what: str, repro: subprocess.Popen, log: Path, timeout: float = 120.0):
+    """Poll ``condition()`` until it returns something truthy; fail if `dvc repro` ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        if repro.poll() is not None:
+            pytest.fail(f"dvc repro exited ({repro.returncode}) before {what}:\n{log.read_text()}")
+        time.sleep(0.1)
+    pytest.fail(f"no {what} after {timeout} s:\n{log.read_text()}")
+
+
+def training_run(client):
+    """The training run once start_training_run has finished with it (its tags are set last)."""
+    experiment = client.get_experiment_by_name("segflow")
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], "tags.stage = 'train'")
+    return runs[0] if runs else None
+
+
+def test_pipeline_logs_and_registers_over_http_through_a_server_restart(
+    tmp_path, mlflow_server, monkeypatch
+):
+    for key, value in SERVER_ENV.items():  # this process's client stays quiet too
+        monkeypatch.setenv(key, value)
+    from mlflow import MlflowClient
+    from mlflow.entities import LoggedModelStatus
+
+    server = mlflow_server
+    project = make_project(
+        tmp_path,
+        synthetic=TINY,
+        loader={"crop_height": 48, "crop_width": 64},
+        train=TRAIN,
+        crf={"w_bilateral": 3.0, "sigma_alpha": 30.0, "sigma_beta": 3.0},  # one CRF trial
+        evaluate={"num_samples_report": 2, "speed_repeats": 2},
+    )
+    project.env["MLFLOW_TRACKING_URI"] = server.url
+    # MLflow's default retries (7, waiting 0, 4, 8, 16... s: ~4 min in all) ride out the
+    # restart too, but often idle ~8 s after the server is back; backoff 1 (0, 2, 4, 8... s)
+    # keeps CI fast. The retries themselves are MLflow's, as a user gets them.
+    project.env["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    root = project.root
+    curve_file = root / "reports/train_curve.csv"
+    client = MlflowClient(tracking_uri=server.url)
+    log = tmp_path / "repro.log"
+    with log.open("w") as out:
+        repro = subprocess.Popen(
+            [str(BIN / "dvc"), "repro"],
+            cwd=root,
+            env=project.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        # The stages before train need no MLflow: they run while the server boots.
+        server.wait_until_up()
+        run = wait_for(lambda: training_run(client), "training run on the server", repro, log)
+        server.kill()
+        assert not curve_file.exists(), "training finished before the server went down"
+        wait_for(curve_file.exists, "reports/train_curve.csv", repro, log)
+        server.start()
+        back_at = server.wait_until_up()
+        returncode = repro.wait(timeout=240)
+    finally:
+        if repro.poll() is None:
+            os.killpg(repro.pid, signal.SIGKILL)
+            repro.wait()
+    assert returncode == 0, log.read_text()
+
+    run_info = json.loads((root / "models/run.json").read_text())
+    assert run_info["mlflow_run_id"] == run.info.run_id
+    assert run_info["mlflow_tracking_uri"] == server.url
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+
+    # Every epoch's point of every curve column, exactly once: sent while the server was down.
+    with curve_file.open() as f:
+        rows = list(csv.DictReader(f))
+    epochs = [int(row["epoch"]) for row in rows]
+    assert len(epochs) == EPOCHS
+    keys = [k for k in rows[0] if k != "epoch" and all(row[k] != "" for row in rows)]
+    assert {"train_loss", "val_miou", "lr"} <= set(keys)
+    for key in keys:
+        history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+        assert [m.step for m in history] == epochs, key
+        assert [m.value for m in history] == pytest.approx([float(r[key]) for r in rows]), key
+        # Stamped before the restarted server answered: the client's retries delivered them.
+        assert all(m.timestamp < back_at * 1000 for m in history), key
+
+    # The evaluate stage's numbers, attached to the training run by the register stage.
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float) and v == v}
+    assert numeric
+    for key, value in numeric.items():
+        assert run.data.metrics[f"test_{key}"] == pytest.approx(float(value)), key
+
+    # Both logged models (the PyTorch model of train, the pyfunc of register), whole.
+    logged = {
+        m.name: m
+        for m in client.search_logged_models(
+            [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+        )
+    }
+    assert {"model", "segmentation_model"} <= set(logged)
+    assert run_info["model_uri"] == f"models:/{logged['model'].model_id}"
+    for model in logged.values():
+        assert model.status == LoggedModelStatus.READY, model
+        names = {Path(a.path).name for a in client.list_logged_model_artifacts(model.model_id)}
+        assert "MLmodel" in names, (model.name, names)
+    stored = {p.name for p in (server.root / "artifacts").rglob("*") if p.is_file()}
+    assert {"model.pth", "best.pt"} <= stored, stored  # PyTorch model, pyfunc checkpoint
+
+    # The registered version 1, champion, with the tags the gate and a reader need.
+    version = client.get_model_version_by_alias(MODEL, "champion")
+    assert version.version == "1"
+    assert version.run_id == run.info.run_id
+    assert set(version.aliases) >= {"champion", "challenger"}
+    index = json.loads((root / "data/shards/index.json").read_text())
+    assert version.tags["dataset"] == "synthetic"
+    assert json.loads(version.tags["classes"]) == index["classes"]
+    assert json.loads(version.tags["metrics"]) == metrics
+    assert float(version.tags["test_miou"]) in (metrics["miou"], metrics["miou_crf"])
+    assert version.tags["test_split_hash"]
+    assert version.tags["gate.decision"] == "promoted"
+    record = json.loads((root / "reports/registry.json").read_text())
+    assert (record["name"], record["version"]) == (MODEL, "1")
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == 1
+
+    # Everything went over HTTP: no local store; artifacts went through the server's proxy.
+    local = root / "mlruns"
+    assert not local.exists() or not any(p.is_file() for p in local.rglob("*"))
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")
