@@ -9,12 +9,17 @@ epoch); a failing stage. Every attempt is checked in reports/retrain_log.jsonl a
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 
 import mlflow
 import pytest
 
+from segflow.config import RetrainParams, load_params
+from segflow.data.manifest import read_manifest
+from segflow.retrain import StageFailed, update_data
+from tests.data.helpers import make_folder_dataset
 from tests.project import BIN, Project, make_project
 
 pytestmark = pytest.mark.integration
@@ -180,3 +185,36 @@ def test_every_attempt_is_an_mlflow_run_whose_tags_are_the_audit_record(project)
     assert float(training["retrain.ci_low"]) == pytest.approx(promoted["ci_low"])
     assert float(training["retrain.champion_miou"]) == pytest.approx(promoted["champion_miou"])
     assert training["retrain.model_version"] == "2"
+
+
+def test_update_brings_an_imported_dataset_to_its_latest_version_and_ingest_sees_it(
+    tmp_path, monkeypatch
+):
+    """Step 1 for data that lives elsewhere: a folder dataset imported with `dvc import-url`;
+    files added at the source arrive with `dvc update` and make the ingest stage re-run."""
+    source = tmp_path / "source"
+    make_folder_dataset(source, n_train=3, n_val=1, n_test=1)
+    project = make_project(
+        tmp_path,
+        dataset={"name": "folder", "root": "data/raw", "classes_file": "data/raw/classes.yaml"},
+        retrain={"update": ["data/raw.dvc"]},
+    )
+    (project.root / "data").mkdir()
+    imported = project.dvc("import-url", str(source), "data/raw")
+    assert imported.returncode == 0, imported.stderr
+    assert project.dvc("repro", "ingest").returncode == 0
+    for kind in ("images", "masks"):  # a new training sample at the source
+        shutil.copy(source / kind / "train" / "train_0.png", source / kind / "train" / "new.png")
+
+    monkeypatch.chdir(project.root)
+    update_data(load_params("params.yaml"))
+    assert (project.root / "data/raw/images/train/new.png").is_file()
+    again = project.dvc("repro", "ingest")
+    assert "Running stage 'ingest'" in again.stdout
+    assert len(read_manifest(project.root / "data/manifest.parquet").frame) == 6
+
+    missing = load_params("params.yaml").model_copy(
+        update={"retrain": RetrainParams(update=["data/other.dvc"])}
+    )
+    with pytest.raises(StageFailed, match="retrain.update: data/other.dvc: no such .dvc file"):
+        update_data(missing)
