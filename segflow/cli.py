@@ -92,6 +92,9 @@ def predict(
 
     if tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    # An interactive command: a server that is down is an error in seconds, not after MLflow's
+    # default ~4 minutes of retries (the pipeline stages keep those, to ride out a restart).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     import mlflow
 
     mlflow.set_tracking_uri(default_uri())

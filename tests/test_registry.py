@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -222,11 +223,13 @@ def test_champion_pyfunc_model_maps_an_image_to_a_label_map_of_its_size(tracking
     assert np.array_equal(labels, model.predict(image))
 
 
-def segflow_cli(*args: str, uri: str, cwd: Path) -> subprocess.CompletedProcess:
+def segflow_cli(
+    *args: str, uri: str, cwd: Path, timeout: float = 300
+) -> subprocess.CompletedProcess:
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "MLFLOW_TRACKING_URI": uri, "COLUMNS": "200"}
     return subprocess.run(
         [str(BIN / "segflow"), *args], capture_output=True, text=True, cwd=cwd, env=env,
-        timeout=300,
+        timeout=timeout,
     )  # fmt: skip
 
 
@@ -259,6 +262,20 @@ def test_predict_command_with_an_unknown_model_is_one_error_line_and_exit_1(trac
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
     assert "models:/segflow-nothing@champion" in lines[0]
     assert not (tmp_path / "in_mask.png").exists()
+
+
+def test_predict_against_a_tracking_server_that_is_down_fails_in_seconds(tmp_path):
+    cv2.imwrite(str(tmp_path / "in.png"), np.zeros((8, 8, 3), np.uint8))
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = segflow_cli(
+        "predict", "in.png", "--model", "models:/segflow-x@champion",
+        uri=f"http://127.0.0.1:{port}", cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "models:/segflow-x@champion: cannot load the model" in result.stderr
+    assert "Connection refused" in result.stderr
 
 
 def test_register_stage_rescores_the_champion_on_the_same_images_and_records_the_gate(
