@@ -34,6 +34,21 @@ def image_counts(confusion: np.ndarray) -> np.ndarray:
     return np.stack([np.diag(confusion), confusion.sum(axis=1), confusion.sum(axis=0)])
 
 
+class SplitCounts:
+    """A split's confusion matrix (summed) and each image's three count vectors, filled one
+    image at a time, so a split of thousands of 150-class images never holds thousands of
+    C x C matrices. Used wherever a split is scored: plain argmax and after the CRF."""
+
+    def __init__(self, num_images: int, num_classes: int) -> None:
+        self.confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+        self.image_counts = np.zeros((num_images, 3, num_classes), dtype=np.int64)
+
+    def add(self, index: int, confusion: np.ndarray) -> None:
+        """Image ``index``'s confusion matrix (rows = truth)."""
+        self.confusion += confusion
+        self.image_counts[index] = image_counts(confusion)
+
+
 def miou_of_counts(counts: np.ndarray) -> np.ndarray | float:
     """mIoU of summed counts ``(..., 3, C)``: IoU per class where the union is not empty, mean
     over those classes (NaN where no class has pixels). Same rule as metrics_from_confusion."""

@@ -23,7 +23,7 @@ from torch import nn
 from segflow.config import EvaluateParams, LoaderParams
 from segflow.data.loader import ShardReader, split_files
 from segflow.errors import SegflowError
-from segflow.evaluate.bootstrap import image_counts
+from segflow.evaluate.bootstrap import SplitCounts
 from segflow.evaluate.inference import normalize, predict
 from segflow.evaluate.metrics import ConfusionMatrix
 from segflow.io import atomic_dir
@@ -92,8 +92,7 @@ def predict_split(
     names = file_ids(sample_ids)
     options = inference_options(evaluate, loader)
     model = model.to(device)
-    total = np.zeros((num_classes, num_classes), dtype=np.int64)
-    per_image = np.zeros((len(names), 3, num_classes), dtype=np.int64)
+    counts = SplitCounts(len(names), num_classes)
     image_size = (0, 0)
     with atomic_dir(out_dir) as tmp:
         for i, name in enumerate(names):
@@ -109,7 +108,6 @@ def predict_split(
                 )
             cm = ConfusionMatrix(num_classes)
             cm.update(torch.from_numpy(label.astype(np.int64)), probs.argmax(dim=0))
-            total += cm.mat.numpy()
-            per_image[i] = image_counts(cm.mat.numpy())
+            counts.add(i, cm.mat.numpy())
             save_probs(tmp, name, image, label, probs.numpy(), dtype)
-    return SplitPrediction(sample_ids, names, total, per_image, image_size)
+    return SplitPrediction(sample_ids, names, counts.confusion, counts.image_counts, image_size)

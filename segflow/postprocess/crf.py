@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from segflow.errors import SegflowError
+from segflow.evaluate.bootstrap import SplitCounts
 from segflow.postprocess.probs import list_ids, prob_path, read_prob_file
 from segflow.raycluster import connect_ray
 
@@ -181,26 +182,13 @@ def _split_paths(prob_dir: str | Path, ids: list[str] | None) -> list[str]:
     return [str(prob_path(prob_dir, i)) for i in ids]
 
 
-class _Accumulator:
-    """Folds per-file matrices into the split's sum and each image's three count vectors, so a
-    split of thousands of 150-class images never holds thousands of C x C matrices."""
+def _result(counts: SplitCounts) -> SplitResult:
+    from segflow.evaluate.metrics import metrics_from_confusion
 
-    def __init__(self, num_images: int, num_classes: int) -> None:
-        self.confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-        self.image_counts = np.zeros((num_images, 3, num_classes), dtype=np.int64)
-
-    def add(self, per_file: np.ndarray, start: int) -> None:
-        from segflow.evaluate.bootstrap import image_counts
-
-        for offset, mat in enumerate(per_file):
-            self.confusion += mat
-            self.image_counts[start + offset] = image_counts(mat)
-
-    def result(self) -> SplitResult:
-        from segflow.evaluate.metrics import metrics_from_confusion
-
-        metrics = metrics_from_confusion(self.confusion)
-        return SplitResult(self.confusion, metrics, len(self.image_counts), self.image_counts)
+    mat = counts.confusion
+    return SplitResult(
+        mat, metrics_from_confusion(mat), len(counts.image_counts), counts.image_counts
+    )
 
 
 def crf_over_split_serial(
@@ -212,9 +200,10 @@ def crf_over_split_serial(
     """The CRF over every image of ``prob_dir`` in this process (no Ray); ``params=None``
     scores the raw argmax, the "without CRF" figure."""
     paths = _split_paths(prob_dir, ids)
-    acc = _Accumulator(len(paths), num_classes)
-    acc.add(confusion_of_files(paths, params, num_classes), start=0)
-    return acc.result()
+    counts = SplitCounts(len(paths), num_classes)
+    for i, mat in enumerate(confusion_of_files(paths, params, num_classes)):
+        counts.add(i, mat)
+    return _result(counts)
 
 
 def crf_over_split(
@@ -241,10 +230,11 @@ def crf_over_split(
     task = ray.remote(num_cpus=1)(confusion_of_files)
     starts = range(0, len(paths), images_per_task)
     refs = {task.remote(paths[i : i + images_per_task], params, num_classes): i for i in starts}
-    acc = _Accumulator(len(paths), num_classes)
+    counts = SplitCounts(len(paths), num_classes)
     # ray.wait hands back results as tasks finish; each lands at its files' positions.
     pending = list(refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
-        acc.add(ray.get(done[0]), start=refs[done[0]])
-    return acc.result()
+        for offset, mat in enumerate(ray.get(done[0])):
+            counts.add(refs[done[0]] + offset, mat)
+    return _result(counts)
