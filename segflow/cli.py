@@ -52,11 +52,16 @@ def check_params(path: Path = typer.Argument(Path("params.yaml"))) -> None:
 
 
 @app.command()
-def shards(shard_dir: Path = typer.Argument(Path("data/shards"))) -> None:
+def shards(
+    shard_dir: Path = typer.Argument(Path("data/shards")),
+    verify: bool = typer.Option(
+        False, "--verify", help="Re-hash every shard against index.json (reads every byte)."
+    ),
+) -> None:
     """Summarise the shards: samples per split and class pixel shares."""
-    from segflow.data.shards import read_index
+    from segflow.data.shards import verify_shards
 
-    index = read_index(shard_dir)
+    index = verify_shards(shard_dir, full_hash=verify)
     names = [c["name"] for c in index["classes"]]
     table = Table(title=f"{shard_dir} ({index['dataset']}, hash {index['content_hash'][:12]})")
     table.add_column("split")
@@ -70,6 +75,8 @@ def shards(shard_dir: Path = typer.Argument(Path("data/shards"))) -> None:
         share = ", ".join(f"{names[i]} {100 * pixels[i] / total:.1f}%" for i in top)
         table.add_row(split, str(info["num_samples"]), str(len(info["files"])), share)
     console.print(table)
+    if verify:
+        console.print(f"shards: every file matches {shard_dir / 'index.json'} (sha256)")
 
 
 @app.command()
