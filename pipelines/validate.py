@@ -2,6 +2,8 @@
 
 import sys
 
+from rich.markup import escape
+
 from segflow.config import Params
 from segflow.data.datasets import open_dataset
 from segflow.data.manifest import read_manifest
@@ -21,7 +23,7 @@ def main(params: Params) -> None:
     )
     if not result.success:
         for line in result.failures:
-            console.print(f"[bold red]failed:[/] {line}", markup=True)
+            console.print(f"[bold red]failed:[/] {escape(line)}", markup=True)
         console.print(f"validate: {len(result.failures)} rule(s) failed; report in {VALIDATION}/")
         sys.exit(1)
     ignored = ", ".join(f"{s} {100 * v:.1f}%" for s, v in result.ignored_share.items())

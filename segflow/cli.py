@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from segflow.errors import SegflowError
@@ -42,12 +43,12 @@ def models(
 
 @app.command()
 def check_params(path: Path = typer.Argument(Path("params.yaml"))) -> None:
-    """Validate a params file against the schema and print the resolved values."""
+    """Validate a params file: the schema, the model it names, the dataset root and its layout."""
     import yaml
 
-    from segflow.config import load_params
+    from segflow.check import check_params as check
 
-    params = load_params(path)
+    params = check(path)
     console.print(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
 
 
@@ -164,5 +165,8 @@ def main() -> None:
     try:
         app()  # click itself reports usage errors (exit 2)
     except SegflowError as exc:
-        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {exc}")
+        # escape: a message is text, and "[test/ testannot/]" in a layout is not a style tag.
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"[bold red]error:[/] {escape(str(exc))}"
+        )
         sys.exit(1)

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
+from segflow.data.datasets import folder
 from tests.data.helpers import make_binary_folder_dataset, make_folder_dataset
 from tests.project import Project, make_project
 
@@ -113,7 +114,7 @@ def test_a_missing_dataset_root_stops_ingest_naming_the_path(good, tmp_path):
     manifest = project.digest("data/manifest.parquet")
     missing = tmp_path / "nowhere"
     project.set_params(dataset={"root": str(missing)})
-    _fails(project, "ingest", str(missing), "does not exist")
+    _fails(project, "ingest", str(missing), "does not exist", folder.LAYOUT)
     assert project.digest("data/manifest.parquet") == manifest
 
 
