@@ -55,6 +55,7 @@ class Rule:
     kwargs: dict[str, Any]
     noun: tuple[str, str]  # what an offender is (one, many), for the failure line
     describe: Callable[[pd.DataFrame], list[str]]  # offending rows -> one item per offender
+    hint: str = ""  # how to fix it, once at the end of the failure line
 
 
 def _per_row(fmt: Callable[[Any], str]) -> Callable[[pd.DataFrame], list[str]]:
@@ -100,8 +101,10 @@ def _must_be_null(name: str, column: str, noun: tuple[str, str], describe) -> Ru
     return _must_be_null_in("samples", name, column, noun, describe)
 
 
-def _must_be_null_in(table: str, name: str, column: str, noun: tuple[str, str], describe) -> Rule:
-    return Rule(name, table, "ExpectColumnValuesToBeNull", {"column": column}, noun, describe)
+def _must_be_null_in(
+    table: str, name: str, column: str, noun: tuple[str, str], describe, hint: str = ""
+) -> Rule:
+    return Rule(name, table, "ExpectColumnValuesToBeNull", {"column": column}, noun, describe, hint)
 
 
 RULES: list[Rule] = [
@@ -135,6 +138,7 @@ RULES: list[Rule] = [
     _must_be_null_in(
         "splits", "ignored pixels at most dataset.max_ignored_share", "too_many_ignored",
         ("split", "splits"), _per_row(lambda r: f"{r.split} ({r.too_many_ignored})"),
+        hint="; a folder dataset's class table maps stored mask values to classes with `value:`",
     ),
     Rule(
         "every class present in train", "classes", "ExpectColumnValuesToBeBetween",
@@ -289,11 +293,8 @@ def _ignored_message(share: float, limit: float, values: dict[int, int], manifes
         f"{100 * share:.1f}% of mask pixels ignored, limit {100 * limit:g}%; "
         f"mask values found: {found}"
     )
-    if manifest.ignore_values is not None:  # a class table the user wrote: say how to fix it
-        ignore = ", ".join(map(str, manifest.ignore_values)) or "none"
-        message += (
-            f"; ignored: {ignore}; map each value to its class with `value:` in the class table"
-        )
+    if manifest.ignore_values is not None:  # a class table the user wrote says what is ignored
+        message += f"; ignored: {', '.join(map(str, manifest.ignore_values)) or 'none'}"
     return message
 
 
@@ -391,7 +392,7 @@ def _outcome(rule: Rule, suite_result: Any, table: pd.DataFrame) -> dict:
     more = f", and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
     outcome["offenders"] = items
     noun = rule.noun[0] if len(items) == 1 else rule.noun[1]
-    outcome["line"] = f"{rule.name}: {len(items)} {noun}: {listed}{more}"
+    outcome["line"] = f"{rule.name}: {len(items)} {noun}: {listed}{more}{rule.hint}"
     return outcome
 
 

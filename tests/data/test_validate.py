@@ -219,5 +219,6 @@ def test_a_split_mostly_ignored_fails_naming_the_mask_values_found(tmp_path):
     assert "75.0% of mask pixels ignored, limit 50%" in line
     assert "mask values found: 0 (24.5%), 1 (0.5%), 255 (75.0%)" in line
     assert "val (" not in line
+    assert line.endswith("maps stored mask values to classes with `value:`")
     # The same data passes when the limit allows it.
     assert run(tmp_path, refs, max_ignored_share=0.8).success

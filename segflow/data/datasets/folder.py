@@ -50,6 +50,7 @@ LAYOUT = (
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_EXTENSION = ".png"
 SPLIT_ORDER = ("train", "val", "test")
+REQUIRED_KEYS = {"id", "name", "color"}
 
 
 def read_class_table(path: Path) -> tuple[list[ClassInfo], tuple[int, ...]]:
@@ -98,12 +99,7 @@ def read_class_table(path: Path) -> tuple[list[ClassInfo], tuple[int, ...]]:
 
 def _class_entry(entry: object, where: str) -> ClassInfo:
     """One {id, name, color[, value]} entry; ``values`` says which stored values it covers."""
-    if not isinstance(entry, dict) or not {"id", "name", "color"} <= set(entry) <= {
-        "id",
-        "name",
-        "color",
-        "value",
-    }:
+    if not isinstance(entry, dict) or not REQUIRED_KEYS <= set(entry) <= REQUIRED_KEYS | {"value"}:
         raise SegflowError(
             f"{where}: expected the keys id, name, color (and optionally value); got {entry!r}"
         )
