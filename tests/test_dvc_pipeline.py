@@ -39,6 +39,12 @@ def test_dvc_repro_shard_builds_the_synthetic_default_and_a_second_call_runs_not
     assert "Running stage 'shard'" in third.stdout
     assert "Running stage 'ingest'" not in third.stdout
 
+    project.set_params(dataset={"max_ignored_share": 0.4})  # read by validate, not by ingest
+    fourth = project.dvc("repro", "shard")
+    assert fourth.returncode == 0, fourth.stderr
+    assert "Running stage 'validate'" in fourth.stdout
+    assert "Running stage 'ingest'" not in fourth.stdout
+
 
 def test_a_change_in_the_dataset_reruns_ingest_and_bad_data_keeps_the_earlier_shards(tmp_path):
     data = tmp_path / "dataset"
