@@ -16,7 +16,7 @@ import pytest
 
 from segflow.data.datasets import folder
 from tests.data.helpers import make_binary_folder_dataset, make_folder_dataset
-from tests.project import Project, make_project
+from tests.project import BIN, Project, make_project
 
 pytestmark = pytest.mark.integration
 
@@ -193,3 +193,7 @@ def test_a_damaged_shard_stops_every_stage_that_reads_shards_before_a_worker_sta
         assert len(message.strip().splitlines()) == 1, message
         assert "ray" not in message.lower(), message  # stopped before Ray started
     assert {rel: project.digest(rel) for rel in before} == before
+    # `segflow shards` runs the same check (and with --verify, the full hash).
+    listing = project.run(str(BIN / "segflow"), "shards", "--verify")
+    assert listing.returncode == 1 and "Traceback" not in listing.stderr
+    assert f"{shard.relative_to(project.root)}: shard is " in listing.stderr, listing.stderr
