@@ -8,6 +8,7 @@ import torch
 
 from segflow import tracking
 from segflow.config import Params
+from segflow.data.shards import verify_shards
 from segflow.io import write_json
 from segflow.paths import BEST_MODEL, MODELS, RUN_INFO, SHARDS, TRAIN_CURVE, TRAIN_METRICS
 from segflow.stage import console, run_stage
@@ -17,6 +18,7 @@ from segflow.train.outputs import write_curve, write_metrics
 
 
 def main(params: Params) -> None:
+    verify_shards(SHARDS)  # a damaged shard: one line naming it, before any worker starts
     params = with_run_name(params)
     index = preflight(params, SHARDS)
     run_id = tracking.start_training_run(params, index)

@@ -8,6 +8,7 @@ params.yaml.
 """
 
 from segflow.config import Params
+from segflow.data.shards import verify_shards
 from segflow.paths import BEST_TRAIN_PARAMS, RAY_RESULTS, SHARDS
 from segflow.stage import console, run_stage
 from segflow.tune.train_search import (
@@ -25,6 +26,7 @@ def main(params: Params) -> None:
             f"tune: disabled (tune.enabled: false); current values -> {BEST_TRAIN_PARAMS}"
         )
         return
+    verify_shards(SHARDS)  # a damaged shard: one line naming it, before any trial starts
     result = train_sweep(params, SHARDS, RAY_RESULTS)
     write_best_params(BEST_TRAIN_PARAMS, sweep_result(result))
     console.print(

@@ -2,6 +2,8 @@
 
 import sys
 
+from rich.markup import escape
+
 from segflow.config import Params
 from segflow.data.datasets import open_dataset
 from segflow.data.manifest import read_manifest
@@ -12,13 +14,20 @@ from segflow.stage import console, run_stage
 
 def main(params: Params) -> None:
     required = sorted({"train", "val", params.dataset.test_split})
-    result = validate(read_manifest(MANIFEST), open_dataset(params), VALIDATION, required)
+    result = validate(
+        read_manifest(MANIFEST),
+        open_dataset(params),
+        VALIDATION,
+        required,
+        max_ignored_share=params.dataset.max_ignored_share,
+    )
     if not result.success:
         for line in result.failures:
-            console.print(f"[bold red]failed:[/] {line}", markup=True)
+            console.print(f"[bold red]failed:[/] {escape(line)}", markup=True)
         console.print(f"validate: {len(result.failures)} rule(s) failed; report in {VALIDATION}/")
         sys.exit(1)
-    console.print(f"validate: all rules passed; report in {VALIDATION}/")
+    ignored = ", ".join(f"{s} {100 * v:.1f}%" for s, v in result.ignored_share.items())
+    console.print(f"validate: all rules passed; ignored pixels: {ignored}; report in {VALIDATION}/")
 
 
 if __name__ == "__main__":

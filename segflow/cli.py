@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from segflow.errors import SegflowError
@@ -42,21 +43,26 @@ def models(
 
 @app.command()
 def check_params(path: Path = typer.Argument(Path("params.yaml"))) -> None:
-    """Validate a params file against the schema and print the resolved values."""
+    """Validate a params file: the schema, the model it names, the dataset root and its layout."""
     import yaml
 
-    from segflow.config import load_params
+    from segflow.check import check_params as check
 
-    params = load_params(path)
+    params = check(path)
     console.print(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
 
 
 @app.command()
-def shards(shard_dir: Path = typer.Argument(Path("data/shards"))) -> None:
+def shards(
+    shard_dir: Path = typer.Argument(Path("data/shards")),
+    verify: bool = typer.Option(
+        False, "--verify", help="Re-hash every shard against index.json (reads every byte)."
+    ),
+) -> None:
     """Summarise the shards: samples per split and class pixel shares."""
-    from segflow.data.shards import read_index
+    from segflow.data.shards import verify_shards
 
-    index = read_index(shard_dir)
+    index = verify_shards(shard_dir, full_hash=verify)
     names = [c["name"] for c in index["classes"]]
     table = Table(title=f"{shard_dir} ({index['dataset']}, hash {index['content_hash'][:12]})")
     table.add_column("split")
@@ -70,6 +76,8 @@ def shards(shard_dir: Path = typer.Argument(Path("data/shards"))) -> None:
         share = ", ".join(f"{names[i]} {100 * pixels[i] / total:.1f}%" for i in top)
         table.add_row(split, str(info["num_samples"]), str(len(info["files"])), share)
     console.print(table)
+    if verify:
+        console.print(f"shards: every file matches {shard_dir / 'index.json'} (sha256)")
 
 
 @app.command()
@@ -157,5 +165,8 @@ def main() -> None:
     try:
         app()  # click itself reports usage errors (exit 2)
     except SegflowError as exc:
-        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {exc}")
+        # escape: a message is text, and "[test/ testannot/]" in a layout is not a style tag.
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"[bold red]error:[/] {escape(str(exc))}"
+        )
         sys.exit(1)

@@ -35,8 +35,12 @@ class DatasetParams(_Section):
     root: str = "data/synthetic"
     #: Which split the evaluate stage scores (a CamVid copy without test/: use val).
     test_split: str = "test"
-    #: folder datasets: YAML file with the class table (list of {id, name, color}).
+    #: folder datasets: YAML file with the class table (list of {id, name, color}; optionally
+    #: each class's stored mask value(s), ``value: 255``, and the ignore values).
     classes_file: str | None = None
+    #: validate fails when more than this share of a split's mask pixels is ignored (255 after
+    #: the value mapping): usually masks whose values the class table does not map (0/255).
+    max_ignored_share: float = Field(0.5, ge=0, le=1)
     #: voc: add SBD's train_aug list (ImageSets/Segmentation/train_aug.txt, SegmentationClassAug/).
     voc_train_aug: bool = False
 

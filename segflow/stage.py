@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 
 from rich.console import Console
+from rich.markup import escape
 
 from segflow.config import Params, load_params
 from segflow.errors import SegflowError
@@ -25,5 +26,6 @@ def run_stage(main: Callable[[Params], None]) -> None:
         main(load_params(PARAMS))
     except SegflowError as exc:
         for line in str(exc).splitlines():
-            console.print(f"[bold red]error:[/] {line}", markup=True)
+            # escape: a message is text, and "[test/ testannot/]" in a layout is not a style tag.
+            console.print(f"[bold red]error:[/] {escape(line)}", markup=True)
         sys.exit(1)

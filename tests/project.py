@@ -62,7 +62,7 @@ class Project:
 
 
 def make_project(tmp_path: Path, **params: dict) -> Project:
-    """Copy the pipeline into ``tmp_path/project`` as a fresh git + DVC repo."""
+    """Copy the pipeline and its .dvcignore into ``tmp_path/project``, a fresh git + DVC repo."""
     root = tmp_path / "project"
     root.mkdir()
     for name in ("dvc.yaml", "params.yaml"):
@@ -73,6 +73,7 @@ def make_project(tmp_path: Path, **params: dict) -> Project:
     project = Project(root)
     project.run("git", "init", "-q")
     project.dvc("init", "-q")
+    shutil.copy(REPO / ".dvcignore", root / ".dvcignore")  # replaces the one dvc init wrote
     project.dvc("config", "core.analytics", "false")
     if params:
         project.set_params(**params)

@@ -14,8 +14,9 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.data.helpers import make_folder_dataset
-from tests.project import Project, make_project
+from segflow.data.datasets import folder
+from tests.data.helpers import make_binary_folder_dataset, make_folder_dataset
+from tests.project import BIN, Project, make_project
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +114,7 @@ def test_a_missing_dataset_root_stops_ingest_naming_the_path(good, tmp_path):
     manifest = project.digest("data/manifest.parquet")
     missing = tmp_path / "nowhere"
     project.set_params(dataset={"root": str(missing)})
-    _fails(project, "ingest", str(missing), "does not exist")
+    _fails(project, "ingest", str(missing), "does not exist", folder.LAYOUT)
     assert project.digest("data/manifest.parquet") == manifest
 
 
@@ -135,3 +136,64 @@ def test_a_failed_validation_keeps_its_report_and_blocks_sharding(good):
     summary = json.loads((project.root / "reports/validation/summary.json").read_text())
     assert summary["success"] is False
     assert (project.root / "reports/validation/data_docs/index.html").is_file()
+
+
+def test_binary_0_255_masks_fail_validation_naming_255_until_the_class_table_maps_it(tmp_path):
+    """ISBI-style masks store cell as 255. Read as ids, the cells would be silently ignored;
+    with `value: 255` in the class table the same files validate, shard and train."""
+    data = tmp_path / "dataset"
+    classes = make_binary_folder_dataset(data, mapped=False)
+    project = make_project(
+        tmp_path,
+        dataset={"name": "folder", "root": str(data), "classes_file": str(classes)},
+        loader={"crop_height": 32, "crop_width": 48, "scale_min": 1.0, "scale_max": 1.0},
+        train={
+            "launcher": "local",
+            "model": "unet",
+            "backbone": None,
+            "output_stride": None,
+            "model_options": {"width": 4},
+            "epochs": 1,
+            "batch_size": 2,
+            "cpus_per_worker": 1,
+        },
+    )
+    assert project.stage("ingest").returncode == 0
+    message = _fails(project, "validate", "ignored pixels at most dataset.max_ignored_share")
+    line = next(x for x in message.splitlines() if "max_ignored_share:" in x)
+    assert "train (" in line and "255 (" in line and "ignored: 255" in line, line
+    assert "every class present in train: 1 class with no train pixels: 1 cell" in message
+
+    make_binary_folder_dataset(data, mapped=True)  # the same masks, the table now maps 255
+    for stage in ("ingest", "validate", "shard", "train"):
+        result = project.stage(stage)
+        assert result.returncode == 0, result.stdout + result.stderr
+    index = json.loads((project.root / "data/shards/index.json").read_text())
+    train = index["splits"]["train"]
+    assert train["ignored_pixels"] == 0 and min(train["class_pixels"]) > 0
+    assert train["class_pixels"][1] > 3 * train["class_pixels"][0]  # the cells are the majority
+    assert [c["values"] for c in index["classes"]] == [[0], [255]]
+    assert (project.root / "models/best.pt").is_file()
+
+
+def test_a_damaged_shard_stops_every_stage_that_reads_shards_before_a_worker_starts(
+    template, tmp_path
+):
+    project, _ = _copy(template, tmp_path)
+    project.set_params(tune={"enabled": True})
+    # Earlier outputs of the later stages: whatever they hold must survive the failed runs.
+    for rel in ("models/best.pt", "reports/crf_params.json", "reports/metrics.json"):
+        (project.root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project.root / rel).write_text(f"earlier {rel}\n")
+    before = {rel: project.digest(rel) for rel in ("models", "reports")}
+    shard = project.root / "data/shards/train/train-00000.arrow"
+    shard.write_bytes(shard.read_bytes()[:-100])  # truncated, e.g. by a full disk
+    for stage in ("train", "tune", "crf_tune", "evaluate"):
+        message = _fails(project, stage, f"{shard.relative_to(project.root)}", "dvc repro shard")
+        assert len(message.strip().splitlines()) == 1, message
+        assert "ray" not in message.lower(), message  # stopped before Ray started
+    assert {rel: project.digest(rel) for rel in before} == before
+    # `segflow shards` runs the same check (and with --verify, the full hash).
+    listing = project.run(str(BIN / "segflow"), "shards", "--verify")
+    assert listing.returncode == 1 and "Traceback" not in listing.stderr
+    assert f"{shard.relative_to(project.root)}: shard is " in listing.stderr, listing.stderr

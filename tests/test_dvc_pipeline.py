@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import cv2
 import numpy as np
@@ -37,6 +38,12 @@ def test_dvc_repro_shard_builds_the_synthetic_default_and_a_second_call_runs_not
     assert third.returncode == 0, third.stderr
     assert "Running stage 'shard'" in third.stdout
     assert "Running stage 'ingest'" not in third.stdout
+
+    project.set_params(dataset={"max_ignored_share": 0.4})  # read by validate, not by ingest
+    fourth = project.dvc("repro", "shard")
+    assert fourth.returncode == 0, fourth.stderr
+    assert "Running stage 'validate'" in fourth.stdout
+    assert "Running stage 'ingest'" not in fourth.stdout
 
 
 def test_a_change_in_the_dataset_reruns_ingest_and_bad_data_keeps_the_earlier_shards(tmp_path):
@@ -80,3 +87,34 @@ def test_camvid_shards_hold_every_sample_and_the_class_pixels_of_the_mask_files(
             counts += np.bincount(mask.ravel(), minlength=256)
         assert info["class_pixels"] == counts[:11].tolist()  # 11 (Unlabelled) is ignored
         assert info["ignored_pixels"] == int(counts[11])
+
+
+#: Imports every module of the segflow copy in the current directory (bytecode writing on).
+IMPORT_EVERY_MODULE = (
+    "import importlib, pkgutil, segflow\n"
+    "assert segflow.__file__.startswith(__import__('os').getcwd()), segflow.__file__\n"
+    "for m in pkgutil.walk_packages(segflow.__path__, 'segflow.'):\n"
+    "    importlib.import_module(m.name)\n"
+)
+
+
+def test_importing_every_module_with_bytecode_on_leaves_the_pipeline_up_to_date(tmp_path):
+    """Bytecode is not a dependency: code directories are deps, their __pycache__ is ignored."""
+    project = make_project(tmp_path, synthetic=TINY)
+    project.env.pop("PYTHONDONTWRITEBYTECODE", None)  # as on a user's machine
+    assert project.dvc("repro", "shard").returncode == 0
+    # The project's own copy of segflow comes first on sys.path (python -c puts the cwd first).
+    project.env["PYTHONPATH"] = str(project.root)
+    for flags in ((), ("-O",)):  # -O writes other .pyc names (*.opt-1.pyc)
+        result = project.run(sys.executable, *flags, "-c", IMPORT_EVERY_MODULE)
+        assert result.returncode == 0, result.stderr
+    written = sorted(str(p.relative_to(project.root)) for p in project.root.rglob("*.pyc"))
+    for folder in ("segflow/data/datasets/", "segflow/train/", "segflow/models/"):
+        assert any(p.startswith(folder) and ".opt-1." in p for p in written), folder
+    # DVC ignores every one of them (train's code deps included), so nothing changed.
+    ignored = project.dvc("check-ignore", "--non-matching", "--details", *written)
+    not_ignored = [line for line in ignored.stdout.splitlines() if line.startswith("::")]
+    assert not not_ignored, not_ignored
+    status = project.dvc("status", "shard")
+    assert status.returncode == 0, status.stderr
+    assert "Data and pipelines are up to date" in status.stdout, status.stdout

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from tests.project import make_project
+from tests.train.conftest import make_shards
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +66,7 @@ def test_dvc_repro_runs_every_stage_scores_with_and_without_crf_and_reruns_nothi
 
 def test_evaluate_without_tuned_crf_params_fails_naming_the_file(tmp_path):
     project = make_project(tmp_path)
+    make_shards(project.root / "data")  # intact shards: the stage checks them first
     result = project.stage("evaluate")
     assert result.returncode == 1
     assert "reports/crf_params.json: CRF parameters file not found" in result.stderr

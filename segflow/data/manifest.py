@@ -3,8 +3,9 @@
 Columns: ``id, split, image_path, mask_path, image_sha256, mask_sha256, height, width``.
 ``height``/``width`` come from the image header and are null when the header cannot be read;
 validation (not ingest) decides whether that is fatal, so that one run reports every bad file.
-The dataset name and class table travel in the Parquet schema metadata, so the manifest alone
-says how to read its masks and what the labels mean.
+The dataset name and class table (with each class's stored mask values and the values that mean
+"ignore", when the dataset's class table sets them) travel in the Parquet schema metadata, so the
+manifest alone says how to read its masks and what the labels mean.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class Manifest:
     frame: pd.DataFrame
     classes: list[ClassInfo]
     dataset: str
+    #: Stored mask values that mean "ignore" (a folder dataset's class table); None: the
+    #: adapter's fixed mapping.
+    ignore_values: list[int] | None = None
 
     def split(self, name: str) -> pd.DataFrame:
         return self.frame[self.frame["split"] == name]
@@ -91,13 +95,18 @@ def build_manifest(adapter: DatasetAdapter) -> Manifest:
     if not rows:
         raise SegflowError(f"dataset {adapter.name!r}: no samples found")
     frame = pd.DataFrame(rows, columns=COLUMNS).astype({"height": "Int64", "width": "Int64"})
-    return Manifest(frame=frame, classes=adapter.classes(), dataset=adapter.name)
+    ignore = None if adapter.ignore_values is None else list(adapter.ignore_values)
+    return Manifest(
+        frame=frame, classes=adapter.classes(), dataset=adapter.name, ignore_values=ignore
+    )
 
 
 def write_manifest(manifest: Manifest, path: str | Path) -> None:
     """Write atomically: a failed ingest leaves the previous manifest as it was."""
     table = pa.Table.from_pandas(manifest.frame, preserve_index=False)
     meta = {"dataset": manifest.dataset, "classes": [c.to_dict() for c in manifest.classes]}
+    if manifest.ignore_values is not None:
+        meta["ignore_values"] = manifest.ignore_values
     table = table.replace_schema_metadata(
         {**(table.schema.metadata or {}), _META_KEY: json.dumps(meta)}
     )
@@ -120,4 +129,5 @@ def read_manifest(path: str | Path) -> Manifest:
         frame=table.to_pandas(),
         classes=[ClassInfo.from_dict(c) for c in meta["classes"]],
         dataset=meta["dataset"],
+        ignore_values=meta.get("ignore_values"),
     )

@@ -17,6 +17,8 @@ from segflow.data.datasets.base import IGNORE_INDEX, DatasetAdapter
 from segflow.data.manifest import Manifest
 from segflow.errors import SegflowError
 
+IDENTITY = np.arange(256, dtype=np.uint8)
+
 #: Columns of :func:`sample_stats` besides the ``pixels_<class id>`` counts.
 STAT_COLUMNS = [
     "manifest_row",
@@ -33,6 +35,7 @@ STAT_COLUMNS = [
     "mask_width",
     "labels_outside_table",
     "pixels_ignore",
+    "mask_values",
 ]
 
 
@@ -46,9 +49,11 @@ def sample_stats(manifest: Manifest, adapter: DatasetAdapter, num_workers: int =
 
     Columns: :data:`STAT_COLUMNS` and one ``pixels_<id>`` per class. ``*_error`` is the decode
     error message (None when the file decodes); sizes and label counts are null when the file
-    did not decode. ``labels_outside_table`` lists the mask values that are neither a class id
-    nor 255 (empty when there are none). Threads suffice for speed: OpenCV releases the GIL
-    while it decodes.
+    did not decode. ``labels_outside_table`` lists the stored mask values that the class table
+    does not define or that map to neither a class id nor 255 (empty when there are none);
+    ``pixels_ignore`` counts the pixels that map to 255, and ``mask_values`` is
+    ``{stored value: pixels}``, so a report can say which values were ignored. Threads suffice
+    for speed: OpenCV releases the GIL while it decodes.
     """
     class_ids = [c.id for c in manifest.classes]
     allowed = np.zeros(256, dtype=bool)
@@ -89,12 +94,17 @@ def _stats_for(rec, adapter: DatasetAdapter, class_ids: list[int], allowed: np.n
     image, row["image_error"] = _decode(adapter.read_image, Path(rec.image_path))
     if image is not None:
         row["image_height"], row["image_width"] = image.shape[:2]
-    mask, row["mask_error"] = _decode(adapter.read_mask, Path(rec.mask_path))
-    if mask is not None:
-        row["mask_height"], row["mask_width"] = mask.shape[:2]
-        hist = np.bincount(mask.ravel(), minlength=256)
-        row["labels_outside_table"] = [int(v) for v in np.flatnonzero(hist[:256] * ~allowed)]
+    raw, row["mask_error"] = _decode(adapter.read_mask_values, Path(rec.mask_path))
+    if raw is not None:
+        row["mask_height"], row["mask_width"] = raw.shape[:2]
+        value_counts = np.bincount(raw.ravel(), minlength=256)
+        lut = IDENTITY if adapter.label_lut is None else adapter.label_lut
+        hist = np.bincount(lut, weights=value_counts, minlength=256).astype(np.int64)
+        outside = set(adapter.unknown_values(value_counts))
+        outside |= {int(v) for v in np.flatnonzero((value_counts > 0) & ~allowed[lut])}
+        row["labels_outside_table"] = sorted(outside)
         row["pixels_ignore"] = int(hist[IGNORE_INDEX])
+        row["mask_values"] = {int(v): int(value_counts[v]) for v in np.flatnonzero(value_counts)}
         for i in class_ids:
             row[pixel_column(i)] = int(hist[i]) if 0 <= i < 256 else 0
     return row

@@ -106,6 +106,65 @@ def read_index(out_dir: Path) -> dict:
     return read_json(Path(out_dir) / INDEX_NAME, "run the shard stage (dvc repro shard)")
 
 
+def verify_shards(out_dir: Path, full_hash: bool = False) -> dict:
+    """Check the shards against their index before any worker reads them; return the index.
+
+    A damaged shard found inside a Ray worker surfaces as a long traceback that names no file,
+    after Ray has retried the worker. Checked here instead, in the driver, it is one line naming
+    the file. Every run checks what is cheap: each listed file exists with the size the index
+    recorded, its Arrow footer opens with the expected schema and row count, and no stray
+    ``.arrow`` file sits beside them. ``full_hash`` also re-hashes every byte against the
+    index's per-file sha256 and ``content_hash`` (seconds per GB; ``segflow shards --verify``).
+    """
+    out_dir = Path(out_dir)
+    index = read_index(out_dir)
+    fix = "run dvc repro shard"
+    listed = set()
+    for split, info in index.get("splits", {}).items():
+        for entry in info.get("files", []):
+            path = out_dir / entry["path"]
+            listed.add(path)
+            if not path.is_file():
+                raise SegflowError(
+                    f"{path}: shard listed in {out_dir / INDEX_NAME} is missing; {fix}"
+                )
+            size = path.stat().st_size
+            if "bytes" in entry and size != entry["bytes"]:
+                raise SegflowError(
+                    f"{path}: shard is {size} bytes, {out_dir / INDEX_NAME} says "
+                    f"{entry['bytes']}; it is damaged or from another run; {fix}"
+                )
+            _check_footer(path, entry["rows"], fix)
+            if full_hash and sha256_file(path) != entry["sha256"]:
+                raise SegflowError(
+                    f"{path}: content differs from the sha256 in {out_dir / INDEX_NAME}; {fix}"
+                )
+        for stray in sorted(set((out_dir / split).glob("*.arrow")) - listed):
+            raise SegflowError(f"{stray}: shard not listed in {out_dir / INDEX_NAME}; {fix}")
+    if full_hash:
+        hashes = [f["sha256"] for s in index["splits"].values() for f in s["files"]]
+        if content_hash(hashes) != index.get("content_hash"):
+            raise SegflowError(
+                f"{out_dir / INDEX_NAME}: content_hash does not match its files' hashes; {fix}"
+            )
+    return index
+
+
+def _check_footer(path: Path, rows: int, fix: str) -> None:
+    """Open the Arrow IPC footer (the end of the file) and compare schema and row count."""
+    try:
+        with pa.memory_map(str(path)) as source:
+            reader = pa.ipc.open_file(source)
+            schema = reader.schema
+            num_rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SegflowError(f"{path}: not a readable Arrow shard ({exc}); {fix}") from None
+    if not schema.equals(SCHEMA):
+        raise SegflowError(f"{path}: Arrow schema differs from segflow's shard schema; {fix}")
+    if num_rows != rows:
+        raise SegflowError(f"{path}: {num_rows} rows, the index says {rows}; it is damaged; {fix}")
+
+
 class _Encoder:
     """Reads one sample through the adapter, optionally resizes, encodes, counts class pixels.
 
@@ -202,7 +261,14 @@ def _write_split(
             sizes.add((height, width))
         rel = f"{split}/{split}-{number:05d}.arrow"
         _write_shard(root / rel, rows)
-        files.append({"path": rel, "rows": len(rows), "sha256": sha256_file(root / rel)})
+        files.append(
+            {
+                "path": rel,
+                "rows": len(rows),
+                "bytes": (root / rel).stat().st_size,
+                "sha256": sha256_file(root / rel),
+            }
+        )
     return {
         "num_samples": len(refs),
         "files": files,

@@ -41,6 +41,8 @@ class ValidationResult:
     success: bool
     #: One line per failed rule: the rule, how many offenders, and which (ids, files, values).
     failures: list[str]
+    #: Per split, the share of mask pixels that are ignored (255 after the value mapping).
+    ignored_share: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class Rule:
     kwargs: dict[str, Any]
     noun: tuple[str, str]  # what an offender is (one, many), for the failure line
     describe: Callable[[pd.DataFrame], list[str]]  # offending rows -> one item per offender
+    hint: str = ""  # how to fix it, once at the end of the failure line
 
 
 def _per_row(fmt: Callable[[Any], str]) -> Callable[[pd.DataFrame], list[str]]:
@@ -95,7 +98,13 @@ def _must_be_null(name: str, column: str, noun: tuple[str, str], describe) -> Ru
 
     This puts the offending value itself (the decode error, the bad labels) in the GX report.
     """
-    return Rule(name, "samples", "ExpectColumnValuesToBeNull", {"column": column}, noun, describe)
+    return _must_be_null_in("samples", name, column, noun, describe)
+
+
+def _must_be_null_in(
+    table: str, name: str, column: str, noun: tuple[str, str], describe, hint: str = ""
+) -> Rule:
+    return Rule(name, table, "ExpectColumnValuesToBeNull", {"column": column}, noun, describe, hint)
 
 
 RULES: list[Rule] = [
@@ -126,6 +135,11 @@ RULES: list[Rule] = [
         "every split non-empty", "splits", "ExpectColumnValuesToBeBetween",
         {"column": "n_samples", "min_value": 1}, ("split", "splits"), _empty_splits,
     ),
+    _must_be_null_in(
+        "splits", "ignored pixels at most dataset.max_ignored_share", "too_many_ignored",
+        ("split", "splits"), _per_row(lambda r: f"{r.split} ({r.too_many_ignored})"),
+        hint="; a folder dataset's class table maps stored mask values to classes with `value:`",
+    ),
     Rule(
         "every class present in train", "classes", "ExpectColumnValuesToBeBetween",
         {"column": "train_pixels", "min_value": 1},
@@ -148,18 +162,22 @@ def validate(
     out_dir: Path,
     required_splits: Sequence[str] = ("train",),
     num_workers: int | None = None,
+    max_ignored_share: float = 0.5,
 ) -> ValidationResult:
     """Check every sample of ``manifest`` against :data:`RULES` and write the report to ``out_dir``.
 
     ``required_splits`` are splits that must have samples even if the manifest never names them.
-    ``num_workers`` threads decode the files (default: one per CPU, at most 8).
+    ``num_workers`` threads decode the files (default: one per CPU, at most 8). A split whose
+    share of ignored (255) pixels exceeds ``max_ignored_share`` fails: most often the mask
+    values are not the ones the class table expects (0/255 binary masks), and training would
+    quietly learn from a fraction of the labels.
     """
     out_dir = Path(out_dir).resolve()  # GX's Data Docs site needs an absolute directory
     workers = num_workers or min(8, os.cpu_count() or 1)
     stats = sample_stats(manifest, adapter, num_workers=workers)
     tables = {
         "samples": samples_table(stats),
-        "splits": splits_table(manifest, required_splits),
+        "splits": splits_table(manifest, required_splits, stats, max_ignored_share),
         "classes": classes_table(stats, manifest.classes),
     }
     with atomic_dir(out_dir) as tmp:
@@ -181,7 +199,11 @@ def validate(
                 "data_docs": f"{DATA_DOCS_DIR}/index.html",
             },
         )
-    return ValidationResult(success=success, failures=failures)
+    return ValidationResult(
+        success=success,
+        failures=failures,
+        ignored_share=_ignored_shares(tables["splits"]),
+    )
 
 
 def samples_table(stats: pd.DataFrame) -> pd.DataFrame:
@@ -216,19 +238,64 @@ def _other_splits(stats: pd.DataFrame, key: str) -> list[str | None]:
     return [", ".join(splits[k]) if len(splits[k]) > 1 else None for k in stats[key]]
 
 
-def splits_table(manifest: Manifest, required_splits: Iterable[str]) -> pd.DataFrame:
-    """One row per expected split (those in the manifest plus the required ones)."""
+def splits_table(
+    manifest: Manifest,
+    required_splits: Iterable[str],
+    stats: pd.DataFrame,
+    max_ignored_share: float = 0.5,
+) -> pd.DataFrame:
+    """One row per expected split (those in the manifest plus the required ones).
+
+    ``too_many_ignored`` is null unless the split's share of ignored pixels is above
+    ``max_ignored_share``; then it names the share and every stored mask value found, with its
+    share, so the user sees which value the class table should map.
+    """
     counts = manifest.frame["split"].value_counts()
     required = list(required_splits)
     names = sorted(set(counts.index) | set(required))
+    ignored, excess = [], []
+    for name in names:
+        rows = stats[(stats["split"] == name) & stats["mask_values"].notna()]
+        values: dict[int, int] = {}
+        for found in rows["mask_values"]:
+            for value, pixels in found.items():
+                values[value] = values.get(value, 0) + pixels
+        total = sum(values.values())
+        share = int(rows["pixels_ignore"].sum()) / total if total else 0.0
+        ignored.append(share)
+        excess.append(
+            _ignored_message(share, max_ignored_share, values, manifest)
+            if share > max_ignored_share
+            else None
+        )
     return pd.DataFrame(
         {
             "row": range(len(names)),
             "split": names,
             "n_samples": [int(counts.get(n, 0)) for n in names],
             "required": [n in required for n in names],
+            "ignored_share": ignored,
+            "too_many_ignored": excess,
         }
     )
+
+
+def _ignored_shares(splits: pd.DataFrame) -> dict[str, float]:
+    return {
+        s: round(float(v), 6) for s, v in zip(splits["split"], splits["ignored_share"], strict=True)
+    }
+
+
+def _ignored_message(share: float, limit: float, values: dict[int, int], manifest: Manifest) -> str:
+    total = sum(values.values())
+    found = ", ".join(f"{v} ({100 * n / total:.1f}%)" for v, n in sorted(values.items()))
+    message = (
+        f"{100 * share:.1f}% of mask pixels ignored, limit {100 * limit:g}%; "
+        f"mask values found: {found}"
+    )
+    if manifest.ignore_values is not None:  # a class table the user wrote says what is ignored
+        message += f"; ignored: {', '.join(map(str, manifest.ignore_values)) or 'none'}"
+    return message
 
 
 def classes_table(stats: pd.DataFrame, classes: list[ClassInfo]) -> pd.DataFrame:
@@ -325,7 +392,7 @@ def _outcome(rule: Rule, suite_result: Any, table: pd.DataFrame) -> dict:
     more = f", and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
     outcome["offenders"] = items
     noun = rule.noun[0] if len(items) == 1 else rule.noun[1]
-    outcome["line"] = f"{rule.name}: {len(items)} {noun}: {listed}{more}"
+    outcome["line"] = f"{rule.name}: {len(items)} {noun}: {listed}{more}{rule.hint}"
     return outcome
 
 
@@ -350,6 +417,7 @@ def _counts(stats: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> dict:
         "train_pixels_per_class": dict(
             zip(classes["class_name"], classes["train_pixels"].map(int), strict=True)
         ),
+        "ignored_share": _ignored_shares(tables["splits"]),
     }
 
 

@@ -193,3 +193,36 @@ def make_ade20k_like(root: Path, values=(0, 1, 150)) -> Path:
             write_rgb(base / "images" / folder / f"{stem}.jpg", image_for(rng, mask, palette))
             write_gray(base / "annotations" / folder / f"{stem}.png", mask)
     return base
+
+
+def make_binary_folder_dataset(
+    root: Path, mapped: bool, n_train: int = 4, n_val: int = 2, n_test: int = 2
+) -> Path:
+    """A membrane-style ``folder`` dataset (ISBI-2012): 0/255 masks, cells (255) the majority.
+
+    Masks store 0 for membrane and 255 for cell, as most binary datasets do. ``mapped`` writes
+    the class table that says so (``value: 255``); without it the table has only ids, so a
+    reader that takes values as ids loses the cells to "ignore". Returns classes.yaml.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(5)
+    size = (32, 48)
+    palette = np.zeros((256, 3), np.uint8)
+    palette[0], palette[255] = (40, 40, 40), (210, 210, 210)
+    for split, n in zip(SPLITS, (n_train, n_val, n_test), strict=True):
+        for i in range(n):
+            mask = np.full(size, 255, np.uint8)
+            for x in rng.choice(np.arange(2, size[1] - 2), 3, replace=False):
+                mask[:, x : x + 2] = 0  # membranes: thin walls between cells
+            mask[rng.integers(2, size[0] - 2), :] = 0
+            write_rgb(root / "images" / split / f"{split}_{i}.png", image_for(rng, mask, palette))
+            write_gray(root / "masks" / split / f"{split}_{i}.png", mask)
+    table = [
+        {"id": 0, "name": "membrane", "color": [40, 40, 40]},
+        {"id": 1, "name": "cell", "color": [210, 210, 210]},
+    ]
+    if mapped:
+        table[0]["value"], table[1]["value"] = 0, 255
+    classes_file = root / "classes.yaml"
+    classes_file.write_text(yaml.safe_dump(table, sort_keys=False))
+    return classes_file

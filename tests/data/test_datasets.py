@@ -327,7 +327,8 @@ def test_folder_takes_splits_from_subdirectories_and_classes_from_the_yaml(folde
     assert [r.split for r in refs] == ["train"] * 4 + ["val"] * 2 + ["test"] * 2
     assert refs[0].id == "train_0"
     table = yaml.safe_load(folder_classes_file.read_text())
-    assert [c.to_dict() for c in adapter.classes()] == table
+    # Without `value`, a class's stored mask value is its id; the manifest records it.
+    assert [c.to_dict() for c in adapter.classes()] == [{**c, "values": [c["id"]]} for c in table]
 
 
 def test_folder_takes_splits_from_split_lists_when_images_lie_flat(tmp_path):
@@ -382,6 +383,20 @@ def test_folder_same_stem_in_two_splits_is_an_error(folder_classes_file):
         ([{"id": 0, "name": "a", "color": [0, 0, 300]}], "color must be"),
         ([{"id": 0, "name": "a"}], "keys id, name, color"),
         ([], "non-empty list"),
+        ([{"id": 0, "name": "a", "color": [0, 0, 0], "value": 256}], "integers 0..255"),
+        ([{"id": 0, "name": "a", "color": [0, 0, 0], "value": []}], "at least one mask value"),
+        (
+            [
+                {"id": 0, "name": "a", "color": [0, 0, 0], "value": [0, 7]},
+                {"id": 1, "name": "b", "color": [1, 1, 1], "value": 7},
+            ],
+            "mask value 7 is given to both 'a' and 'b'",
+        ),
+        (
+            {"classes": [{"id": 0, "name": "a", "color": [0, 0, 0]}], "ignore": [0]},
+            "ignore: mask value 0 is also class 'a'",
+        ),
+        ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0]}], "ignor": [9]}, "ignor"),
     ],
 )
 def test_folder_bad_class_table_is_an_error_naming_the_file_and_the_rule(
@@ -391,3 +406,45 @@ def test_folder_bad_class_table_is_an_error_naming_the_file_and_the_rule(
     with pytest.raises(SegflowError, match=rule) as err:
         FolderDataset(classes_file=folder_classes_file)
     assert str(folder_classes_file) in str(err.value)
+
+
+def _binary_folder(root: Path, table: object) -> FolderDataset:
+    """One train sample whose mask stores 0 (background), 255 (cell) and 7 in a corner."""
+    mask = np.zeros((8, 10), np.uint8)
+    mask[:, 5:] = 255
+    mask[0, 0] = 7
+    helpers.write_rgb(root / "images" / "train" / "a.png", np.zeros((8, 10, 3), np.uint8))
+    helpers.write_gray(root / "masks" / "train" / "a.png", mask)
+    (root / "classes.yaml").write_text(yaml.safe_dump(table))
+    return FolderDataset(root)
+
+
+def test_folder_class_table_maps_stored_mask_values_to_classes(tmp_path):
+    """0/255 binary masks: `value` says 255 is the cell; several values may mean one class."""
+    table = {
+        "classes": [
+            {"id": 0, "name": "background", "color": [0, 0, 0], "value": [0, 7]},
+            {"id": 1, "name": "cell", "color": [255, 255, 255], "value": 255},
+        ]
+    }
+    adapter = _binary_folder(tmp_path, table)
+    (ref,) = adapter.samples()
+    mask = adapter.read_mask(ref.mask)
+    assert mask[0, 0] == 0 and set(np.unique(mask[:, :5])) == {0}
+    assert set(np.unique(mask[:, 5:])) == {1}
+    assert adapter.ignore_values == ()  # 255 is a class here, so nothing is ignored by default
+    assert [c.values for c in adapter.classes()] == [(0, 7), (255,)]
+
+
+def test_folder_ignore_values_are_settable_and_other_values_are_errors(tmp_path):
+    table = {
+        "classes": [{"id": 0, "name": "cell", "color": [9, 9, 9], "value": 255}],
+        "ignore": [0],
+    }
+    adapter = _binary_folder(tmp_path, table)
+    (ref,) = adapter.samples()
+    with pytest.raises(SegflowError, match=r"a.png: mask values \[7\] are not in the folder class"):
+        adapter.read_mask(ref.mask)
+    table["ignore"] = [0, 7]
+    mask = _binary_folder(tmp_path, table).read_mask(ref.mask)
+    assert set(np.unique(mask[:, :5])) == {IGNORE_INDEX} and set(np.unique(mask[:, 5:])) == {0}

@@ -13,7 +13,7 @@ import pytest
 
 from segflow.data.datasets.base import ClassInfo, DatasetAdapter, SampleRef
 from segflow.data.manifest import build_manifest
-from segflow.data.shards import read_index, write_shards
+from segflow.data.shards import read_index, verify_shards, write_shards
 from segflow.errors import SegflowError
 
 NUM_CLASSES = 4
@@ -204,3 +204,52 @@ def test_bad_shard_settings_are_errors(tmp_path):
         write_shards(manifest, adapter, tmp_path / "s", rows_per_shard=0)
     with pytest.raises(SegflowError, match="image_codec"):
         write_shards(manifest, adapter, tmp_path / "s", rows_per_shard=1, image_codec="webp")
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "footer":  # same size, the Arrow footer overwritten
+        path.write_bytes(data[:-40] + b"\0" * 40)
+    elif how == "body":  # same size, one byte of a PNG flipped: only the hash sees it
+        middle = len(data) // 2
+        path.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :])
+    else:
+        path.unlink()
+
+
+def test_intact_shards_pass_the_cheap_and_the_full_check(tmp_path):
+    _, index = shard(tmp_path)
+    assert verify_shards(tmp_path / "shards") == index
+    assert verify_shards(tmp_path / "shards", full_hash=True) == index
+    assert all(f["bytes"] > 0 for s in index["splits"].values() for f in s["files"])
+
+
+@pytest.mark.parametrize("how", ["truncated", "footer", "missing"])
+def test_a_damaged_shard_is_named_with_the_stage_that_rebuilds_it(tmp_path, how):
+    shard(tmp_path)
+    victim = tmp_path / "shards" / "train" / "train-00001.arrow"
+    _damage(victim, how)
+    with pytest.raises(SegflowError) as exc:
+        verify_shards(tmp_path / "shards")
+    message = str(exc.value)
+    assert str(victim) in message and "dvc repro shard" in message
+    assert "\n" not in message
+
+
+def test_only_the_full_check_reads_every_byte(tmp_path):
+    shard(tmp_path)
+    victim = tmp_path / "shards" / "val" / "val-00000.arrow"
+    _damage(victim, "body")
+    verify_shards(tmp_path / "shards")  # sizes and footers still agree
+    with pytest.raises(SegflowError, match=f"{victim}: content differs from the sha256"):
+        verify_shards(tmp_path / "shards", full_hash=True)
+
+
+def test_a_stray_shard_beside_the_listed_ones_is_named(tmp_path):
+    shard(tmp_path)
+    stray = tmp_path / "shards" / "train" / "train-00099.arrow"
+    stray.write_bytes((tmp_path / "shards" / "train" / "train-00000.arrow").read_bytes())
+    with pytest.raises(SegflowError, match=f"{stray}: shard not listed in"):
+        verify_shards(tmp_path / "shards")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from segflow.data.datasets.base import ClassInfo, DatasetAdapter, SampleRef
 from segflow.data.manifest import build_manifest
@@ -194,3 +195,30 @@ def test_report_replaces_the_previous_one_whole(tmp_path):
     stale.write_text("report from an earlier run")
     assert run(tmp_path, clean_refs(tmp_path / "data")).success
     assert not stale.exists() and (tmp_path / "report" / "summary.json").is_file()
+
+
+def test_each_split_reports_its_share_of_ignored_pixels(tmp_path):
+    result = run(tmp_path, clean_refs(tmp_path / "data"))  # one void pixel per mask
+    share = pytest.approx(1 / (H * W), abs=1e-6)  # rounded to 6 digits, as in summary.json
+    assert result.ignored_share == {"train": share, "val": share}
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["counts"]["ignored_share"] == {"train": 0.005208, "val": 0.005208}
+
+
+def test_a_split_mostly_ignored_fails_naming_the_mask_values_found(tmp_path):
+    """Masks stored as 0/255 read with the default mapping: the foreground silently ignored."""
+    refs = clean_refs(tmp_path / "data")
+    for ref in refs[:3]:  # the train split
+        mask = np.zeros((H, W), np.uint8)
+        mask[:, W // 4 :] = 255
+        mask[0, 0] = 1
+        cv2.imwrite(str(ref.mask), mask)
+    result = run(tmp_path, refs, max_ignored_share=0.5)
+    line = failure_of(result, "ignored pixels at most dataset.max_ignored_share")
+    assert line.startswith("ignored pixels at most dataset.max_ignored_share: 1 split: train (")
+    assert "75.0% of mask pixels ignored, limit 50%" in line
+    assert "mask values found: 0 (24.5%), 1 (0.5%), 255 (75.0%)" in line
+    assert "val (" not in line
+    assert line.endswith("maps stored mask values to classes with `value:`")
+    # The same data passes when the limit allows it.
+    assert run(tmp_path, refs, max_ignored_share=0.8).success

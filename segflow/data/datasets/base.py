@@ -4,7 +4,9 @@ An adapter turns one on-disk layout into two things: a list of :class:`SampleRef
 image path, mask path) and a class table. It also knows how to read its own masks into *train
 ids* (0..C-1, with :data:`IGNORE_INDEX` for everything that is not scored), because the raw
 encodings differ: CamVid stores 11 for "Unlabelled", Cityscapes stores 34 label ids, VOC stores
-palette indices, ADE20K stores 0 for "other". Everything downstream of ingest sees train ids only.
+palette indices, ADE20K stores 0 for "other". A user's ``folder`` dataset says in its class table
+which stored value is which class (binary masks are often 0/255). Everything downstream of
+ingest sees train ids only.
 """
 
 from __future__ import annotations
@@ -23,18 +25,29 @@ IGNORE_INDEX = 255
 
 @dataclass(frozen=True)
 class ClassInfo:
-    """One row of a class table: train id, name and the RGB colour used to draw it."""
+    """One row of a class table: train id, name and the RGB colour used to draw it.
+
+    ``values`` are the mask values stored on disk for this class, for user datasets whose class
+    table says so; empty when the adapter's own mapping applies (the built-in datasets).
+    """
 
     id: int
     name: str
     color: tuple[int, int, int]
+    values: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "name": self.name, "color": list(self.color)}
+        d = {"id": self.id, "name": self.name, "color": list(self.color)}
+        return {**d, "values": list(self.values)} if self.values else d
 
     @staticmethod
     def from_dict(d: dict) -> ClassInfo:
-        return ClassInfo(int(d["id"]), str(d["name"]), tuple(int(c) for c in d["color"]))
+        return ClassInfo(
+            int(d["id"]),
+            str(d["name"]),
+            tuple(int(c) for c in d["color"]),
+            tuple(int(v) for v in d.get("values", ())),
+        )
 
 
 @dataclass(frozen=True)
@@ -67,15 +80,39 @@ class DatasetAdapter:
 
     #: 256-entry lookup table from raw mask value to train id, or None for the identity.
     label_lut: np.ndarray | None = None
+    #: 256 flags: the stored values the class table defines, or None when every value maps
+    #: (then only the train id it maps to is checked).
+    known_values: np.ndarray | None = None
+    #: Stored values that mean "ignore", when the dataset's class table sets them (else None).
+    ignore_values: tuple[int, ...] | None = None
 
     def read_image(self, path: Path) -> np.ndarray:
         """Decode an image file to an H x W x 3 uint8 RGB array."""
         return read_rgb(path)
 
+    def read_mask_values(self, path: Path) -> np.ndarray:
+        """Decode a mask file to its values as stored (before the mapping to train ids)."""
+        return read_label_png(path)
+
     def read_mask(self, path: Path) -> np.ndarray:
-        """Decode a mask file to an H x W uint8 array of train ids (255 = ignore)."""
-        raw = read_label_png(path)
+        """Decode a mask file to an H x W uint8 array of train ids (255 = ignore).
+
+        A stored value the class table does not define is an error naming it: mapping it to
+        "ignore" would hide it, and it has no train id.
+        """
+        raw = self.read_mask_values(path)
+        unknown = self.unknown_values(np.bincount(raw.ravel(), minlength=256))
+        if unknown:
+            raise SegflowError(
+                f"{path}: mask values {unknown} are not in the {self.name} class table"
+            )
         return raw if self.label_lut is None else self.label_lut[raw]
+
+    def unknown_values(self, value_counts: np.ndarray) -> list[int]:
+        """The stored values present in ``value_counts`` (256 counts) that no class defines."""
+        if self.known_values is None:
+            return []
+        return np.flatnonzero((value_counts > 0) & ~self.known_values).tolist()
 
 
 def read_rgb(path: Path) -> np.ndarray:

@@ -5,7 +5,15 @@
     root/classes.yaml                 - {id: 0, name: road, color: [128, 64, 128]}  (a list;
                                         or a mapping with that list under "classes")
     root/images/<split>/<stem>.<ext>  ext: png jpg jpeg bmp tif tiff
-    root/masks/<split>/<stem>.png     one train id per pixel (0..C-1), 255 = ignore
+    root/masks/<split>/<stem>.png     one label value per pixel
+
+Mask values: each class entry may say which stored value(s) mean it, ``value: 255`` or
+``value: [1, 2]``; without ``value`` it is the class id. Binary datasets (ISBI-2012 membranes,
+most medical and industrial sets) store 0 and 255, so without this a 0/255 mask would lose its
+foreground to "ignore". The values that mean "ignore" are ``ignore: [...]`` beside ``classes:``
+(default 255, unless a class claims 255). A stored value that is neither a class's nor ignore is
+an error naming it. The mapping is applied when masks are read (validate, shard), so everything
+after sees train ids 0..C-1 and 255.
 
 The split rule: when ``images/`` holds sub-directories (hidden ones aside), each one is a
 split (``train``, ``val``, ``test`` or any other name) with its masks in ``masks/<split>/``.
@@ -23,9 +31,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import yaml
 
-from segflow.data.datasets.base import ClassInfo, DatasetAdapter, SampleRef, require_dir
+from segflow.data.datasets.base import (
+    IGNORE_INDEX,
+    ClassInfo,
+    DatasetAdapter,
+    SampleRef,
+    require_dir,
+)
 from segflow.errors import SegflowError
 
 LAYOUT = (
@@ -35,10 +50,11 @@ LAYOUT = (
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_EXTENSION = ".png"
 SPLIT_ORDER = ("train", "val", "test")
+REQUIRED_KEYS = {"id", "name", "color"}
 
 
-def read_class_table(path: Path) -> list[ClassInfo]:
-    """Parse and check a class table: a list of {id, name, color} with ids 0..C-1."""
+def read_class_table(path: Path) -> tuple[list[ClassInfo], tuple[int, ...]]:
+    """Parse and check a class table: the classes (ids 0..C-1) and the stored ignore values."""
     if not path.is_file():
         raise SegflowError(
             f"{path}: class table not found; expected a YAML list of {{id, name, color}}"
@@ -47,25 +63,16 @@ def read_class_table(path: Path) -> list[ClassInfo]:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise SegflowError(f"{path}: not valid YAML: {exc}") from None
+    ignore = None
     if isinstance(data, dict) and "classes" in data:
+        if set(data) - {"classes", "ignore"}:
+            extra = ", ".join(sorted(map(str, set(data) - {"classes", "ignore"})))
+            raise SegflowError(f"{path}: unknown key(s) {extra}; expected classes and ignore")
+        ignore = _mask_values(data.get("ignore", []), f"{path}: ignore")
         data = data["classes"]
     if not isinstance(data, list) or not data:
         raise SegflowError(f"{path}: expected a non-empty list of {{id, name, color}} entries")
-    classes = []
-    for n, entry in enumerate(data):
-        where = f"{path}: entry {n}"
-        if not isinstance(entry, dict) or set(entry) != {"id", "name", "color"}:
-            raise SegflowError(f"{where}: expected exactly the keys id, name, color; got {entry!r}")
-        colour = entry["color"]
-        if (
-            not isinstance(colour, list | tuple)
-            or len(colour) != 3
-            or not all(isinstance(c, int) and 0 <= c <= 255 for c in colour)
-        ):
-            raise SegflowError(f"{where}: color must be three integers 0..255; got {colour!r}")
-        if not isinstance(entry["id"], int) or isinstance(entry["id"], bool):
-            raise SegflowError(f"{where}: id must be an integer; got {entry['id']!r}")
-        classes.append(ClassInfo(entry["id"], str(entry["name"]), tuple(colour)))
+    classes = [_class_entry(entry, f"{path}: entry {n}") for n, entry in enumerate(data)]
     classes.sort(key=lambda c: c.id)
     ids = [c.id for c in classes]
     if ids != list(range(len(classes))):
@@ -74,7 +81,62 @@ def read_class_table(path: Path) -> list[ClassInfo]:
         raise SegflowError(
             f"{path}: at most 255 classes (255 is the ignore label); got {len(classes)}"
         )
-    return classes
+    owner: dict[int, ClassInfo] = {}
+    for c in classes:
+        for v in c.values:
+            if v in owner:
+                raise SegflowError(
+                    f"{path}: mask value {v} is given to both {owner[v].name!r} and {c.name!r}"
+                )
+            owner[v] = c
+    if ignore is None:
+        ignore = () if IGNORE_INDEX in owner else (IGNORE_INDEX,)
+    for v in ignore:
+        if v in owner:
+            raise SegflowError(f"{path}: ignore: mask value {v} is also class {owner[v].name!r}")
+    return classes, ignore
+
+
+def _class_entry(entry: object, where: str) -> ClassInfo:
+    """One {id, name, color[, value]} entry; ``values`` says which stored values it covers."""
+    if not isinstance(entry, dict) or not REQUIRED_KEYS <= set(entry) <= REQUIRED_KEYS | {"value"}:
+        raise SegflowError(
+            f"{where}: expected the keys id, name, color (and optionally value); got {entry!r}"
+        )
+    colour = entry["color"]
+    if (
+        not isinstance(colour, list | tuple)
+        or len(colour) != 3
+        or not all(isinstance(c, int) and 0 <= c <= 255 for c in colour)
+    ):
+        raise SegflowError(f"{where}: color must be three integers 0..255; got {colour!r}")
+    if not isinstance(entry["id"], int) or isinstance(entry["id"], bool):
+        raise SegflowError(f"{where}: id must be an integer; got {entry['id']!r}")
+    values = _mask_values(entry.get("value", entry["id"]), f"{where}: value")
+    if not values:
+        raise SegflowError(f"{where}: value must name at least one mask value")
+    return ClassInfo(entry["id"], str(entry["name"]), tuple(colour), values)
+
+
+def _mask_values(raw: object, where: str) -> tuple[int, ...]:
+    """One mask value or a list of them, each an integer 0..255 (8-bit masks)."""
+    items = raw if isinstance(raw, list) else [raw]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in items):
+        raise SegflowError(f"{where}: mask values are integers 0..255; got {raw!r}")
+    return tuple(sorted(set(items)))
+
+
+def value_lookup(
+    classes: list[ClassInfo], ignore: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(lut, known): stored value -> train id (255 for ignore), and which values are defined."""
+    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    known = np.zeros(256, dtype=bool)
+    for c in classes:
+        lut[list(c.values)] = c.id
+        known[list(c.values)] = True
+    known[list(ignore)] = True
+    return lut, known
 
 
 def _split_key(split: str) -> tuple[int, str]:
@@ -115,7 +177,8 @@ class FolderDataset(DatasetAdapter):
         for folder in (self.image_dir, self.mask_dir):
             if not folder.is_dir():
                 raise SegflowError(f"{folder}: directory not found; expected {LAYOUT}")
-        self._classes = read_class_table(self.classes_file)
+        self._classes, self.ignore_values = read_class_table(self.classes_file)
+        self.label_lut, self.known_values = value_lookup(self._classes, self.ignore_values)
 
     def classes(self) -> list[ClassInfo]:
         return list(self._classes)

@@ -101,7 +101,7 @@ class VOCDataset(DatasetAdapter):
     def classes(self) -> list[ClassInfo]:
         return list(CLASSES)
 
-    def read_mask(self, path: Path) -> np.ndarray:
+    def read_mask_values(self, path: Path) -> np.ndarray:
         return read_index_png(path)
 
     def _split_ids(self) -> list[tuple[str, Path, list[str], str]]:

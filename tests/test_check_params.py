@@ -1,0 +1,113 @@
+"""`segflow check-params`: the schema, and whatever params.yaml names must exist.
+
+A model, backbone or option that does not exist, or a dataset root without the expected layout,
+is one line per problem naming the file, the field and the rule, exit 1, no traceback. The
+missing root matters most under DVC: `dvc repro` stops at the missing dependency with its own
+bare "[Errno 2]" before the ingest stage can say what layout it expected.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from segflow.data.datasets import camvid, folder
+from tests.data.helpers import make_folder_dataset
+from tests.project import make_project
+
+SEGFLOW = Path(sys.executable).parent / "segflow"
+
+
+def check(params: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
+    if "PYTHONPATH" in os.environ:  # a checkout's own segflow before the installed one
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return subprocess.run(
+        [str(SEGFLOW), "check-params", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def failed(result: subprocess.CompletedProcess, *expected: str) -> str:
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    for text in expected:
+        assert text in result.stderr, f"{text!r} not in:\n{result.stderr}"
+    return result.stderr
+
+
+def test_a_model_a_backbone_and_an_option_that_do_not_exist_are_each_named(tmp_path):
+    params = {
+        "train": {"model": "deeplabv3plus", "backbone": "resnet17"},
+        "tune": {"models": [{"model": "unet", "model_options": {"widht": 4}}, {"model": "fcn9s"}]},
+    }
+    message = failed(
+        check(params, tmp_path),
+        "params.yaml: train: backbone 'resnet17' is unknown; known backbones:",
+        "params.yaml: tune.models.0: model 'unet': unknown option(s) widht; known options: width",
+        "params.yaml: tune.models.1: model 'fcn9s' is unknown; known models:",
+    )
+    assert len(message.strip().splitlines()) == 3, message
+
+
+@pytest.mark.parametrize(
+    ("dataset", "layout"),
+    [
+        ({"name": "folder"}, folder.LAYOUT),
+        ({"name": "camvid"}, camvid.LAYOUT),
+    ],
+)
+def test_a_missing_dataset_root_names_the_path_and_the_layout_expected(tmp_path, dataset, layout):
+    root = tmp_path / "nowhere"
+    message = failed(
+        check({"dataset": {**dataset, "root": str(root)}}, tmp_path),
+        f"params.yaml: dataset.root: dataset root {root} does not exist",
+        layout,
+    )
+    assert len(message.strip().splitlines()) == 1, message
+
+
+def test_params_that_name_real_things_print_the_resolved_values(tmp_path):
+    data = tmp_path / "dataset"
+    classes = make_folder_dataset(data)
+    params = {
+        "dataset": {"name": "folder", "root": str(data), "classes_file": str(classes)},
+        "train": {"model": "unet", "backbone": None, "model_options": {"width": 4}},
+    }
+    result = check(params, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["dataset"]["max_ignored_share"] == 0.5
+
+
+@pytest.mark.integration
+def test_dvc_stops_at_a_missing_root_and_check_params_says_what_it_expected(tmp_path):
+    """DVC hashes the ingest stage's deps before running it, so its own message comes first;
+    the earlier outputs stay, and check-params names the path and the layout."""
+    data = tmp_path / "dataset"
+    classes = make_folder_dataset(data)
+    project = make_project(
+        tmp_path, dataset={"name": "folder", "root": str(data), "classes_file": str(classes)}
+    )
+    assert project.dvc("repro", "shard").returncode == 0
+    before = {rel: project.digest(rel) for rel in ("data/manifest.parquet", "data/shards")}
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    result = project.dvc("repro", "shard")
+    assert result.returncode != 0
+    assert f"No such file or directory: '{data}'" in result.stdout + result.stderr
+    assert {rel: project.digest(rel) for rel in before} == before
+    env = {**project.env, "COLUMNS": "200"}
+    checked = subprocess.run(
+        [str(SEGFLOW), "check-params"], cwd=project.root, env=env, capture_output=True, text=True
+    )
+    failed(checked, f"dataset root {data} does not exist", folder.LAYOUT)
