@@ -371,9 +371,11 @@ def _crontab(schedule: str) -> str:
 # One host without systemd: `crontab -u segflow {SCHEDULE_DIR}/crontab` (replaces that user's
 # crontab). The environment comes from {HOST_ENV_FILE} (see retrain.env.example); output goes
 # to syslog under the tag segflow-retrain. cronie reads CRON_TZ; Debian's cron uses the host's
-# zone, so set the host to UTC there.
+# zone, so set the host to UTC there. bash with pipefail: the line ends with segflow retrain's
+# exit code (0, 1 failed, 75 locked), not logger's.
 CRON_TZ=UTC
-{schedule} cd {HOST_CHECKOUT} && set -a && . {HOST_ENV_FILE} && set +a && .venv/bin/segflow retrain 2>&1 | logger -t segflow-retrain
+SHELL=/bin/bash
+{schedule} cd {HOST_CHECKOUT} && set -a && . {HOST_ENV_FILE} && set +a && set -o pipefail && .venv/bin/segflow retrain 2>&1 | logger -t segflow-retrain
 """  # noqa: E501
     )
 
