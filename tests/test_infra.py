@@ -134,6 +134,41 @@ def test_raycluster_groups_are_the_ones_the_readme_describes():
     assert gpu["minReplicas"] == 0 and gpu["replicas"] == 0
 
 
+def test_only_the_cluster_kuberay_and_the_retrain_submitter_reach_the_ray_job_api():
+    """The job API runs any command unauthenticated: a NetworkPolicy on the head decides."""
+    manifest = INFRA / "ray" / "raycluster.yaml"
+    cluster = _kind(manifest, "RayCluster")
+    policy = _kind(manifest, "NetworkPolicy")["spec"]
+    # KubeRay labels the head pod with its cluster's name and node type
+    head = {"ray.io/cluster": cluster["metadata"]["name"], "ray.io/node-type": "head"}
+    assert policy["podSelector"]["matchLabels"] == head
+    assert policy["policyTypes"] == ["Ingress"]
+    own, job_api = policy["ingress"]
+    assert own == {"from": [{"podSelector": {"matchLabels": {"ray.io/cluster": "segflow"}}}]}
+    assert job_api["ports"] == [{"port": 8265, "protocol": "TCP"}]
+    sources = [peer["podSelector"]["matchLabels"] for peer in job_api["from"]]
+    operator = {"app.kubernetes.io/name": "kuberay-operator"}
+    assert operator in sources  # in any namespace:
+    assert job_api["from"][sources.index(operator)]["namespaceSelector"] == {}
+
+    # the scheduled retrain's submitter pod carries the label the policy lets through
+    config_map = _kind(INFRA / "schedule" / "k8s-retrain.yaml", "ConfigMap")
+    rayjob = yaml.safe_load(config_map["data"]["rayjob.yaml"])
+    submitter = rayjob["spec"]["submitterPodTemplate"]
+    assert submitter["metadata"]["labels"] in sources
+    assert (
+        submitter["spec"]["containers"][0]["image"]
+        == (cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"])
+    )
+    assert "command" not in submitter["spec"]["containers"][0]  # KubeRay's `ray job submit`
+
+
+def test_the_cluster_launcher_head_serves_the_dashboard_on_localhost_only():
+    config = yaml.safe_load((INFRA / "ray" / "cluster-aws.yaml").read_text())
+    start = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in start
+
+
 def test_compose_services_are_the_ones_the_readme_describes():
     compose = yaml.safe_load((INFRA / "mlflow" / "docker-compose.yml").read_text())
     services = compose["services"]
