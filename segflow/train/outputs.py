@@ -62,6 +62,10 @@ def write_metrics(history: list[dict], path: str | Path) -> dict:
     return data
 
 
+#: Where a finished training's best model waits while the run is logged to MLflow.
+STAGING = ".staging"
+
+
 @contextmanager
 def staging(models_dir: str | Path) -> Iterator[Path]:
     """A scratch directory under ``models_dir`` for the new best model until it is published.
@@ -69,7 +73,7 @@ def staging(models_dir: str | Path) -> Iterator[Path]:
     Under models/ so the final copy stays on one file system; a kill leaves it behind, and the
     next run clears it first.
     """
-    path = Path(models_dir) / ".staging"
+    path = Path(models_dir) / STAGING
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     try:
