@@ -1,10 +1,12 @@
 """What a segflow log shows: segflow's own lines; the libraries' chatter only when asked.
 
-MLflow announces its database migrations and warns about details of how a model is logged,
-and Ray Train logs every ``ray.train.report`` call as a whole ``TrainingReport(...)`` dict right
-after segflow's own progress line. None of it is something a user acts on, and it buries the
-lines that are. ``segflow -v ...`` or ``SEGFLOW_VERBOSE=1`` (for stage scripts under ``dvc
-repro``) keeps all of it; errors and warnings that are not on the lists below always show.
+MLflow announces its database migrations at INFO, advises (UserWarnings) on how segflow's own
+code logs models, and warns that segflow pickles them, which it does on purpose; Ray Train logs
+every ``ray.train.report`` call as a whole ``TrainingReport(...)`` dict right after segflow's own
+progress line. None of it is something a user can act on, and it buries the lines that are.
+``segflow -v ...`` or ``SEGFLOW_VERBOSE=1`` (for stage scripts under ``dvc repro``) keeps all
+of it. Everything else (errors, other libraries' warnings, MLflow's other WARNING lines such
+as a model's dependency mismatch) always shows.
 """
 
 from __future__ import annotations
