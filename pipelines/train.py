@@ -1,7 +1,9 @@
 """Stage train: data/shards -> models/best.pt, models/run.json, reports/train_*; one MLflow run.
 
-Ray Train (or the plain loop, ``train.launcher: local``) trains; this script then records the
-run in MLflow from the driver and writes the stage's outputs, each atomically.
+An interrupted run (kill -9) of the same params and shards is continued after its last
+checkpoint, the others are marked KILLED (segflow.train.resume). Ray Train (or the plain loop,
+``train.launcher: local``) trains; this script records the run in MLflow from the driver, then
+replaces the stage's outputs together, models/run.json last.
 """
 
 import torch
@@ -9,40 +11,51 @@ import torch
 from segflow import tracking
 from segflow.config import Params
 from segflow.data.shards import verify_shards
-from segflow.io import write_json
 from segflow.paths import BEST_MODEL, MODELS, RUN_INFO, SHARDS, TRAIN_CURVE, TRAIN_METRICS
 from segflow.stage import console, run_stage
-from segflow.train.distributed import preflight, train, with_run_name
+from segflow.train.distributed import preflight, train
 from segflow.train.loop import load_model
-from segflow.train.outputs import write_curve, write_metrics
+from segflow.train.outputs import publish, staging
+from segflow.train.resume import plan_run, run_tags
 
 
 def main(params: Params) -> None:
     verify_shards(SHARDS)  # a damaged shard: one line naming it, before any worker starts
-    params = with_run_name(params)
     index = preflight(params, SHARDS)
-    run_id = tracking.start_training_run(params, index)
+    plan = plan_run(params, index, tracking.setup(params.train.experiment))
+    params = plan.params
+    if plan.note:
+        console.print(plan.note)
+    if plan.killed:
+        console.print(f"train: marked interrupted MLflow run(s) {', '.join(plan.killed)} KILLED")
+    tags = run_tags(params)
+    run_id = tracking.start_training_run(params, index, run_id=plan.mlflow_run_id, tags=tags)
     try:
-        outcome = train(params, SHARDS, MODELS)
-        write_curve(outcome.history, TRAIN_CURVE)
-        summary = write_metrics(outcome.history, TRAIN_METRICS)
-        tracking.log_history(outcome.history)
-        example = torch.randn(1, 3, params.loader.crop_height, params.loader.crop_width)
-        model_uri = tracking.log_model(load_model(BEST_MODEL), example)
+        with staging(MODELS) as scratch:
+            outcome = train(params, SHARDS, scratch)
+            tracking.log_history(outcome.history)
+            example = torch.randn(1, 3, params.loader.crop_height, params.loader.crop_width)
+            model_uri = tracking.log_model(load_model(outcome.best_checkpoint), example)
+            run_info = {
+                "mlflow_run_id": run_id,
+                "mlflow_tracking_uri": tracking.public_uri(tracking.tracking_uri()),
+                "model_uri": model_uri,
+                "ray_run_name": outcome.run_name,
+                "ray_run_path": outcome.run_path,
+            }
+            summary = publish(
+                outcome.best_checkpoint,
+                outcome.history,
+                run_info,
+                best=BEST_MODEL,
+                curve=TRAIN_CURVE,
+                metrics=TRAIN_METRICS,
+                info=RUN_INFO,
+            )
     except BaseException:
         tracking.end_run("FAILED")
         raise
     tracking.end_run()
-    write_json(
-        RUN_INFO,
-        {
-            "mlflow_run_id": run_id,
-            "mlflow_tracking_uri": tracking.tracking_uri(),
-            "model_uri": model_uri,
-            "ray_run_name": outcome.run_name,
-            "ray_run_path": outcome.run_path,
-        },
-    )
     console.print(
         f"train: best val mIoU {summary['best_val_miou']:.4f} at epoch {summary['best_epoch']} "
         f"-> {BEST_MODEL} (MLflow run {run_id})"

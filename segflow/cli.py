@@ -1,4 +1,4 @@
-"""The ``segflow`` command. Sub-commands are thin: they parse options and call the library."""
+"""The ``segflow`` command: what a user runs besides ``dvc repro``; user errors in one line."""
 
 from __future__ import annotations
 
@@ -12,8 +12,44 @@ from rich.table import Table
 
 from segflow.errors import SegflowError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+#: What ``segflow --help`` says first: for a user, one paragraph per line (rich re-wraps them).
+HELP = "\n\n".join(
+    [
+        "segflow turns a labelled image dataset into a trained, evaluated semantic-segmentation "
+        "model in the MLflow registry. `dvc repro` runs the pipeline (ingest, validate, shard, "
+        "train, evaluate, register); these commands look at its data and models, segment an "
+        "image with a registered model, and run or schedule retraining.",
+        "`segflow -v COMMAND` also shows the libraries' own log lines and warnings.",
+    ]
+)
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help=HELP,
+    # A user error is one line (see main); a rich traceback box is for bugs only.
+    pretty_exceptions_enable=False,
+)
 console = Console()
+
+
+@app.callback()
+def options(
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Also show the libraries' log lines and warnings."
+    ),
+) -> None:
+    from segflow.logs import quiet_libraries
+
+    quiet_libraries(verbose)
+
+
+def require_file(path: Path, what: str) -> None:
+    """Fail before any slow work (loading a model) when ``path`` is not a readable file."""
+    if not path.exists():
+        raise SegflowError(f"{path}: no such file ({what})")
+    if not path.is_file():
+        raise SegflowError(f"{path}: is a directory, not a file ({what})")
 
 
 @app.command()
@@ -98,6 +134,7 @@ def predict(
     from segflow.registry import load_for_predict
     from segflow.tracking import tracking_uri as default_uri
 
+    require_file(image, "the image to segment")
     if tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     # An interactive command: a server that is down is an error in seconds, not after MLflow's
@@ -160,13 +197,31 @@ def retrain(
     sys.exit(run_retrain(params))
 
 
+PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def user_error(exc: BaseException) -> str | None:
+    """The one-line message of an error the user caused, or None for a bug (keeps its traceback).
+
+    A path the user named that is missing, a directory or unreadable surfaces from deep inside a
+    library as an OSError carrying the file name; it is the user's error like a SegflowError.
+    """
+    if isinstance(exc, SegflowError):
+        return str(exc)
+    if isinstance(exc, PATH_ERRORS) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror.lower() if exc.strerror else exc}"
+    return None
+
+
 def main() -> None:
     """Entry point: user errors print one message and exit 1, without a traceback."""
     try:
         app()  # click itself reports usage errors (exit 2)
-    except SegflowError as exc:
-        # escape: a message is text, and "[test/ testannot/]" in a layout is not a style tag.
-        Console(stderr=True, highlight=False, soft_wrap=True).print(
-            f"[bold red]error:[/] {escape(str(exc))}"
-        )
+    except Exception as exc:
+        message = user_error(exc)
+        if message is None:
+            raise
+        err = Console(stderr=True, highlight=False, soft_wrap=True)
+        for line in message.splitlines():
+            err.print(f"[bold red]error:[/] {escape(line)}", markup=True)
         sys.exit(1)

@@ -391,9 +391,10 @@ def register_and_gate(params: Params) -> dict:
 
     from segflow import paths
     from segflow.gate import score_version
+    from segflow.run_info import read_run_info
     from segflow.tracking import tracking_uri
 
-    run = read_json(paths.RUN_INFO, "run the train stage (dvc repro train)")
+    run = read_run_info(paths.RUN_INFO, paths.BEST_MODEL)  # best.pt must be the run's model
     metrics = read_json(paths.METRICS, "run the evaluate stage (dvc repro evaluate)")
     crf = _served_crf(paths.CRF_PARAMS, metrics)
     index = read_json(paths.SHARD_INDEX, "run the shard stage (dvc repro shard)")

@@ -42,6 +42,8 @@ CLUSTER_CHECKOUT = "/workspace/segflow"
 #: The RayCluster of infra/ray/raycluster.yaml (a RayJob's clusterSelector names it).
 RAY_CLUSTER = "segflow"
 IMAGE = "segflow:0.1.0-cuda"
+#: Pods with this label may reach the Ray head's job API (the NetworkPolicy of raycluster.yaml).
+JOB_CLIENT_LABEL = "segflow.io/ray-job-client"
 SCHEDULE_DIR = Path("infra/schedule")
 
 _PIECE = re.compile(r"^(?P<range>\*|[a-z0-9]+(?:-[a-z0-9]+)?)(?:/(?P<step>\d+))?$")
@@ -250,6 +252,16 @@ data:
       submissionMode: K8sJobMode
       # KubeRay pastes the entrypoint into the submitter's shell line: keep it one quoted word
       entrypoint: bash -c "cd {CLUSTER_CHECKOUT} && segflow retrain"
+      # the label lets the submitter through the head's NetworkPolicy (infra/ray/raycluster.yaml)
+      # to the job API; KubeRay supplies the `ray job submit` command
+      submitterPodTemplate:
+        metadata:
+          labels: {{{JOB_CLIENT_LABEL}: "true"}}
+        spec:
+          restartPolicy: Never
+          containers:
+            - name: submitter
+              image: {IMAGE}
       # a retrain that hangs is stopped after a day
       activeDeadlineSeconds: 86400
   submit.sh: |
@@ -371,9 +383,11 @@ def _crontab(schedule: str) -> str:
 # One host without systemd: `crontab -u segflow {SCHEDULE_DIR}/crontab` (replaces that user's
 # crontab). The environment comes from {HOST_ENV_FILE} (see retrain.env.example); output goes
 # to syslog under the tag segflow-retrain. cronie reads CRON_TZ; Debian's cron uses the host's
-# zone, so set the host to UTC there.
+# zone, so set the host to UTC there. bash with pipefail: the line ends with segflow retrain's
+# exit code (0, 1 failed, 75 locked), not logger's.
 CRON_TZ=UTC
-{schedule} cd {HOST_CHECKOUT} && set -a && . {HOST_ENV_FILE} && set +a && .venv/bin/segflow retrain 2>&1 | logger -t segflow-retrain
+SHELL=/bin/bash
+{schedule} cd {HOST_CHECKOUT} && set -a && . {HOST_ENV_FILE} && set +a && set -o pipefail && .venv/bin/segflow retrain 2>&1 | logger -t segflow-retrain
 """  # noqa: E501
     )
 

@@ -15,13 +15,18 @@ from rich.markup import escape
 
 from segflow.config import Params, load_params
 from segflow.errors import SegflowError
+from segflow.logs import quiet_libraries
 from segflow.paths import PARAMS
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def run_stage(main: Callable[[Params], None]) -> None:
-    """Load params.yaml, call ``main(params)``; exit 1 with the message on a SegflowError."""
+    """Load params.yaml, call ``main(params)``; exit 1 with the message on a SegflowError.
+
+    Library log lines and warnings are hidden unless SEGFLOW_VERBOSE=1 (segflow.logs).
+    """
+    quiet_libraries()
     try:
         main(load_params(PARAMS))
     except SegflowError as exc:

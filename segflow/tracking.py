@@ -20,6 +20,7 @@ import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import torch
@@ -52,6 +53,19 @@ def tracking_uri(root: str | Path = ".") -> str:
     db = (Path(root) / MLRUNS / "mlflow.db").resolve()
     db.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{db}"
+
+
+def public_uri(uri: str) -> str:
+    """``uri`` without credentials, for files that others read (models/run.json, reports).
+
+    A tracking URI may carry a user and password (``https://user:secret@host``) or a token in
+    its query; neither may end up in an output that is shared, committed or pushed.
+    """
+    parts = urlsplit(uri)
+    if not parts.netloc:
+        return uri  # sqlite:///path, file:///path, a plain path
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def setup(experiment: str, root: str | Path = ".") -> str:
@@ -95,22 +109,34 @@ def git_commit(cwd: str | Path = ".") -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-def start_training_run(params: Params, index: dict, root: str | Path = ".") -> str:
-    """Open an MLflow run with the params and provenance tags; returns the run id.
+def start_training_run(
+    params: Params,
+    index: dict,
+    root: str | Path = ".",
+    *,
+    run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Open an MLflow run with the params and provenance tags (plus ``tags``); returns its id.
 
-    Opened before training starts, so a run that fails still shows up (status FAILED).
+    Opened before training starts, so a run that fails still shows up (status FAILED). With
+    ``run_id`` an interrupted run is continued: same run, params already logged.
     """
     import mlflow
 
     experiment_id = setup(params.train.experiment, root)
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=params.train.run_name)
-    mlflow.log_params(flatten(params.model_dump(mode="json")))
+    if run_id is not None:
+        run = mlflow.start_run(run_id=run_id)
+    else:
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=params.train.run_name)
+        mlflow.log_params(flatten(params.model_dump(mode="json")))
     mlflow.set_tags(
         {
             "git_commit": git_commit(root),
             "shards_content_hash": index.get("content_hash", "unknown"),
             "dataset": index.get("dataset", "unknown"),
             "stage": "train",
+            **(tags or {}),
         }
     )
     return run.info.run_id

@@ -19,6 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 #: The CamVid train/val copy beside the checkout (shared/datasets/camvid); tests that need it
 #: skip when it is absent. SEGFLOW_CAMVID points elsewhere.
+#: A bare environment for a subprocess still runs this checkout's segflow (PYTHONPATH, as set
+#: in a worktree whose venv has another checkout installed), not whatever the venv holds.
+CODE_UNDER_TEST = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
 CAMVID = Path(os.environ.get("SEGFLOW_CAMVID", REPO.parent / "shared" / "datasets" / "camvid"))
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from segflow.models import list_models
+from tests.project import CODE_UNDER_TEST
 
 SEGFLOW = Path(sys.executable).parent / "segflow"
 
@@ -18,7 +19,7 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
         text=True,
         cwd=cwd,
         timeout=300,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", **CODE_UNDER_TEST},
     )
 
 
@@ -45,3 +46,22 @@ def test_shards_without_shards_names_the_missing_index(tmp_path):
     result = run("shards", str(tmp_path / "nothing"))
     assert result.returncode == 1
     assert "index.json" in result.stderr and "dvc repro shard" in result.stderr
+
+
+def test_help_says_what_segflow_does_for_a_user():
+    result = run("--help")
+    assert result.returncode == 0
+    first = result.stdout.split("Usage:", 1)[1].split("\n", 2)[2].strip()
+    assert first.startswith("segflow turns a labelled image dataset into a trained, evaluated")
+    assert "thin" not in result.stdout and "library" not in result.stdout
+
+
+def test_predict_on_a_missing_image_or_a_directory_is_one_line_naming_the_path(tmp_path):
+    """Checked before the model is even looked up: no tracking store, no model is needed."""
+    missing = tmp_path / "nothing.png"
+    for path, rule in ((missing, "no such file"), (tmp_path, "is a directory, not a file")):
+        result = run("predict", str(path), "--model", "models:/segflow-x@champion", cwd=tmp_path)
+        assert result.returncode == 1
+        assert result.stderr == f"error: {path}: {rule} (the image to segment)\n"
+        assert result.stdout == ""
+        assert not (tmp_path / "mlruns").exists()  # nothing was created on the way

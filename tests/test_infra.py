@@ -134,6 +134,41 @@ def test_raycluster_groups_are_the_ones_the_readme_describes():
     assert gpu["minReplicas"] == 0 and gpu["replicas"] == 0
 
 
+def test_only_the_cluster_kuberay_and_the_retrain_submitter_reach_the_ray_job_api():
+    """The job API runs any command unauthenticated: a NetworkPolicy on the head decides."""
+    manifest = INFRA / "ray" / "raycluster.yaml"
+    cluster = _kind(manifest, "RayCluster")
+    policy = _kind(manifest, "NetworkPolicy")["spec"]
+    # KubeRay labels the head pod with its cluster's name and node type
+    head = {"ray.io/cluster": cluster["metadata"]["name"], "ray.io/node-type": "head"}
+    assert policy["podSelector"]["matchLabels"] == head
+    assert policy["policyTypes"] == ["Ingress"]
+    own, job_api = policy["ingress"]
+    assert own == {"from": [{"podSelector": {"matchLabels": {"ray.io/cluster": "segflow"}}}]}
+    assert job_api["ports"] == [{"port": 8265, "protocol": "TCP"}]
+    sources = [peer["podSelector"]["matchLabels"] for peer in job_api["from"]]
+    operator = {"app.kubernetes.io/name": "kuberay-operator"}
+    assert operator in sources  # in any namespace:
+    assert job_api["from"][sources.index(operator)]["namespaceSelector"] == {}
+
+    # the scheduled retrain's submitter pod carries the label the policy lets through
+    config_map = _kind(INFRA / "schedule" / "k8s-retrain.yaml", "ConfigMap")
+    rayjob = yaml.safe_load(config_map["data"]["rayjob.yaml"])
+    submitter = rayjob["spec"]["submitterPodTemplate"]
+    assert submitter["metadata"]["labels"] in sources
+    assert (
+        submitter["spec"]["containers"][0]["image"]
+        == (cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"])
+    )
+    assert "command" not in submitter["spec"]["containers"][0]  # KubeRay's `ray job submit`
+
+
+def test_the_cluster_launcher_head_serves_the_dashboard_on_localhost_only():
+    config = yaml.safe_load((INFRA / "ray" / "cluster-aws.yaml").read_text())
+    start = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in start
+
+
 def test_compose_services_are_the_ones_the_readme_describes():
     compose = yaml.safe_load((INFRA / "mlflow" / "docker-compose.yml").read_text())
     services = compose["services"]
@@ -142,7 +177,7 @@ def test_compose_services_are_the_ones_the_readme_describes():
     for name, service in services.items():
         row = rows[name]
         assert _code(row["image"]) == service["image"], name
-        published = {int(p.split(":")[0]) for p in service.get("ports", [])}
+        published = {int(p.rsplit(":", 2)[-2]) for p in service.get("ports", [])}  # host port
         documented = {int(p) for p in re.findall(r"\d+", row["port"])}
         assert documented == published, name
 
@@ -170,6 +205,68 @@ def test_mlflow_server_uses_postgres_minio_and_basic_auth():
     compose_text = (INFRA / "mlflow" / "docker-compose.yml").read_text()
     required = set(re.findall(r"\$\{(\w+):\?", compose_text))  # ${VAR:?...}: must be set
     assert required <= set(re.findall(r"^(\w+)=", env_example, re.MULTILINE))
+
+
+def _compose() -> dict:
+    return yaml.safe_load((INFRA / "mlflow" / "docker-compose.yml").read_text())
+
+
+def _env_example() -> dict[str, str]:
+    text = (INFRA / "mlflow" / ".env.example").read_text()
+    return dict(re.findall(r"^(\w+)=(.*)$", text, re.MULTILINE))
+
+
+def _check_secrets(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The check-secrets service's script, as its container runs it, with ``env`` as .env."""
+    service = _compose()["services"]["check-secrets"]
+    shell, flag, script = service["entrypoint"]
+    values = {
+        name: re.sub(r"\$\{(\w+):-\}", lambda m: env.get(m.group(1), ""), value)
+        for name, value in service["environment"].items()
+    }
+    return subprocess.run(
+        ["sh", flag, script.replace("$$", "$")],  # $$ is compose's escape for $
+        env={"PATH": "/usr/bin:/bin", **values},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_the_stack_refuses_to_start_with_the_placeholder_secrets_of_env_example():
+    services = _compose()["services"]
+    secrets = set(services["check-secrets"]["environment"])
+    placeholders = {k for k, v in _env_example().items() if v.startswith("change-me")}
+    assert placeholders == secrets
+
+    refused = _check_secrets(_env_example())
+    assert refused.returncode == 1
+    lines = refused.stderr.splitlines()
+    assert len(lines) == len(secrets)
+    for name, line in zip(sorted(secrets), sorted(lines), strict=True):
+        assert line.startswith(f"infra/mlflow/.env: {name} still has the placeholder value")
+
+    own = {**_env_example(), **{name: f"s3cret-{name.lower()}-0123456789" for name in secrets}}
+    assert _check_secrets(own).returncode == 0
+
+    def needs(name: str) -> set[str]:
+        direct = set(services[name].get("depends_on", {}))
+        return direct.union(*(needs(d) for d in direct))
+
+    # nothing that reads a secret starts before the check has passed
+    for name in ("postgres", "minio"):
+        condition = services[name]["depends_on"]["check-secrets"]["condition"]
+        assert condition == "service_completed_successfully", name
+    for name in ("createbuckets", "mlflow"):
+        assert "check-secrets" in needs(name), name
+
+
+def test_mlflow_and_minio_listen_on_localhost_unless_bind_address_says_otherwise():
+    for name, service in _compose()["services"].items():
+        for port in service.get("ports", []):
+            assert port.startswith("${BIND_ADDRESS:-127.0.0.1}:"), (name, port)
+    assert _env_example()["BIND_ADDRESS"] == "127.0.0.1"
+    assert "BIND_ADDRESS" in README.read_text()
 
 
 def test_mlflow_image_pins_the_mlflow_version_segflow_is_tested_with():

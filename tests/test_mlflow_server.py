@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from segflow.train.outputs import STAGING
 from tests.project import BIN, make_project
 
 pytestmark = pytest.mark.integration
@@ -179,7 +180,7 @@ def test_pipeline_logs_and_registers_over_http_through_a_server_restart(
     # keeps CI fast. The retries themselves are MLflow's, as a user gets them.
     project.env["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
     root = project.root
-    curve_file = root / "reports/train_curve.csv"
+    staged = root / "models" / STAGING / "best.pt"
     client = MlflowClient(tracking_uri=server.url)
     log = tmp_path / "repro.log"
     with log.open("w") as out:
@@ -196,8 +197,9 @@ def test_pipeline_logs_and_registers_over_http_through_a_server_restart(
         server.wait_until_up()
         run = wait_for(lambda: training_run(client), "training run on the server", repro, log)
         server.kill()
-        assert not curve_file.exists(), "training finished before the server went down"
-        wait_for(curve_file.exists, "reports/train_curve.csv", repro, log)
+        assert not staged.exists(), "training finished before the server went down"
+        # trained, and now logging to MLflow (the outputs are replaced once that is done)
+        wait_for(staged.exists, "the trained model staged in models/", repro, log)
         server.start()
         back_at = server.wait_until_up()
         returncode = repro.wait(timeout=240)
@@ -214,7 +216,7 @@ def test_pipeline_logs_and_registers_over_http_through_a_server_restart(
     assert run.info.status == "FINISHED"
 
     # Every epoch's point of every curve column, exactly once: sent while the server was down.
-    with curve_file.open() as f:
+    with (root / "reports/train_curve.csv").open() as f:
         rows = list(csv.DictReader(f))
     epochs = [int(row["epoch"]) for row in rows]
     assert len(epochs) == EPOCHS

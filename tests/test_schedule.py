@@ -14,6 +14,7 @@ import yaml
 from segflow.config import load_params, parse_params
 from segflow.errors import SegflowError
 from segflow.schedule import cron_to_oncalendar, parse_cron, render, stale_files, write
+from tests.project import CODE_UNDER_TEST
 
 REPO = Path(__file__).resolve().parents[1]
 SEGFLOW = Path(sys.executable).parent / "segflow"
@@ -147,7 +148,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=120,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", **CODE_UNDER_TEST},
     )
 
 
@@ -198,3 +199,28 @@ def test_systemd_accepts_the_service_and_timer_units(tmp_path):
         timeout=60,
     )
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_the_crontab_line_exits_with_the_exit_code_of_segflow_retrain(tmp_path):
+    """Piped into logger, the line would end with logger's 0; a held lock must end it with 75."""
+    import re
+
+    from segflow.retrain import EXIT_LOCKED, retrain_lock
+    from segflow.schedule import HOST_CHECKOUT, HOST_ENV_FILE
+
+    crontab = render(load_params(REPO / "params.yaml"))["crontab"]
+    shell = re.search(r"^SHELL=(\S+)$", crontab, re.MULTILINE).group(1)
+    command = crontab.splitlines()[-1].split(maxsplit=5)[5]  # what cron hands to $SHELL -c
+    checkout, env_file = tmp_path / "segflow", tmp_path / "retrain.env"
+    (checkout / ".venv" / "bin").mkdir(parents=True)
+    (checkout / ".venv" / "bin" / "segflow").symlink_to(SEGFLOW)
+    (checkout / "reports").mkdir()
+    env_file.write_text(f"PYTHONPATH={REPO}\n")
+    command = command.replace(HOST_CHECKOUT, str(checkout)).replace(HOST_ENV_FILE, str(env_file))
+
+    with retrain_lock(checkout / "reports" / "retrain.lock"):  # another retrain is running
+        result = subprocess.run(
+            [shell, "-c", command], capture_output=True, text=True, timeout=120,
+            env={"PATH": "/usr/bin:/bin", **CODE_UNDER_TEST},
+        )  # fmt: skip
+    assert result.returncode == EXIT_LOCKED, result.stderr

@@ -31,6 +31,7 @@ from segflow.config import Params
 from segflow.data.shards import read_index
 from segflow.errors import SegflowError
 from segflow.io import atomic_path
+from segflow.logs import is_verbose, quiet_ray_train_worker
 from segflow.raycluster import connect_ray
 from segflow.train import loop
 
@@ -130,6 +131,8 @@ def train_func(config: dict) -> dict:
     import ray.train.torch
     import torch.distributed as dist
 
+    if not config.get("verbose"):
+        quiet_ray_train_worker()
     params = Params.model_validate(config["params"])
     shard_dir = Path(config["shard_dir"])
     torch.set_num_threads(params.train.cpus_per_worker)
@@ -212,6 +215,7 @@ def train_distributed(
             "params": params.model_dump(mode="json"),
             "shard_dir": str(shard_dir),
             "fail_after_epoch": int(fail_after) if fail_after else None,
+            "verbose": is_verbose(),  # a worker on another node has not got our environment
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=p.num_workers, use_gpu=p.use_gpu, resources_per_worker=resources

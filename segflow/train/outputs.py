@@ -1,11 +1,17 @@
-"""The train stage's reports: the learning curve (CSV for ``dvc plots``) and summary metrics."""
+"""The train stage's outputs: the model, the learning curve (CSV for ``dvc plots``), summary
+metrics and models/run.json, replaced together at the end of a run.
+"""
 
 from __future__ import annotations
 
 import csv
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from segflow.io import atomic_path, write_json
+from segflow.run_info import write_run_info
 
 CURVE_COLUMNS = (
     "epoch",
@@ -53,4 +59,47 @@ def summary(history: list[dict]) -> dict:
 def write_metrics(history: list[dict], path: str | Path) -> dict:
     data = summary(history)
     write_json(path, data)
+    return data
+
+
+#: Where a finished training's best model waits while the run is logged to MLflow.
+STAGING = ".staging"
+
+
+@contextmanager
+def staging(models_dir: str | Path) -> Iterator[Path]:
+    """A scratch directory under ``models_dir`` for the new best model until it is published.
+
+    Under models/ so the final copy stays on one file system; a kill leaves it behind, and the
+    next run clears it first.
+    """
+    path = Path(models_dir) / STAGING
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def publish(
+    staged_best: Path,
+    history: list[dict],
+    run_info: dict,
+    *,
+    best: Path,
+    curve: Path,
+    metrics: Path,
+    info: Path,
+) -> dict:
+    """Replace the stage's outputs with one run's, run.json last; returns the summary metrics.
+
+    Each file is replaced atomically; a kill part-way leaves run.json describing the previous
+    model, which :func:`segflow.run_info.read_run_info` detects by the model's sha256.
+    """
+    with atomic_path(best) as tmp:
+        shutil.copyfile(staged_best, tmp)
+    write_curve(history, curve)
+    data = write_metrics(history, metrics)
+    write_run_info(run_info, info, best)
     return data

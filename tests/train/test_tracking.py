@@ -70,3 +70,18 @@ def test_the_tracking_uri_defaults_to_sqlite_under_mlruns_and_the_env_overrides(
     assert tracking.tracking_uri(tmp_path) == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking.tracking_uri(tmp_path) == "http://127.0.0.1:5000"
+
+
+@pytest.mark.parametrize(
+    ("uri", "shared"),
+    [
+        ("https://alice:s3cret@mlflow.example.com:5000/", "https://mlflow.example.com:5000/"),
+        ("http://token@10.0.0.5:5000", "http://10.0.0.5:5000"),
+        ("https://mlflow.example.com/?token=s3cret#x", "https://mlflow.example.com/"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("sqlite:////srv/segflow/mlruns/mlflow.db", "sqlite:////srv/segflow/mlruns/mlflow.db"),
+        ("databricks", "databricks"),
+    ],
+)
+def test_the_tracking_uri_written_to_run_json_carries_no_credentials(uri, shared):
+    assert tracking.public_uri(uri) == shared

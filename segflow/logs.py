@@ -1,0 +1,99 @@
+"""What a segflow log shows: segflow's own lines; the libraries' chatter only when asked.
+
+MLflow announces its database migrations at INFO, advises (UserWarnings) on how segflow's own
+code logs models, and warns that segflow pickles them, which it does on purpose; Ray Train logs
+every ``ray.train.report`` call as a whole ``TrainingReport(...)`` dict right after segflow's own
+progress line. None of it is something a user can act on, and it buries the lines that are.
+``segflow -v ...`` or ``SEGFLOW_VERBOSE=1`` (for stage scripts under ``dvc repro``) keeps all
+of it. Everything else (errors, other libraries' warnings, MLflow's other WARNING lines such
+as a model's dependency mismatch) always shows.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import warnings
+from pathlib import Path
+
+VERBOSE_ENV = "SEGFLOW_VERBOSE"
+
+#: Loggers whose INFO lines are library bookkeeping (the database set-up of the sqlite store).
+QUIET_LOGGERS = ("mlflow",)
+#: MLflow's WARNING lines about choices segflow made on purpose (pickled models: a pickled
+#: nn.Module takes any image size), by the logger that emits them and a part of the message.
+DELIBERATE = {
+    "mlflow.pytorch": "Saving pytorch model by Pickle or CloudPickle",
+    "mlflow.pyfunc": "serialized using CloudPickle",
+}
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, part: str):
+        super().__init__()
+        self.part = part
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.part not in record.getMessage()
+
+
+def is_verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() in {"1", "true", "yes"}
+
+
+def quiet_libraries(verbose: bool | None = None) -> None:
+    """Hide library INFO lines and MLflow's UserWarnings unless ``verbose`` (default: the env).
+
+    Called once at the top of every stage and CLI command. Verbose mode is exported in the
+    environment, so Ray workers and subprocesses (``dvc repro`` in retrain) see it too.
+    """
+    if verbose is None:
+        verbose = is_verbose()
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+        return
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name, part in DELIBERATE.items():
+        logger = logging.getLogger(name)
+        if not any(getattr(f, "part", None) == part for f in logger.filters):
+            logger.addFilter(_DropMessage(part))
+    _hide_user_warnings_from("mlflow")
+
+
+def quiet_ray_train_worker() -> None:
+    """In a Ray Train worker: no ``Reporting training result ...`` line per epoch.
+
+    Ray Train logs it at INFO from a logger named by its module's file path, so the level is
+    set on that module's logger object.
+    """
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray Train layout: its lines stay
+        return
+    context.logger.setLevel(logging.WARNING)
+
+
+def _hide_user_warnings_from(package: str) -> None:
+    """Drop the UserWarnings raised in ``package``'s files, at display time.
+
+    Not a ``warnings.filterwarnings`` entry: MLflow wraps its calls in ``catch_warnings()`` with
+    its own ``simplefilter("once", UserWarning)`` in front of every filter set here, but it
+    leaves ``warnings.showwarning`` alone.
+    """
+    spec = importlib.util.find_spec(package)  # finds the package without importing it
+    if spec is None or spec.origin is None:
+        return
+    root = str(Path(spec.origin).parent) + os.sep
+    previous = warnings.showwarning
+    if getattr(previous, "hides", None) == root:
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
+        if issubclass(category, UserWarning) and str(filename).startswith(root):
+            return
+        previous(message, category, filename, lineno, file, line)
+
+    show.hides = root  # type: ignore[attr-defined]
+    warnings.showwarning = show

@@ -1,0 +1,187 @@
+"""Which run the train stage trains: the one a kill interrupted, or a fresh one.
+
+A ``kill -9`` (the OOM killer, a pre-empted node, a closed terminal) ends the stage without any
+clean-up: its MLflow run stays RUNNING and its checkpoints stay in ``train.storage_path``. The
+next ``dvc repro`` starts the stage again, and this module decides what it does:
+
+- the unfinished runs are found in MLflow: status RUNNING, started from this checkout, by a
+  process that is gone (a run whose process still lives on this host is left alone);
+- the latest of them is continued (same Ray run name, so training restarts after its last
+  checkpoint, and the same MLflow run) when it trained with the same params (``seed``,
+  ``loader``, ``train``) on the same shards and left a checkpoint; otherwise the stage starts a
+  fresh run and says why in one line;
+- every other unfinished run is marked KILLED, and its checkpoints are removed: nothing can
+  resume it any more, and a killed run must not leave 100 MB behind each time.
+
+The facts it needs are tags on the MLflow run (:func:`run_tags`), set when the stage starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from segflow.config import Params
+from segflow.train.distributed import resolve_storage, with_run_name
+from segflow.train.loop import LAST
+
+CHECKOUT_TAG = "segflow.checkout"
+HOST_TAG = "segflow.host"
+PID_TAG = "segflow.pid"
+PARAMS_TAG = "segflow.train_params_sha256"
+DATA_TAG = "shards_content_hash"
+RAY_RUN_TAG = "segflow.ray_run_name"
+
+
+@dataclass
+class RunPlan:
+    """The run to train, and what was done about the runs that were interrupted."""
+
+    params: Params  # with train.run_name set
+    mlflow_run_id: str | None = None  # the interrupted MLflow run to continue, if any
+    killed: list[str] = field(default_factory=list)  # MLflow runs marked KILLED
+    note: str | None = None  # one line for the log when an interrupted run was found
+
+
+def params_sha256(params: Params) -> str:
+    """The params the train stage depends on (dvc.yaml: seed, loader, train), without the name."""
+    train = params.train.model_dump(mode="json", exclude={"run_name"})
+    data = {"seed": params.seed, "loader": params.loader.model_dump(mode="json"), "train": train}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def checkout(root: str | Path = ".") -> str:
+    return str(Path(root).resolve())
+
+
+def run_tags(params: Params, root: str | Path = ".") -> dict[str, str]:
+    """What a later stage run needs to recognise this run as its own and resumable."""
+    return {
+        CHECKOUT_TAG: checkout(root),
+        HOST_TAG: socket.gethostname(),
+        PID_TAG: str(os.getpid()),
+        PARAMS_TAG: params_sha256(params),
+        RAY_RUN_TAG: str(params.train.run_name),
+    }
+
+
+def _process_alive(run) -> bool:
+    """Whether the process that started ``run`` still runs (only knowable on the same host)."""
+    tags = run.data.tags
+    if tags.get(HOST_TAG) != socket.gethostname():
+        return False
+    try:
+        pid = int(tags.get(PID_TAG, ""))
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process with that id: alive
+        return True
+    return True
+
+
+def interrupted_runs(experiment_id: str, root: str | Path = ".") -> list:
+    """RUNNING training runs of this checkout whose process is gone, newest first."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"attributes.status = 'RUNNING' and tags.`{CHECKOUT_TAG}` = '{checkout(root)}'"
+        ),
+        order_by=["attributes.start_time DESC"],
+    )
+    return [run for run in runs if not _process_alive(run)]
+
+
+def run_dir(params: Params, name: str) -> str:
+    return f"{resolve_storage(params.train.storage_path).rstrip('/')}/{name}"
+
+
+def has_checkpoint(params: Params, name: str) -> bool:
+    """A checkpoint of run ``name`` in storage: Ray's ``epoch-*`` directories or ``last.pt``."""
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(_as_uri(run_dir(params, name)))
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return any(
+        Path(info.path).name == LAST or Path(info.path).name.startswith("epoch-") for info in infos
+    )
+
+
+def remove_run(params: Params, name: str) -> None:
+    """Delete run ``name``'s directory (checkpoints, Ray's state) from storage."""
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(_as_uri(run_dir(params, name)))
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
+def _as_uri(path: str) -> str:
+    return path if "://" in path else Path(path).as_uri()
+
+
+def _mismatch(run, params: Params, index: dict) -> str | None:
+    """Why ``run`` cannot be continued with these params and shards, or None if it can."""
+    tags = run.data.tags
+    if tags.get(PARAMS_TAG) != params_sha256(params):
+        return "trained with other params (seed, loader or train changed)"
+    if tags.get(DATA_TAG) != index.get("content_hash", "unknown"):
+        return "trained on other data (the shards' content hash changed)"
+    return None
+
+
+def plan_run(params: Params, index: dict, experiment_id: str, root: str | Path = ".") -> RunPlan:
+    """Continue the latest interrupted run if it matches; mark the others KILLED.
+
+    With ``train.run_name`` set, the user chose the run: an interrupted MLflow run of that name
+    is continued; interrupted runs of other names are marked KILLED all the same.
+    """
+    import mlflow
+
+    orphans = interrupted_runs(experiment_id, root)
+    chosen, note = None, None
+    named = params.train.run_name
+    if named:
+        chosen = next((r for r in orphans if r.data.tags.get(RAY_RUN_TAG) == named), None)
+    elif orphans:
+        latest = orphans[0]
+        name = latest.data.tags.get(RAY_RUN_TAG, "")
+        why = _mismatch(latest, params, index)
+        if why is None and not (name and has_checkpoint(params, name)):
+            why = "left no checkpoint"
+        if why is None:
+            chosen = latest
+            train = params.train.model_copy(update={"run_name": name})
+            params = params.model_copy(update={"train": train})
+        else:
+            note = f"train: starting a fresh run: the interrupted run {name!r} {why}"
+    if chosen is not None:
+        note = (
+            f"train: continuing the interrupted run {params.train.run_name!r} "
+            f"(MLflow run {chosen.info.run_id})"
+        )
+    client = mlflow.MlflowClient()
+    killed = []
+    for run in orphans:
+        if run is chosen:
+            continue
+        client.set_terminated(run.info.run_id, "KILLED")
+        killed.append(run.info.run_id)
+        name = run.data.tags.get(RAY_RUN_TAG)
+        if name and name != params.train.run_name:
+            remove_run(params, name)
+    return RunPlan(
+        with_run_name(params), chosen.info.run_id if chosen is not None else None, killed, note
+    )
