@@ -9,7 +9,16 @@ import torch
 from segflow import tracking
 from segflow.config import Params
 from segflow.io import write_json
-from segflow.paths import BEST_MODEL, MODELS, RUN_INFO, SHARDS, TRAIN_CURVE, TRAIN_METRICS
+from segflow.paths import (
+    BEST_MODEL,
+    GENOTYPE,
+    MODELS,
+    RUN_INFO,
+    SHARDS,
+    TRAIN_CURVE,
+    TRAIN_METRICS,
+)
+from segflow.search.outputs import with_searched_genotype
 from segflow.stage import console, run_stage
 from segflow.train.distributed import preflight, train, with_run_name
 from segflow.train.loop import load_model
@@ -17,7 +26,7 @@ from segflow.train.outputs import write_curve, write_metrics
 
 
 def main(params: Params) -> None:
-    params = with_run_name(params)
+    params = with_run_name(with_searched_genotype(params, GENOTYPE))
     index = preflight(params, SHARDS)
     run_id = tracking.start_training_run(params, index)
     try:

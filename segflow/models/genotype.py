@@ -94,7 +94,9 @@ def _parse_cell(cell: object, source: str) -> tuple[tuple[Branch, Branch], ...]:
             if not isinstance(branch, list) or len(branch) != 2:
                 raise SegflowError(f"{field}: a branch is [op, input]")
             op, inp = branch
-            if op not in OPS or op == "zero":
+            if op == "zero":
+                raise SegflowError(f"{field}: the zero op (no edge) cannot be a kept branch")
+            if op not in OPS:
                 raise SegflowError(
                     f"{field}: unknown op {op!r}; known: {', '.join(OPS[:ZERO] + OPS[ZERO + 1 :])}"
                 )

@@ -263,6 +263,7 @@ def search_epochs(
             "arch_updates": float(update_arch),
             "epoch_seconds": time.perf_counter() - start,
             "path": list(genotype.path),
+            "arch_rank_divergence": arch_rank_divergence(arch),
         }
         state.history.append(record)
         state.arch_history.append(arch_snapshot(model))
@@ -275,6 +276,19 @@ def search_epochs(
             )
         on_epoch(state, record)
     return state
+
+
+def arch_rank_divergence(arch: list[torch.nn.Parameter]) -> float:
+    """Largest |alpha, beta on any rank - on rank 0|: 0.0 when the ranks agree (always, unless
+    the gradient averaging is broken); 0.0 on one process."""
+    if not _distributed():
+        return 0.0
+    mine = torch.cat([a.detach().reshape(-1) for a in arch])
+    ref = mine.clone()
+    dist.broadcast(ref, src=0)
+    diff = (mine - ref).abs().max().reshape(1)
+    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    return float(diff)
 
 
 def _mean_over_ranks(value: float, device: torch.device) -> float:

@@ -5,8 +5,9 @@
 * ``search_curve.csv``: per epoch both losses, LR, time and the decoded path;
 * ``op_weights.csv``: per epoch the mean softmax(alpha) of each op over the cell's edges
   (a DVC plot: how the op mix moves once the architecture steps start);
-* ``expected_stride.csv``: per epoch and layer the stride expected under the beta chain
-  (a DVC plot: the network path settling);
+* ``stride_share.csv``: per epoch the probability of each stride under the beta chain,
+  averaged over the layers (a DVC plot: the network drifting finer or coarser);
+* ``expected_stride.csv``: per epoch and layer the stride expected under the beta chain;
 * ``alpha.csv`` / ``beta.csv``: every alpha weight and beta transition probability per epoch;
 * ``alpha_epoch_NNN.png`` / ``beta_epoch_NNN.png``: heat maps of the same.
 """
@@ -21,7 +22,7 @@ import torch
 
 from segflow.config import Params
 from segflow.io import atomic_dir, write_json
-from segflow.models.genotype import OPS, PAPER_GENOTYPE, STRIDES, Genotype
+from segflow.models.genotype import OPS, PAPER_GENOTYPE, STRIDES, Genotype, load_genotype
 from segflow.search.decode import (
     LEVELS,
     blocks_of_edges,
@@ -82,13 +83,15 @@ def write_history(history: list[dict], arch_history: list[dict], out_dir: Path) 
             for r in history
         ],
     )
-    op_rows, stride_rows, alpha_rows, beta_rows = [], [], [], []
+    op_rows, share_rows, stride_rows, alpha_rows, beta_rows = [], [], [], [], []
     layers = len(arch_history[0]["beta"]) if arch_history else 0
     for epoch, arch in enumerate(arch_history, start=1):
         weights = _softmax(np.asarray(arch["alpha"]))
         op_rows.append([epoch, *np.round(weights.mean(0), 6)])
         marginals = stride_marginals(arch["beta"])
-        stride_rows.append([epoch, *np.round(marginals @ np.array(STRIDES), 4)])
+        share_rows.append([epoch, *np.round(marginals.mean(0), 6)])
+        expected = marginals @ np.array(STRIDES)
+        stride_rows += [[epoch, layer + 1, round(float(e), 4)] for layer, e in enumerate(expected)]
         names = _edge_names(blocks_of_edges(weights.shape[0]))
         alpha_rows += [
             [epoch, names[e], op, round(float(weights[e, o]), 6)]
@@ -103,8 +106,10 @@ def write_history(history: list[dict], arch_history: list[dict], out_dir: Path) 
         ]
         _heatmaps(weights, probs, names, epoch, out_dir)
     _write_csv(out_dir / "op_weights.csv", ["epoch", *OPS], op_rows)
-    header = ["epoch", *(f"layer_{i + 1}" for i in range(layers))]
-    _write_csv(out_dir / "expected_stride.csv", header, stride_rows)
+    _write_csv(
+        out_dir / "stride_share.csv", ["epoch", *(f"stride_{s}" for s in STRIDES)], share_rows
+    )
+    _write_csv(out_dir / "expected_stride.csv", ["epoch", "layer", "expected_stride"], stride_rows)
     _write_csv(out_dir / "alpha.csv", ["epoch", "edge", "op", "weight"], alpha_rows)
     header = ["epoch", "layer", "from_stride", "to_stride", "probability"]
     _write_csv(out_dir / "beta.csv", header, beta_rows)
@@ -184,3 +189,18 @@ def disabled_outputs(genotype_path: Path, history_dir: Path) -> None:
     with atomic_dir(history_dir) as tmp:
         _write_csv(tmp / "search_curve.csv", list(CURVE_COLUMNS), [])
     write_json(genotype_path, PAPER_GENOTYPE.to_json())
+
+
+def with_searched_genotype(params: Params, genotype_path: Path) -> Params:
+    """``params`` whose autodeeplab trains the searched genotype, when search is on.
+
+    Only for ``train.model: autodeeplab`` with ``search.enabled`` and no genotype of the
+    user's own in ``train.model_options``. The genotype goes into the options inline, not as
+    a path, so the checkpoint (and the registered model) rebuilds the network it was trained
+    as even after a later search rewrites the file.
+    """
+    p = params.train
+    if p.model != "autodeeplab" or not params.search.enabled or "genotype" in p.model_options:
+        return params
+    options = {**p.model_options, "genotype": load_genotype(genotype_path).to_json()}
+    return params.model_copy(update={"train": p.model_copy(update={"model_options": options})})
