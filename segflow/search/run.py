@@ -73,6 +73,13 @@ def preflight(params: Params, shard_dir: Path) -> dict:
             f"samples each of the {sp.num_workers} worker(s) gets from half of the "
             f"{n} training samples ({Path(shard_dir) / 'index.json'})"
         )
+    coarsest = math.ceil(sp.crop_height / 32) * math.ceil(sp.crop_width / 32)
+    if sp.batch_size * coarsest < 2:
+        raise SegflowError(
+            f"params.yaml: search.batch_size: 1 with a {sp.crop_height}x{sp.crop_width} crop "
+            "leaves one value per channel at stride 32, where BatchNorm cannot train; use a "
+            "larger crop or batch"
+        )
     if sp.use_gpu and sp.launcher == "local" and not torch.cuda.is_available():
         raise SegflowError("params.yaml: search.use_gpu: true but this machine has no CUDA GPU")
     return index

@@ -88,6 +88,7 @@ def _run_search_process(storage: Path, shards: Path, fail_after: int | None):
     )
 
 
+@pytest.mark.integration
 def test_a_killed_search_resumes_to_the_genotype_of_an_uninterrupted_one(shards, tmp_path):
     whole = search_local(_params(tmp_path / "whole"), shards, echo=lambda line: None)
     killed = _run_search_process(tmp_path / "killed", shards, fail_after=2)
@@ -133,7 +134,7 @@ def test_the_outputs_hold_the_genotype_curves_and_heat_maps(shards, tmp_path):
 
 @pytest.mark.integration
 def test_two_ray_train_workers_hold_the_same_architecture_after_every_epoch(shards, tmp_path):
-    params = _params(tmp_path, launcher="ray", num_workers=2, epochs=2, batch_size=1)
+    params = _params(tmp_path, launcher="ray", num_workers=2, epochs=2)
     outcome = search_distributed(params, shards, echo=lambda line: None)
     assert len(outcome.history) == 2
     assert [r["arch_rank_divergence"] for r in outcome.history] == [0.0, 0.0]
