@@ -197,6 +197,8 @@ class AutoDeepLab(nn.Module):
             self.cells.append(cell)
             prev_prev, prev = prev, cell.out_channels
         self.output_stride = genotype.path[-1]
+        # What `segflow models` shows in its backbone column (see models/summary.py).
+        self.backbone_name = f"searched cell, F={filter_multiplier}"
         stride4 = [i for i, s in enumerate(genotype.path) if s == 4]
         # The last stride-4 cell before the path first leaves stride 4 (its finest features).
         self.low_level_index = _last_of_first_run(stride4)
