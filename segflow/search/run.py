@@ -169,6 +169,7 @@ def search_distributed(params: Params, shard_dir: str | Path, echo: Echo = _echo
     shard_dir = Path(shard_dir).resolve()
     preflight(params, shard_dir)
     connect_ray()
+    _check_cluster(params)
     run_name = sp.run_name or with_run_name(params).search.run_name
     storage = resolve_storage(sp.storage_path)
     resources = {"CPU": sp.cpus_per_worker}
@@ -202,6 +203,24 @@ def search_distributed(params: Params, shard_dir: str | Path, echo: Echo = _echo
             payload = torch.load(Path(d) / CHECKPOINT_FILE, weights_only=False)
         history, arch_history = payload["history"], payload["arch_history"]
     return SearchOutcome(history, arch_history, run_name, str(result.path))
+
+
+def _check_cluster(params: Params) -> None:
+    """More workers than the cluster can place would wait forever: fail now, naming the field."""
+    import ray
+
+    sp = params.search
+    have = ray.cluster_resources()
+    for kind, per_worker, used in (
+        ("CPU", sp.cpus_per_worker, True),
+        ("GPU", sp.gpus_per_worker, sp.use_gpu),
+    ):
+        need = sp.num_workers * per_worker
+        if used and have.get(kind, 0) < need:
+            raise SegflowError(
+                f"params.yaml: search.num_workers x search.{kind.lower()}s_per_worker = {need:g} "
+                f"{kind}s, but the Ray cluster has {have.get(kind, 0):g}"
+            )
 
 
 def search(params: Params, shard_dir: str | Path, echo: Echo = _echo) -> SearchOutcome:
