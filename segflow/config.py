@@ -242,8 +242,8 @@ class TuneParams(_Section):
 class SearchParams(_Section):
     """The search stage: Auto-DeepLab's architecture search (first-order DARTS), off by default.
 
-    The defaults are a tiny supernet that searches the synthetic dataset in a minute or two on
-    2 CPU cores; the paper's values (Liu et al. 2019, Cityscapes) are in the comments and in
+    The defaults are a tiny supernet that searches the synthetic dataset in about 2 minutes on
+    one CPU thread; the paper's values (Liu et al. 2019, Cityscapes) are in the comments and in
     params.yaml. trainA (network weights) and trainB (alpha, beta) are the two halves of the
     train split, drawn by ``seed``.
     """
@@ -275,7 +275,8 @@ class SearchParams(_Section):
     launcher: Literal["ray", "local"] = "ray"
     num_workers: int = Field(1, gt=0)
     use_gpu: bool = False
-    cpus_per_worker: int = Field(2, gt=0)
+    #: CPUs reserved per worker; also its torch thread count.
+    cpus_per_worker: int = Field(1, gt=0)
     gpus_per_worker: float = Field(1.0, gt=0)
     max_failures: int = Field(1, ge=-1)
     #: Run state and checkpoints (a local directory or a pyarrow filesystem URI).
