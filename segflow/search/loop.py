@@ -3,7 +3,7 @@
 Each step (Liu et al. 2019, sec. 4.1, after DARTS):
 
 1. architecture step (from epoch ``warmup_epochs`` on): a trainB batch, the loss's gradient
-   w.r.t. alpha and beta only, one Adam step. First order: the network weights are treated
+   w.r.t. alpha and beta only, one Adam step (betas 0.5, 0.999, as in DARTS' code). First order: the network weights are treated
    as constants (DARTS' first-order approximation, which the paper uses);
 2. weight step: a trainA batch, one SGD step on the network weights, cosine LR.
 
