@@ -11,7 +11,16 @@ import torch
 from segflow import tracking
 from segflow.config import Params
 from segflow.data.shards import verify_shards
-from segflow.paths import BEST_MODEL, MODELS, RUN_INFO, SHARDS, TRAIN_CURVE, TRAIN_METRICS
+from segflow.paths import (
+    BEST_MODEL,
+    GENOTYPE,
+    MODELS,
+    RUN_INFO,
+    SHARDS,
+    TRAIN_CURVE,
+    TRAIN_METRICS,
+)
+from segflow.search.outputs import with_searched_genotype
 from segflow.stage import console, run_stage
 from segflow.train.distributed import preflight, train
 from segflow.train.loop import load_model
@@ -21,6 +30,7 @@ from segflow.train.resume import plan_run, run_tags
 
 def main(params: Params) -> None:
     verify_shards(SHARDS)  # a damaged shard: one line naming it, before any worker starts
+    params = with_searched_genotype(params, GENOTYPE)
     index = preflight(params, SHARDS)
     plan = plan_run(params, index, tracking.setup(params.train.experiment))
     params = plan.params

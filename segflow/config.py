@@ -243,6 +243,61 @@ class TuneParams(_Section):
         return self
 
 
+class SearchParams(_Section):
+    """The search stage: Auto-DeepLab's architecture search (first-order DARTS), off by default.
+
+    The defaults are a tiny supernet that searches the synthetic dataset in about 2 minutes on
+    one CPU thread; the paper's values (Liu et al. 2019, Cityscapes) are in the comments and in
+    params.yaml. trainA (network weights) and trainB (alpha, beta) are the two halves of the
+    train split, drawn by ``seed``.
+    """
+
+    enabled: bool = False
+    #: L, network layers (paper 12).
+    layers: int = Field(4, gt=0)
+    #: F, filters per block at stride 4 (paper 8 in search).
+    filter_multiplier: int = Field(2, gt=0)
+    #: B, blocks per cell (paper 5).
+    blocks: int = Field(3, gt=0)
+    #: Epochs of the search (paper 40); alpha and beta are updated from warmup_epochs on (20).
+    epochs: int = Field(4, gt=0)
+    warmup_epochs: int = Field(2, ge=0)
+    #: Images per step on each worker, from trainA and from trainB (paper 2 per GPU).
+    batch_size: int = Field(4, gt=0)
+    #: Search crop (paper 321 x 321).
+    crop_height: int = Field(48, gt=0)
+    crop_width: int = Field(64, gt=0)
+    #: Network weights: SGD, momentum, cosine LR from lr to lr_min (paper 0.025 -> 0.001).
+    lr: float = Field(0.025, gt=0)
+    lr_min: float = Field(0.001, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(3e-4, ge=0)
+    #: Architecture (alpha, beta): Adam (paper 3e-3, weight decay 1e-3).
+    arch_lr: float = Field(3e-3, gt=0)
+    arch_weight_decay: float = Field(1e-3, ge=0)
+    #: ray: Ray Train (DDP over num_workers); local: the plain loop in this process.
+    launcher: Literal["ray", "local"] = "ray"
+    num_workers: int = Field(1, gt=0)
+    use_gpu: bool = False
+    #: CPUs reserved per worker; also its torch thread count.
+    cpus_per_worker: int = Field(1, gt=0)
+    gpus_per_worker: float = Field(1.0, gt=0)
+    max_failures: int = Field(1, ge=-1)
+    #: Run state and checkpoints (a local directory or a pyarrow filesystem URI).
+    storage_path: str = "ray_results"
+    #: null: a fresh time-stamped run; the name of an earlier run resumes it.
+    run_name: str | None = None
+    experiment: str = Field("segflow-search", min_length=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> SearchParams:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError("warmup_epochs must be less than epochs (no architecture update)")
+        if self.lr_min > self.lr:
+            raise ValueError("lr_min must not exceed lr")
+        return self
+
+
 class EvaluateParams(_Section):
     """Inference mode of the crf_tune and evaluate stages, and what the report shows."""
 
@@ -311,6 +366,7 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     crf: CRFTuneParams = CRFTuneParams()
     tune: TuneParams = TuneParams()
+    search: SearchParams = SearchParams()
     evaluate: EvaluateParams = EvaluateParams()
     register: RegisterParams = RegisterParams()
     retrain: RetrainParams = RetrainParams()

@@ -27,3 +27,6 @@ REGISTRY_RECORD = Path("reports/registry.json")
 GATE_REPORT = Path("reports/gate.md")
 RETRAIN_LOG = Path("reports/retrain_log.jsonl")
 RETRAIN_LOCK = Path("reports/retrain.lock")
+SEARCH = Path("reports/search")
+GENOTYPE = SEARCH / "genotype.json"
+SEARCH_HISTORY = SEARCH / "history"
