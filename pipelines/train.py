@@ -1,5 +1,7 @@
 """Stage train: data/shards -> models/best.pt, models/run.json, reports/train_*; one MLflow run.
 
+With ``tune.enabled`` it trains with the best values of reports/best_train_params.yaml.
+
 Ray Train (or the plain loop, ``train.launcher: local``) trains; this script then records the
 run in MLflow from the driver and writes the stage's outputs, each atomically.
 """
@@ -9,17 +11,26 @@ import torch
 from segflow import tracking
 from segflow.config import Params
 from segflow.io import write_json
-from segflow.paths import BEST_MODEL, MODELS, RUN_INFO, SHARDS, TRAIN_CURVE, TRAIN_METRICS
+from segflow.paths import (
+    BEST_MODEL,
+    BEST_TRAIN_PARAMS,
+    MODELS,
+    RUN_INFO,
+    SHARDS,
+    TRAIN_CURVE,
+    TRAIN_METRICS,
+)
 from segflow.stage import console, run_stage
 from segflow.train.distributed import preflight, train, with_run_name
 from segflow.train.loop import load_model
 from segflow.train.outputs import write_curve, write_metrics
+from segflow.tune.train_search import tuned_params
 
 
 def main(params: Params) -> None:
-    params = with_run_name(params)
+    params, tune_tags = tuned_params(with_run_name(params), BEST_TRAIN_PARAMS)
     index = preflight(params, SHARDS)
-    run_id = tracking.start_training_run(params, index)
+    run_id = tracking.start_training_run(params, index, tags=tune_tags)
     try:
         outcome = train(params, SHARDS, MODELS)
         write_curve(outcome.history, TRAIN_CURVE)

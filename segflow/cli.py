@@ -87,7 +87,7 @@ def predict(
 
     from segflow.data.datasets.base import ClassInfo, read_rgb
     from segflow.evaluate.report import colorize
-    from segflow.registry import load_for_predict
+    from segflow.lifecycle.registration import load_for_predict
     from segflow.tracking import tracking_uri as default_uri
 
     if tracking_uri:
@@ -118,7 +118,7 @@ def schedule(
 ) -> None:
     """Render the retrain schedulers (CronJob, systemd timer, crontab) from retrain.schedule."""
     from segflow.config import load_params
-    from segflow.schedule import cron_to_oncalendar, stale_files, write
+    from segflow.lifecycle.schedule import cron_to_oncalendar, stale_files, write
 
     loaded = load_params(params)
     if check:
@@ -147,7 +147,7 @@ def retrain(
     new data; 1: a stage or the gate failed (the champion is untouched); 75: another retrain
     holds the lock.
     """
-    from segflow.retrain import run_retrain
+    from segflow.lifecycle.retrain import run_retrain
 
     sys.exit(run_retrain(params))
 

@@ -95,8 +95,11 @@ def git_commit(cwd: str | Path = ".") -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-def start_training_run(params: Params, index: dict, root: str | Path = ".") -> str:
-    """Open an MLflow run with the params and provenance tags; returns the run id.
+def start_training_run(
+    params: Params, index: dict, root: str | Path = ".", tags: dict[str, str] | None = None
+) -> str:
+    """Open an MLflow run with the params and provenance tags (plus ``tags``: where tuned values
+    came from); returns the run id.
 
     Opened before training starts, so a run that fails still shows up (status FAILED).
     """
@@ -111,6 +114,7 @@ def start_training_run(params: Params, index: dict, root: str | Path = ".") -> s
             "shards_content_hash": index.get("content_hash", "unknown"),
             "dataset": index.get("dataset", "unknown"),
             "stage": "train",
+            **(tags or {}),
         }
     )
     return run.info.run_id

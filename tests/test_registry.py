@@ -27,7 +27,7 @@ from segflow.errors import SegflowError
 from segflow.evaluate.bootstrap import image_counts, save_image_counts
 from segflow.evaluate.predict_split import predict_split
 from segflow.postprocess.crf import CRFParams, crf_over_split_serial
-from segflow.registry import (
+from segflow.lifecycle.registration import (
     CHALLENGER,
     CHAMPION,
     promote_if_better,

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from segflow.errors import SegflowError
-from segflow.io import write_json
 from segflow.postprocess.crf import CRFParams, crf_over_split_serial
 from segflow.postprocess.probs import list_ids
 from segflow.raycluster import connect_ray
@@ -190,45 +189,9 @@ def _score(value: float) -> float:
     return -math.inf if value is None or math.isnan(value) else value
 
 
-def _json_safe(value: Any) -> Any:
-    # JSON has no NaN: an undefined IoU (class absent everywhere) is written as null.
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
-
-
-def write_best(path: str | Path, best: CRFParams, metrics: dict) -> None:
-    """Write ``{"params": ..., "metrics": ...}`` (reports/crf_params.json) atomically."""
-    write_json(path, {"params": best.to_dict(), "metrics": _json_safe(metrics)})
-
-
-def read_best(path: str | Path) -> CRFParams:
-    """The CRFParams of a file written by :func:`write_best`."""
-    import json
-
-    path = Path(path)
-    if not path.is_file():
-        raise SegflowError(f"{path}: CRF parameters file not found (run the crf_tune stage)")
-    try:
-        data = json.loads(path.read_text())
-        params = data["params"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise SegflowError(f"{path}: not a CRF parameters file ({err})") from err
-    try:
-        return CRFParams.from_dict(params)
-    except SegflowError as err:
-        raise SegflowError(f"{path}: {err}") from err
-
-
 __all__ = [
     "SweepResult",
     "crf_sweep",
     "default_space",
-    "read_best",
     "to_param_space",
-    "write_best",
 ]
