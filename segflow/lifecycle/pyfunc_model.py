@@ -9,11 +9,16 @@ table. A model logged this way does exactly what evaluate measured, on a GPU whe
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
 from mlflow.models import set_model
+
+# MLflow suggests type hints on predict() for its own input validation; the served model checks
+# its input itself (one H x W x 3 uint8 image), and the hint would print on every load.
+warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
 
 
 class SegmentationModel(mlflow.pyfunc.PythonModel):

@@ -46,14 +46,13 @@ def check_store(uri: str) -> None:
 
 
 def _signature():
-    # Unnamed tensors: a named one would hand predict() a {name: array} dict instead.
+    """Output only. An input schema would make MLflow check the input before the model does,
+    and MLflow's message for a wrong array starts with the whole array printed; the model's
+    own check (:func:`segflow.evaluate.serving.check_image`) says in one line what it expects."""
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3))]),
-        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1))]),
-    )
+    return ModelSignature(inputs=None, outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1))]))
 
 
 def register_model(
