@@ -107,7 +107,9 @@ def predict(
         raise SegflowError(f"{out}: cannot write the mask")
     if labels is not None and not cv2.imwrite(str(labels), label_map):
         raise SegflowError(f"{labels}: cannot write the label map")
-    console.print(f"predict: {image} -> {out}" + (f", labels {labels}" if labels else ""))
+    timing = getattr(loaded.unwrap_python_model(), "last_timing", None) or {}
+    took = f" in {timing['ms']:.0f} ms (network {timing['ms_network']:.0f} ms)" if timing else ""
+    console.print(f"predict: {image} -> {out}" + (f", labels {labels}" if labels else "") + took)
 
 
 @app.command()

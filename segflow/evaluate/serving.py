@@ -119,6 +119,7 @@ class Predictor:
         self.network = network.to(device).eval()
         self.spec = spec
         self.device = torch.device(device)
+        self.last_timing: dict[str, float] = {}
 
     def network_input(self, image: np.ndarray) -> np.ndarray:
         """The image at the scale the network runs at."""
@@ -140,24 +141,27 @@ class Predictor:
         return dense_crf(image, dequantize(quantize(probs, self.spec.prob_dtype)), self.spec.crf)
 
     def labels(self, image: np.ndarray) -> np.ndarray:
-        """The served label map: H x W uint8 at the image's size."""
-        probs = self.refine(image, self.probs(image))
+        """The served label map: H x W uint8 at the image's size. The call's wall time, whole
+        and network-only (resize, normalise, inference), is kept in ``last_timing`` (ms)."""
+        start = time.perf_counter()
+        probs = self.probs(image)
+        mid = time.perf_counter()
+        probs = self.refine(image, probs)
         if probs.shape[0] > 256:
             raise SegflowError(f"model has {probs.shape[0]} classes; a uint8 label map holds 256")
-        return probs.argmax(axis=0).astype(np.uint8)
+        labels = probs.argmax(axis=0).astype(np.uint8)
+        end = time.perf_counter()
+        self.last_timing = {"ms": 1000 * (end - start), "ms_network": 1000 * (mid - start)}
+        return labels
 
     def timed(self, image: np.ndarray, repeats: int, warmup: int = 1) -> dict:
-        """Median ms per image of the whole served path and of the network alone."""
+        """Median ms per image of the whole served path and of its network part."""
         served, network = [], []
         for i in range(warmup + repeats):
-            start = time.perf_counter()
-            probs = self.probs(image)
-            mid = time.perf_counter()
-            self.refine(image, probs).argmax(axis=0)
-            end = time.perf_counter()
+            self.labels(image)
             if i >= warmup:
-                network.append(1000 * (mid - start))
-                served.append(1000 * (end - start))
+                served.append(self.last_timing["ms"])
+                network.append(self.last_timing["ms_network"])
         return {
             "ms_per_image": float(np.median(served)),
             "ms_per_image_network": float(np.median(network)),

@@ -23,6 +23,7 @@ from segflow.io import read_json
 from segflow.lifecycle.gate import run_gate
 from segflow.lifecycle.registration import (
     aliases,
+    check_run,
     check_store,
     log_evaluation,
     register_model,
@@ -59,6 +60,7 @@ def register_and_gate(
     uri = tracking_uri()
     check_store(uri)
     mlflow.set_tracking_uri(uri)
+    check_run(run["mlflow_run_id"])
     dataset = str(index.get("dataset", "unknown"))
     test_hash = split_hash(index, params.dataset.test_split)
     log_evaluation(run["mlflow_run_id"], metrics, metrics_path, report_dir)
