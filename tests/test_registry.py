@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -244,6 +245,7 @@ def test_predict_command_writes_a_coloured_mask_of_the_input_size(tracking, tmp_
         "--labels", "labels.png", uri=tracking["uri"], cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert re.search(r"in \d+ ms \(network \d+ ms\)", result.stdout)  # the served path's time
     mask = cv2.cvtColor(cv2.imread(str(tmp_path / "mask.png")), cv2.COLOR_BGR2RGB)
     labels = cv2.imread(str(tmp_path / "labels.png"), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (33, 47, 3) and labels.shape == (33, 47)
