@@ -23,6 +23,7 @@ import numpy as np
 from segflow.config import Params
 from segflow.data.datasets.base import ClassInfo
 from segflow.data.shards import read_index
+from segflow.errors import SegflowError
 from segflow.evaluate.bootstrap import save_image_counts
 from segflow.evaluate.metrics import metrics_from_confusion
 from segflow.evaluate.predict_split import predict_split
@@ -185,8 +186,6 @@ def _val_text(choice: CRFChoice) -> str:
 
 def served_miou(metrics: dict) -> float:
     """The test mIoU of what the registered model returns (with the CRF when crf_tune chose it)."""
-    from segflow.errors import SegflowError
-
     key = "miou_crf" if metrics.get("crf_applied") else "miou"
     value = metrics.get(key)
     if not isinstance(value, int | float) or not math.isfinite(value):
