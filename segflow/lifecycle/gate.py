@@ -14,7 +14,6 @@ exceeds ``register.min_gain``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import tempfile
 import time
@@ -25,7 +24,12 @@ import numpy as np
 from segflow.config import Params
 from segflow.errors import SegflowError
 from segflow.evaluate.bootstrap import paired_bootstrap
-from segflow.lifecycle.registration import CHAMPION, SERVING, champion_version, download_version
+from segflow.lifecycle.registration import (
+    CHAMPION,
+    champion_version,
+    download_version,
+    serving_of,
+)
 
 
 def score_version(version, params: Params, shard_dir: str | Path) -> tuple[list[str], np.ndarray]:
@@ -39,7 +43,8 @@ def score_version(version, params: Params, shard_dir: str | Path) -> tuple[list[
     num_classes = int(read_index(Path(shard_dir))["num_classes"])
     with tempfile.TemporaryDirectory(prefix="segflow-champion-") as tmp:
         files = download_version(version, Path(tmp) / "model")
-        spec = ServingSpec.from_dict(json.loads(files[SERVING].read_text()), str(files[SERVING]))
+        uri = f"models:/{version.name}/{version.version}"
+        spec = ServingSpec.from_dict(serving_of(version, files), f"{uri} serving spec")
         predictor = load_predictor(files["checkpoint"], dataclasses.replace(spec, crf=None))
         probs = Path(tmp) / "probs"
         split = params.dataset.test_split

@@ -190,10 +190,23 @@ def download_version(version, dst: str | Path) -> dict[str, Path]:
     uri = f"models:/{version.name}/{version.version}"
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     artifacts = Model.load(str(local)).flavors["python_function"].get("artifacts", {})
-    missing = [k for k in (CHECKPOINT, SERVING) if k not in artifacts]
-    if missing:
-        raise SegflowError(f"{uri}: no {' or '.join(missing)} artifact; not a segflow model")
+    if CHECKPOINT not in artifacts:
+        raise SegflowError(f"{uri}: no checkpoint artifact; not a segflow model")
     return {key: local / value["path"] for key, value in artifacts.items()}
+
+
+def serving_of(version, files: dict[str, Path]) -> dict:
+    """The serving spec of a registered version: its artifact, or for a version registered
+    before specs existed, what its model did (single scale at the image's size, its mean/std
+    and CRF tags)."""
+    if SERVING in files:
+        return json.loads(files[SERVING].read_text())
+    tags = version.tags
+    if "mean" not in tags or "std" not in tags:
+        raise SegflowError(f"{version.name} v{version.version}: no serving spec and no mean/std")
+    return {"mode": "single", "options": {}, "mean": json.loads(tags["mean"]),
+            "std": json.loads(tags["std"]), "input_size": None,
+            "crf": json.loads(tags.get("crf_params", "null")), "prob_dtype": "uint8"}  # fmt: skip
 
 
 def load_for_predict(model_uri: str):
