@@ -22,6 +22,10 @@ HALF = (SIZE[0] // 2, SIZE[1] // 2)
 
 def half_size_shards(root: Path) -> tuple[Path, BandsAdapter]:
     adapter = BandsAdapter(root / "raw", {"train": 4, "val": 2, "test": 3})
+    for i, ref in enumerate(adapter.refs):  # unlabelled (255) rows, thinner than a half-size row
+        mask = cv2.imread(str(ref.mask), cv2.IMREAD_UNCHANGED)
+        mask[i % 3 :: 7, :] = 255
+        cv2.imwrite(str(ref.mask), mask)
     out = root / "shards"
     write_shards(build_manifest(adapter), adapter, out, rows_per_shard=2, resize=HALF, workers=1)
     return out, adapter
@@ -49,6 +53,7 @@ class LabelsAsLogits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mask = torch.from_numpy(self.masks[self.calls].astype(np.int64))
+        mask[mask == 255] = 0  # unlabelled: any class, it is not scored
         self.calls += 1
         onehot = nn.functional.one_hot(mask, NUM_CLASSES).permute(2, 0, 1).float()
         return 20.0 * onehot.unsqueeze(0)
@@ -74,8 +79,10 @@ def test_split_scores_count_exactly_the_original_resolution_pixels(shards, tmp_p
     pred = predict_split(Predictor(constant, spec), shard_dir, "test", tmp_path / "p", NUM_CLASSES)
 
     native_counts = np.bincount(np.concatenate([m.ravel() for m in masks]), minlength=256)
+    labelled = int(native_counts[:NUM_CLASSES].sum())
+    assert 0 < native_counts[255] and labelled < len(masks) * SIZE[0] * SIZE[1]
     assert pred.confusion.sum(axis=1).tolist() == native_counts[:NUM_CLASSES].tolist()
-    assert pred.confusion.sum() == len(masks) * SIZE[0] * SIZE[1]  # 4x the half-size pixels
+    assert pred.confusion.sum() == labelled  # every labelled original pixel, once
     assert pred.image_counts[:, 1, :].sum(axis=0).tolist() == native_counts[:NUM_CLASSES].tolist()
     assert pred.network_sizes == [HALF] and pred.label_sizes == [SIZE]
 
