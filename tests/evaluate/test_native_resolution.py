@@ -80,7 +80,7 @@ def test_split_scores_count_exactly_the_original_resolution_pixels(shards, tmp_p
 
     native_counts = np.bincount(np.concatenate([m.ravel() for m in masks]), minlength=256)
     labelled = int(native_counts[:NUM_CLASSES].sum())
-    assert 0 < native_counts[255] and labelled < len(masks) * SIZE[0] * SIZE[1]
+    assert native_counts[255] > 0 and labelled < len(masks) * SIZE[0] * SIZE[1]
     assert pred.confusion.sum(axis=1).tolist() == native_counts[:NUM_CLASSES].tolist()
     assert pred.confusion.sum() == labelled  # every labelled original pixel, once
     assert pred.image_counts[:, 1, :].sum(axis=0).tolist() == native_counts[:NUM_CLASSES].tolist()
