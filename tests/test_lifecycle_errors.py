@@ -124,8 +124,8 @@ def test_a_champion_registered_before_serving_specs_is_rescored_as_it_served():
     from segflow.lifecycle.registration import serving_of
 
     crf = CRFParams(w_bilateral=5.0).to_dict()
-    old = SimpleNamespace(name="segflow-x", version="1", tags={
-        "mean": "[0.5, 0.5, 0.5]", "std": "[0.2, 0.2, 0.2]", "crf_params": json.dumps(crf)})  # fmt: skip
+    tags = {"mean": "[0.5, 0.5, 0.5]", "std": "[0.2, 0.2, 0.2]", "crf_params": json.dumps(crf)}
+    old = SimpleNamespace(name="segflow-x", version="1", tags=tags)
     spec = ServingSpec.from_dict(serving_of(old, {}))
     # What the pickled model of that time did: one pass at the image's size, its CRF.
     assert spec.mode == "single" and spec.input_size is None and spec.crf == CRFParams(**crf)
