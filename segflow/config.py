@@ -216,8 +216,8 @@ class TuneParams(_Section):
     """The tune stage: a Ray Tune sweep of training hyper-parameters (off by default).
 
     Each trial trains ``max_epochs`` epochs with the plain loop in one process; ASHA stops the
-    weak trials early on val mIoU. The best setting goes to reports/best_train_params.yaml for
-    the user to copy into params.yaml: the sweep never changes the train stage by itself.
+    weak trials early on val mIoU. The best setting goes to reports/best_train_params.yaml, and
+    with ``enabled`` the train stage trains with it (a DVC dependency: tune runs first).
     """
 
     enabled: bool = False
