@@ -5,7 +5,7 @@ runs DVC. Exit 0: retrained (promoted or kept) or no new data; 1: failed; 75: al
 
 import sys
 
-from segflow.retrain import run_retrain
+from segflow.lifecycle.retrain import run_retrain
 
 if __name__ == "__main__":
     sys.exit(run_retrain())

@@ -1,5 +1,6 @@
 """Stage train: data/shards -> models/best.pt, models/run.json, reports/train_*; one MLflow run.
 
+With ``tune.enabled`` it trains with the best values of reports/best_train_params.yaml.
 An interrupted run (kill -9) of the same params and shards is continued after its last
 checkpoint, the others are marked KILLED (segflow.train.resume). Ray Train (or the plain loop,
 ``train.launcher: local``) trains; this script records the run in MLflow from the driver, then
@@ -13,6 +14,7 @@ from segflow.config import Params
 from segflow.data.shards import verify_shards
 from segflow.paths import (
     BEST_MODEL,
+    BEST_TRAIN_PARAMS,
     GENOTYPE,
     MODELS,
     RUN_INFO,
@@ -26,11 +28,13 @@ from segflow.train.distributed import preflight, train
 from segflow.train.loop import load_model
 from segflow.train.outputs import publish, staging
 from segflow.train.resume import plan_run, run_tags
+from segflow.tune.train_search import tuned_params
 
 
 def main(params: Params) -> None:
     verify_shards(SHARDS)  # a damaged shard: one line naming it, before any worker starts
     params = with_searched_genotype(params, GENOTYPE)
+    params, tune_tags = tuned_params(params, BEST_TRAIN_PARAMS)
     index = preflight(params, SHARDS)
     plan = plan_run(params, index, tracking.setup(params.train.experiment))
     params = plan.params
@@ -38,7 +42,7 @@ def main(params: Params) -> None:
         console.print(plan.note)
     if plan.killed:
         console.print(f"train: marked interrupted MLflow run(s) {', '.join(plan.killed)} KILLED")
-    tags = run_tags(params)
+    tags = {**run_tags(params), **tune_tags}
     run_id = tracking.start_training_run(params, index, run_id=plan.mlflow_run_id, tags=tags)
     try:
         with staging(MODELS) as scratch:

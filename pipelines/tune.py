@@ -3,8 +3,7 @@
 Off by default (``tune.enabled: false``): the stage then writes the current train/loader values
 without starting Ray, so ``dvc repro`` stays fast. Enabled, it runs the Ray Tune sweep of
 :mod:`segflow.tune.train_search` (trial files under ray_results/train_tune, MLflow parent run
-with a child per trial). The result does not feed the train stage: copy the values into
-params.yaml.
+with a child per trial). With it on, the train stage trains with the best values.
 """
 
 from segflow.config import Params

@@ -131,7 +131,7 @@ def predict(
 
     from segflow.data.datasets.base import ClassInfo, read_rgb
     from segflow.evaluate.report import colorize
-    from segflow.registry import load_for_predict
+    from segflow.lifecycle.registration import load_for_predict
     from segflow.tracking import tracking_uri as default_uri
 
     require_file(image, "the image to segment")
@@ -152,7 +152,9 @@ def predict(
         raise SegflowError(f"{out}: cannot write the mask")
     if labels is not None and not cv2.imwrite(str(labels), label_map):
         raise SegflowError(f"{labels}: cannot write the label map")
-    console.print(f"predict: {image} -> {out}" + (f", labels {labels}" if labels else ""))
+    timing = getattr(loaded.unwrap_python_model(), "last_timing", None) or {}
+    took = f" in {timing['ms']:.0f} ms (network {timing['ms_network']:.0f} ms)" if timing else ""
+    console.print(f"predict: {image} -> {out}" + (f", labels {labels}" if labels else "") + took)
 
 
 @app.command()
@@ -163,7 +165,7 @@ def schedule(
 ) -> None:
     """Render the retrain schedulers (CronJob, systemd timer, crontab) from retrain.schedule."""
     from segflow.config import load_params
-    from segflow.schedule import cron_to_oncalendar, stale_files, write
+    from segflow.lifecycle.schedule import cron_to_oncalendar, stale_files, write
 
     loaded = load_params(params)
     if check:
@@ -192,7 +194,7 @@ def retrain(
     new data; 1: a stage or the gate failed (the champion is untouched); 75: another retrain
     holds the lock.
     """
-    from segflow.retrain import run_retrain
+    from segflow.lifecycle.retrain import run_retrain
 
     sys.exit(run_retrain(params))
 

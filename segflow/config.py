@@ -20,6 +20,8 @@ from segflow.errors import SegflowError
 
 DATASETS = ("synthetic", "camvid", "voc", "cityscapes", "ade20k", "folder")
 DATA_ROOT_ENV = "SEGFLOW_DATA_ROOT"
+#: The dense-CRF settings (segflow.postprocess.crf.CRFParams) in params.yaml's crf section.
+CRF_FIELDS = ("w_gauss", "sigma_gamma", "w_bilateral", "sigma_alpha", "sigma_beta", "iterations")
 SYNTHETIC_DIR = "data/synthetic"
 
 
@@ -155,29 +157,25 @@ class TrainParams(_Section):
     experiment: str = "segflow"
 
 
-#: A dense-CRF setting in the crf sweep: one value (fixed) or a list of values to try.
-_Weight = Annotated[float, Field(ge=0)]
-_Sigma = Annotated[float, Field(gt=0)]
-_Iterations = Annotated[int, Field(ge=1)]
-
-
 class CRFTuneParams(_Section):
     """The crf_tune stage: a Ray Tune sweep of dense-CRF settings on val, best mIoU wins.
 
     Each CRF field is one value (fixed) or a list of values: ``search: grid`` tries every
     combination of the lists; ``search: optuna`` draws ``num_samples`` points, each list a
-    categorical choice. The default grid (8 points) centres on DeepLab v2's VOC values.
+    categorical choice. The default grid (8 points) centres on DeepLab v2's VOC values. What a
+    value may be is :class:`segflow.postprocess.crf.CRFParams`'s rule, the one CRF schema;
+    an error names the field as ``crf.<field>``.
     """
 
     search: Literal["grid", "optuna"] = "grid"
     #: Optuna trials (a grid runs each point once).
     num_samples: int = Field(8, gt=0)
-    w_gauss: _Weight | Annotated[list[_Weight], Field(min_length=1)] = 3.0
-    sigma_gamma: _Sigma | Annotated[list[_Sigma], Field(min_length=1)] = 3.0
-    w_bilateral: _Weight | Annotated[list[_Weight], Field(min_length=1)] = [3.0, 5.0]
-    sigma_alpha: _Sigma | Annotated[list[_Sigma], Field(min_length=1)] = [30.0, 80.0]
-    sigma_beta: _Sigma | Annotated[list[_Sigma], Field(min_length=1)] = [3.0, 5.0]
-    iterations: _Iterations | Annotated[list[_Iterations], Field(min_length=1)] = 10
+    w_gauss: float | Annotated[list[float], Field(min_length=1)] = 3.0
+    sigma_gamma: float | Annotated[list[float], Field(min_length=1)] = 3.0
+    w_bilateral: float | Annotated[list[float], Field(min_length=1)] = [3.0, 5.0]
+    sigma_alpha: float | Annotated[list[float], Field(min_length=1)] = [30.0, 80.0]
+    sigma_beta: float | Annotated[list[float], Field(min_length=1)] = [3.0, 5.0]
+    iterations: int | Annotated[list[int], Field(min_length=1)] = 10
     #: Predict and sweep the first this many val images (shard order); null: all of them.
     max_images: int | None = Field(12, gt=0)
     #: CPUs reserved per Tune trial (a trial runs its images one after another).
@@ -189,8 +187,20 @@ class CRFTuneParams(_Section):
 
     def space(self) -> dict:
         """The sweep space in :mod:`segflow.tune.crf_search`'s format (lists = values tried)."""
-        names = ("w_gauss", "sigma_gamma", "w_bilateral", "sigma_alpha", "sigma_beta", "iterations")
-        return {name: getattr(self, name) for name in names}
+        return {name: getattr(self, name) for name in CRF_FIELDS}
+
+    @model_validator(mode="after")
+    def _valid_crf_values(self) -> CRFTuneParams:
+        from segflow.postprocess.crf import CRFParams  # the one CRF schema
+
+        for name in CRF_FIELDS:
+            value = getattr(self, name)
+            for v in value if isinstance(value, list) else [value]:
+                try:
+                    CRFParams.from_dict({name: v})
+                except SegflowError as exc:
+                    raise ValueError(str(exc)) from None
+        return self
 
 
 class TuneModelChoice(_Section):
@@ -210,8 +220,8 @@ class TuneParams(_Section):
     """The tune stage: a Ray Tune sweep of training hyper-parameters (off by default).
 
     Each trial trains ``max_epochs`` epochs with the plain loop in one process; ASHA stops the
-    weak trials early on val mIoU. The best setting goes to reports/best_train_params.yaml for
-    the user to copy into params.yaml: the sweep never changes the train stage by itself.
+    weak trials early on val mIoU. The best setting goes to reports/best_train_params.yaml, and
+    with ``enabled`` the train stage trains with it (a DVC dependency: tune runs first).
     """
 
     enabled: bool = False
@@ -305,7 +315,7 @@ class EvaluateParams(_Section):
     #: sliding: a crop-sized window slid over the image.
     mode: Literal["single", "multiscale", "sliding"] = "single"
     #: multiscale: the scales averaged (DeepLab's aug test uses 0.5-1.75).
-    scales: Annotated[list[_Sigma], Field(min_length=1)] = [0.75, 1.0, 1.25]
+    scales: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)] = [0.75, 1.0, 1.25]
     #: multiscale: add horizontally flipped copies.
     flip: bool = True
     #: sliding: window size; null takes the training crop (loader.crop_height/crop_width).
@@ -391,7 +401,11 @@ def parse_params(data: dict, source: str = "params.yaml") -> Params:
             field = ".".join(str(p) for p in err["loc"]) or "(top level)"
             value = err.get("input")
             shown = "" if isinstance(value, dict) else f" (got {value!r})"
-            lines.append(f"{source}: {field}: {err['msg']}{shown}")
+            own = err["msg"].removeprefix("Value error, ")
+            if own.startswith(f"{field}."):  # a rule that names its own field (crf.<field>)
+                lines.append(f"{source}: {own}")
+            else:
+                lines.append(f"{source}: {field}: {err['msg']}{shown}")
         raise SegflowError("\n".join(lines)) from None
 
 

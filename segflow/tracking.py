@@ -117,7 +117,8 @@ def start_training_run(
     run_id: str | None = None,
     tags: dict[str, str] | None = None,
 ) -> str:
-    """Open an MLflow run with the params and provenance tags (plus ``tags``); returns its id.
+    """Open an MLflow run with the params and provenance tags (plus ``tags``: resume facts, where
+    tuned values came from); returns its id.
 
     Opened before training starts, so a run that fails still shows up (status FAILED). With
     ``run_id`` an interrupted run is continued: same run, params already logged.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -20,21 +21,23 @@ import numpy as np
 import pytest
 import torch
 
-from segflow.config import EvaluateParams, LoaderParams, TrainParams
+from segflow.config import TrainParams
 from segflow.data.manifest import build_manifest
 from segflow.data.shards import write_shards
 from segflow.errors import SegflowError
 from segflow.evaluate.bootstrap import image_counts, save_image_counts
 from segflow.evaluate.predict_split import predict_split
-from segflow.postprocess.crf import CRFParams, crf_over_split_serial
-from segflow.registry import (
+from segflow.evaluate.serving import ServingSpec, load_predictor
+from segflow.lifecycle.gate import decide
+from segflow.lifecycle.registration import (
     CHALLENGER,
     CHAMPION,
-    promote_if_better,
+    champion_version,
     register_model,
     registered_name,
 )
-from segflow.train.loop import TrainState, load_model, save_checkpoint
+from segflow.postprocess.crf import CRFParams, crf_over_split_serial
+from segflow.train.loop import TrainState, save_checkpoint
 from tests.train.conftest import BandsAdapter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,6 +48,7 @@ CLASSES = [
     {"id": 2, "name": "sky", "color": [128, 128, 128]},
 ]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SERVING = ServingSpec(mean=MEAN, std=STD).to_dict()
 HASH_A, HASH_B = "a" * 64, "b" * 64
 
 
@@ -56,7 +60,7 @@ def write_checkpoint(path: Path) -> Path:
         output_stride=None,
         model_options={"width": 4, "upsample": "bilinear"},
     )
-    from segflow.train.loop import build_model
+    from segflow.models.checkpoint import build_model
 
     torch.manual_seed(0)
     model = build_model(p, len(CLASSES))
@@ -98,10 +102,10 @@ def tracking(store, monkeypatch) -> dict:
     return store
 
 
-def register(store: dict, dataset: str, miou: float, split_hash: str, crf=None):
+def register(store: dict, dataset: str, miou: float, split_hash: str):
     return register_model(
-        store["run_id"], dataset, {"miou": miou, "pa": 0.9}, crf, CLASSES, store["checkpoint"],
-        MEAN, STD, split_hash,
+        store["run_id"], dataset, {"miou": miou, "pa": 0.9}, miou, SERVING, CLASSES,
+        store["checkpoint"], split_hash,
     )  # fmt: skip
 
 
@@ -126,11 +130,7 @@ def counts(accuracy: float, images: int = 12, seed: int = 0) -> np.ndarray:
 
 def first_champion(version) -> dict:
     """Promote the first version of a name (no champion: no scores needed)."""
-
-    def never(_):
-        raise AssertionError("a first version needs no champion scores")
-
-    return promote_if_better(version.name, version.version, counts(0.5), never, 0.0)
+    return decide(version.name, version.version, counts(0.5), None, None, None, 0.0)
 
 
 def test_gate_promotes_only_when_the_bootstrap_interval_clears_min_gain(tracking):
@@ -140,9 +140,11 @@ def test_gate_promotes_only_when_the_bootstrap_interval_clears_min_gain(tracking
 
     def gate(version, accuracy, min_gain=0.0, seed=0):
         scores[str(version.version)] = counts(accuracy, seed=seed)
-        return promote_if_better(
-            name, version.version, scores[str(version.version)],
-            lambda champion: scores[str(champion.version)], min_gain, 0.95, 1000, 0, HASH_A,
+        current = champion_version(name)
+        old = scores[str(current.version)] if current is not None else None
+        return decide(
+            name, version.version, scores[str(version.version)], current, old, None, min_gain,
+            0.95, 1000, 0, HASH_A,
         )  # fmt: skip
 
     v1 = register(tracking, "gate", 0.50, HASH_A)
@@ -173,10 +175,8 @@ def test_gate_promotes_only_when_the_bootstrap_interval_clears_min_gain(tracking
 
     v6 = register(tracking, "gate", 0.95, HASH_B)
 
-    def unscorable(champion):
-        raise SegflowError("the model predicts 5 classes, the test split has 3")
-
-    other = promote_if_better(name, v6.version, counts(0.99), unscorable, 0.0)
+    refusal = "the model predicts 5 classes, the test split has 3"
+    other = decide(name, v6.version, counts(0.99), champion_version(name), None, refusal, 0.0)
     assert other["decision"] == "refused" and "predicts 5 classes" in other["reason"]
     assert champion_of(name) == str(v5.version)
 
@@ -192,17 +192,17 @@ def test_gate_promotes_only_when_the_bootstrap_interval_clears_min_gain(tracking
     assert client.get_model_version(name, v2.version).tags["test_miou"] == "0.4"
 
 
-def test_registered_version_carries_metrics_crf_params_and_class_table(tracking):
-    crf = {"w_gauss": 3.0, "sigma_gamma": 3.0, "w_bilateral": 4.0, "sigma_alpha": 30.0,
-           "sigma_beta": 5.0, "iterations": 2}  # fmt: skip
+def test_registered_version_carries_metrics_serving_spec_and_class_table(tracking):
+    crf = CRFParams(w_bilateral=4.0, sigma_alpha=30.0, iterations=2)
+    serving = ServingSpec(mean=MEAN, std=STD, crf=crf).to_dict()
+    metrics = {"miou": 0.3, "miou_crf": 0.35, "crf_applied": True}
     version = register_model(
-        tracking["run_id"], "tags", {"miou": 0.3, "miou_crf": 0.35}, crf, CLASSES,
-        tracking["checkpoint"], MEAN, STD, HASH_A,
+        tracking["run_id"], "tags", metrics, 0.35, serving, CLASSES, tracking["checkpoint"],
+        HASH_A,
     )  # fmt: skip
     tags = version.tags
-    assert json.loads(tags["crf_params"]) == crf
+    assert json.loads(tags["serving"]) == json.loads(json.dumps(serving))
     assert json.loads(tags["classes"]) == CLASSES
-    # The model applies the CRF, so the gate judges it by the with-CRF score.
     assert float(tags["test_miou"]) == 0.35 and tags["test_split_hash"] == HASH_A
     assert version.run_id == tracking["run_id"]
 
@@ -227,6 +227,8 @@ def segflow_cli(
     *args: str, uri: str, cwd: Path, timeout: float = 300
 ) -> subprocess.CompletedProcess:
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "MLFLOW_TRACKING_URI": uri, "COLUMNS": "200"}
+    if os.environ.get("PYTHONPATH"):  # a checkout other than the installed one (worktrees)
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return subprocess.run(
         [str(BIN / "segflow"), *args], capture_output=True, text=True, cwd=cwd, env=env,
         timeout=timeout,
@@ -243,6 +245,7 @@ def test_predict_command_writes_a_coloured_mask_of_the_input_size(tracking, tmp_
         "--labels", "labels.png", uri=tracking["uri"], cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert re.search(r"in \d+ ms \(network \d+ ms\)", result.stdout)  # the served path's time
     mask = cv2.cvtColor(cv2.imread(str(tmp_path / "mask.png")), cv2.COLOR_BGR2RGB)
     labels = cv2.imread(str(tmp_path / "labels.png"), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (33, 47, 3) and labels.shape == (33, 47)
@@ -292,20 +295,19 @@ def test_register_stage_rescores_the_champion_on_the_same_images_and_records_the
     (root / "models" / "best.pt").write_bytes(tracking["checkpoint"].read_bytes())
     (root / "models" / "run.json").write_text(json.dumps({"mlflow_run_id": tracking["run_id"]}))
     (root / "reports" / "eval" / "report.md").write_text("# evaluation\n")
+    (root / "reports" / "eval" / "serving.json").write_text(json.dumps(SERVING))
     (root / "params.yaml").write_text("register:\n  min_gain: 0.01\n  bootstrap_samples: 500\n")
     # What the evaluate stage writes: the model's counts without and with a CRF.
-    pred = predict_split(
-        load_model(root / "models" / "best.pt"), shards, "test", tmp_path / "probs", 3,
-        EvaluateParams(), LoaderParams(mean=list(MEAN), std=list(STD)),
-    )  # fmt: skip
-    crf = {"w_gauss": 3.0, "sigma_gamma": 3.0, "w_bilateral": 4.0, "sigma_alpha": 30.0,
-           "sigma_beta": 5.0, "iterations": 2}  # fmt: skip
-    refined = crf_over_split_serial(tmp_path / "probs", CRFParams.from_dict(crf), 3)
+    predictor = load_predictor(root / "models" / "best.pt", ServingSpec(mean=MEAN, std=STD))
+    pred = predict_split(predictor, shards, "test", tmp_path / "probs", 3)
+    crf = CRFParams(w_bilateral=4.0, sigma_alpha=30.0, iterations=2)
+    refined = crf_over_split_serial(tmp_path / "probs", crf, 3)
     save_image_counts(
         root / "reports" / "eval_image_counts.npz", pred.sample_ids,
         raw=pred.image_counts, crf=refined.image_counts,
     )  # fmt: skip
-    (root / "reports" / "metrics.json").write_text(json.dumps({"miou": 0.42, "pa": 0.8}))
+    metrics = {"miou": 0.42, "pa": 0.8, "crf_applied": False}
+    (root / "reports" / "metrics.json").write_text(json.dumps(metrics))
 
     def run_stage() -> dict:
         env = {**os.environ, "MLFLOW_TRACKING_URI": tracking["uri"]}
@@ -342,10 +344,12 @@ def test_register_stage_rescores_the_champion_on_the_same_images_and_records_the
     assert "**kept**" in report and "| champion v1 mIoU |" in report
     assert "95% interval of the difference | [+0.0000, +0.0000]" in report
 
-    # crf_tune's file, and a CRF that helps on test: the model serves it and is judged with
-    # its with-CRF counts against the champion's plain ones.
-    (root / "reports" / "crf_params.json").write_text(json.dumps({"params": crf, "metrics": {}}))
-    (root / "reports" / "metrics.json").write_text(json.dumps({"miou": 0.42, "miou_crf": 0.45}))
+    # A CRF that crf_tune chose on val: the model serves it and is judged with its with-CRF
+    # counts against the champion's plain ones.
+    served = ServingSpec(mean=MEAN, std=STD, crf=crf).to_dict()
+    (root / "reports" / "eval" / "serving.json").write_text(json.dumps(served))
+    metrics = {"miou": 0.42, "miou_crf": 0.45, "crf_applied": True}
+    (root / "reports" / "metrics.json").write_text(json.dumps(metrics))
     third = run_stage()
     assert third["crf_applied"] is True and third["decision"]["champion_before"] == "1"
     boot = third["decision"]["bootstrap"]
@@ -356,6 +360,6 @@ def test_register_stage_rescores_the_champion_on_the_same_images_and_records_the
 def test_registering_a_run_missing_from_the_store_names_the_run_and_the_store(tracking):
     with pytest.raises(SegflowError, match="run 0123abcd not found in sqlite"):
         register_model(
-            "0123abcd", "missing", {"miou": 0.5}, None, CLASSES, tracking["checkpoint"],
-            MEAN, STD, HASH_A,
+            "0123abcd", "missing", {"miou": 0.5}, 0.5, SERVING, CLASSES, tracking["checkpoint"],
+            HASH_A,
         )  # fmt: skip

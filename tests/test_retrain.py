@@ -18,7 +18,7 @@ import pytest
 
 from segflow.config import RetrainParams, load_params
 from segflow.data.manifest import read_manifest
-from segflow.retrain import StageFailed, update_data
+from segflow.lifecycle.retrain import StageFailed, update_data
 from tests.data.helpers import make_folder_dataset
 from tests.project import BIN, Project, make_project
 

@@ -13,7 +13,7 @@ import yaml
 
 from segflow.config import load_params, parse_params
 from segflow.errors import SegflowError
-from segflow.schedule import cron_to_oncalendar, parse_cron, render, stale_files, write
+from segflow.lifecycle.schedule import cron_to_oncalendar, parse_cron, render, stale_files, write
 from tests.project import CODE_UNDER_TEST
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -129,3 +130,40 @@ def test_sweep_refuses_a_batch_size_larger_than_the_training_split_before_starti
     params = Params.model_validate({**base, "tune": {**base["tune"], "batch_size": [2, 8]}})
     with pytest.raises(SegflowError, match="tune.batch_size: 8 exceeds the 4 training samples"):
         train_sweep(params, shards, tmp_path / "ray_results")
+
+
+@pytest.mark.integration
+def test_with_tune_enabled_dvc_repro_trains_with_the_sweeps_best_values(tmp_path, own_ray):
+    import mlflow
+    import torch
+
+    project = make_project(
+        tmp_path,
+        synthetic={"num_train": 4, "num_val": 2, "num_test": 2, "height": 48, "width": 64},
+        loader={"crop_height": 48, "crop_width": 64},
+        train={"epochs": 1, "launcher": "local", "batch_size": 2, "cpus_per_worker": 1,
+               "model": "unet", "backbone": None, "output_stride": None,
+               "model_options": {"width": 4, "batch_norm": False}},
+        tune={"enabled": True, "num_samples": 2, "max_epochs": 1, "grace_period": 1,
+              "cpus_per_trial": 1, "search": "random", "lr": [0.001, 0.1], "batch_size": [2]},
+    )  # fmt: skip
+    dag = project.dvc("dag", "--dot", "train")
+    assert dag.returncode == 0, dag.stderr
+    assert '"tune" -> "train"' in dag.stdout
+
+    done = project.dvc("repro", "train")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.index("Running stage 'tune'") < done.stdout.index("Running stage 'train'")
+
+    best = yaml.safe_load((project.root / "reports" / "best_train_params.yaml").read_text())
+    assert best["enabled"] is True and best["trial_id"]
+    trained = torch.load(project.root / "models" / "best.pt", weights_only=True)["train_params"]
+    assert trained["lr"] == best["train"]["lr"] != 0.05  # the sweep's, not params.yaml's
+    assert trained["weight_decay"] == best["train"]["weight_decay"]
+    assert trained["epochs"] == 1  # params.yaml's training length, not the trial budget
+
+    run_id = json.loads((project.root / "models" / "run.json").read_text())["mlflow_run_id"]
+    client = mlflow.MlflowClient(f"sqlite:///{project.root / 'mlruns' / 'mlflow.db'}")
+    run = client.get_run(run_id)
+    assert run.data.tags["tune.trial_id"] == best["trial_id"]
+    assert float(run.data.params["train.lr"]) == best["train"]["lr"]

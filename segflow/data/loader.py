@@ -82,6 +82,8 @@ class ShardReader:
         self._ids: list[str] = []
         self._images: list[_BinaryColumn] = []
         self._masks: list[_BinaryColumn] = []
+        # Original-resolution copies (shards resized to a training scale); None: not kept.
+        self._native: list[tuple[_BinaryColumn, _BinaryColumn] | None] = []
         self._paths: list[Path] = []  # shard file of each record batch, for error messages
         batch_of, row_of = [], []
         for path, expected_rows in files:
@@ -98,6 +100,12 @@ class ShardReader:
                 self._ids.extend(batch.column("id").to_pylist())
                 self._images.append(_BinaryColumn(batch.column("image")))
                 self._masks.append(_BinaryColumn(batch.column("mask")))
+                native = batch.schema.get_field_index("native_image") >= 0
+                if native and batch.column("native_image").null_count == 0:
+                    cols = (batch.column("native_image"), batch.column("native_mask"))
+                    self._native.append((_BinaryColumn(cols[0]), _BinaryColumn(cols[1])))
+                else:
+                    self._native.append(None)
                 self._paths.append(path)
                 rows += batch.num_rows
             if rows != expected_rows:
@@ -118,9 +126,18 @@ class ShardReader:
         b, r = self._batch_of[i], self._row_of[i]
         return self._images[b][r], self._masks[b][r]
 
-    def decoded(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(RGB image, mask) of row ``i``; an undecodable row names its shard and sample id."""
-        image_buf, mask_buf = self.encoded(i)
+    def decoded(self, i: int, native: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(RGB image, mask) of row ``i``; an undecodable row names its shard and sample id.
+
+        ``native``: at the original resolution when the shards keep it (a split of resized
+        shards other than train), else as stored (which then is the original).
+        """
+        b, r = self._batch_of[i], self._row_of[i]
+        columns = self._native[b] if native else None
+        if columns is not None:
+            image_buf, mask_buf = columns[0][r], columns[1][r]
+        else:
+            image_buf, mask_buf = self.encoded(i)
         image, mask = decode_image(image_buf), decode_mask(mask_buf)
         if image is None or mask is None:
             what = "image" if image is None else "mask"

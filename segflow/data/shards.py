@@ -3,7 +3,8 @@
 Layout::
 
     <out_dir>/index.json
-    <out_dir>/<split>/<split>-00000.arrow   rows: id, image, mask, height, width
+    <out_dir>/<split>/<split>-00000.arrow   rows: id, image, mask, height, width,
+                                            native_image, native_mask
 
 Why Arrow IPC *file* format (not Parquet, not loose PNGs): an IPC file can be opened with
 ``pa.memory_map`` and its binary columns read zero-copy straight out of the page cache, and the
@@ -17,6 +18,11 @@ Images are PNG (lossless) or JPEG (smaller, ~3x faster to decode); masks are alw
 a lossy mask would invent labels. ``index.json`` carries the class table, per-split counts and
 class pixel counts (for class weighting and validation reports) and ``content_hash``, which
 training tags its runs with.
+
+With ``resize``, every split except train also keeps each sample at its original resolution
+(``native_image`` PNG, ``native_mask``; null otherwise): evaluation predicts at the training
+scale but scores against the original masks, as published figures are measured, and the CRF
+runs on the original image.
 """
 
 from __future__ import annotations
@@ -45,8 +51,12 @@ SCHEMA = pa.schema(
         ("mask", pa.binary()),
         ("height", pa.int32()),
         ("width", pa.int32()),
+        ("native_image", pa.binary()),
+        ("native_mask", pa.binary()),
     ]
 )
+#: The split the model trains on: the only one not kept at native resolution as well.
+TRAIN_SPLIT = "train"
 
 
 def write_shards(
@@ -89,6 +99,7 @@ def write_shards(
         for split in manifest.splits:
             frame = manifest.split(split)
             refs = list(zip(frame["id"], frame["image_path"], frame["mask_path"], strict=True))
+            encode.keep_native = resize is not None and split != TRAIN_SPLIT
             index["splits"][split] = _write_split(tmp, split, refs, rows_per_shard, encode, pool)
         file_hashes = [f["sha256"] for s in index["splits"].values() for f in s["files"]]
         index["content_hash"] = content_hash(file_hashes)
@@ -185,8 +196,9 @@ class _Encoder:
         self.resize = resize
         self.ext = ".png" if image_codec == "png" else ".jpg"
         self.params = [] if image_codec == "png" else [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
+        self.keep_native = False
 
-    def __call__(self, ref: tuple[str, str, str]) -> tuple[str, bytes, bytes, int, int, np.ndarray]:
+    def __call__(self, ref: tuple[str, str, str]) -> tuple:
         sample_id, image_path, mask_path = ref
         image = self.adapter.read_image(Path(image_path))
         mask = self.adapter.read_mask(Path(mask_path))
@@ -198,6 +210,12 @@ class _Encoder:
             raise SegflowError(
                 f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but image {image_path} is "
                 f"{image.shape[1]}x{image.shape[0]} (width x height); they must match"
+            )
+        native = (None, None)
+        if self.keep_native:  # lossless, so evaluation sees exactly the original pixels
+            native = (
+                _encode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [], image_path),
+                _encode(".png", np.ascontiguousarray(mask), [], mask_path),
             )
         if self.resize is not None:
             image, mask = _resize_pair(image, mask, self.resize)
@@ -213,7 +231,7 @@ class _Encoder:
         )
         mask_bytes = _encode(".png", np.ascontiguousarray(mask), [], mask_path)
         height, width = mask.shape
-        return sample_id, image_bytes, mask_bytes, height, width, counts
+        return sample_id, image_bytes, mask_bytes, height, width, *native, counts
 
 
 def _resize_pair(
@@ -226,12 +244,23 @@ def _resize_pair(
     ``INTER_NEAREST`` samples at corners and would shift the mask by up to half a pixel.
     """
     height, width = size
+    mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+    return resize_image(image, size), mask
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An RGB image at (height, width): area averaging when shrinking, linear when enlarging.
+
+    The one function that takes an image to the training scale: the shard stage, evaluation
+    and the served model all call it, so the network sees the same pixels in all three.
+    """
+    height, width = size
+    if tuple(image.shape[:2]) == (height, width):
+        return image
     shrink = height * width < image.shape[0] * image.shape[1]
-    image = cv2.resize(
+    return cv2.resize(
         image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
     )
-    mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
-    return image, mask
 
 
 def _encode(ext: str, array: np.ndarray, params: list[int], source: str) -> bytes:
@@ -256,7 +285,7 @@ def _write_split(
     for number, start in enumerate(range(0, len(refs), rows_per_shard)):
         # pool.map keeps input order, so the output does not depend on thread timing.
         rows = list(pool.map(encode, refs[start : start + rows_per_shard]))
-        for *_, height, width, counts in rows:
+        for *_, height, width, _image, _mask, counts in rows:
             class_pixels += counts
             sizes.add((height, width))
         rel = f"{split}/{split}-{number:05d}.arrow"
@@ -282,7 +311,7 @@ def _write_split(
 
 def _write_shard(path: Path, rows: list[tuple]) -> None:
     """One record batch per file: rows_per_shard bounds both the file and the batch."""
-    ids, images, masks, heights, widths, _ = zip(*rows, strict=True)
+    ids, images, masks, heights, widths, native_images, native_masks, _ = zip(*rows, strict=True)
     batch = pa.RecordBatch.from_arrays(
         [
             pa.array(ids, pa.string()),
@@ -290,6 +319,8 @@ def _write_shard(path: Path, rows: list[tuple]) -> None:
             pa.array(masks, pa.binary()),
             pa.array(heights, pa.int32()),
             pa.array(widths, pa.int32()),
+            pa.array(native_images, pa.binary()),
+            pa.array(native_masks, pa.binary()),
         ],
         schema=SCHEMA,
     )

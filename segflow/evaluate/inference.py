@@ -4,7 +4,10 @@ Every mode takes a model that maps a normalised N x 3 x H x W float image to N x
 logits and returns softmax probabilities N x C x H x W (float32) at the input size, so the
 modes are interchangeable and the CRF (which wants probabilities) can follow any of them.
 Logits smaller than the input (a stride-8 head without its own upsampling) are resized
-bilinearly before the softmax, as DeepLab and mmsegmentation do.
+bilinearly before the softmax, as DeepLab and mmsegmentation do. ``out_size`` asks for the
+probabilities at another size than the input's: a model that runs at the training scale is
+scored at the labels' original size by resizing its logits straight to that size (mmsegmentation
+resizes to ``ori_shape`` the same way), not by upsampling a label map.
 
 The model is run in eval mode and put back into the mode it had: inference with batch-norm in
 training mode would both give wrong numbers and change the model's running statistics.
@@ -89,11 +92,13 @@ def _check_image(image: Tensor) -> None:
         raise SegflowError(f"image tensor of shape {tuple(image.shape)}: expected N x 3 x H x W")
 
 
-def predict_single(model: nn.Module, image: Tensor) -> Tensor:
-    """One forward pass of the whole image: N x C x H x W probabilities."""
+def predict_single(
+    model: nn.Module, image: Tensor, out_size: tuple[int, int] | None = None
+) -> Tensor:
+    """One forward pass of the whole image: N x C x H x W probabilities (or at ``out_size``)."""
     _check_image(image)
     with eval_mode(model):
-        return _probs(model, image)
+        return _probs(model, image, out_size)
 
 
 def predict_multiscale(
@@ -102,6 +107,7 @@ def predict_multiscale(
     scales: Sequence[float] = DEFAULT_SCALES,
     flip: bool = True,
     sliding: dict | None = None,
+    out_size: tuple[int, int] | None = None,
 ) -> Tensor:
     """Average of the softmax over rescaled (and horizontally flipped) copies of the image.
 
@@ -115,6 +121,7 @@ def predict_multiscale(
     if not scales:
         raise SegflowError("multiscale inference: scales must name at least one scale")
     height, width = image.shape[-2:]
+    target = tuple(out_size) if out_size else (height, width)
     total: Tensor | None = None
     count = 0
     with eval_mode(model):
@@ -130,10 +137,10 @@ def predict_multiscale(
                 if sliding:
                     # The windows' softmax is already averaged: resize probabilities.
                     p = predict_sliding(model, x, **sliding)  # eval_mode nests
-                    if p.shape[-2:] != (height, width):
-                        p = F.interpolate(p, (height, width), mode="bilinear", align_corners=False)
-                else:  # logits resized to the input size, then softmax (as mmsegmentation)
-                    p = _probs(model, x, size=(height, width))
+                    if tuple(p.shape[-2:]) != target:
+                        p = F.interpolate(p, target, mode="bilinear", align_corners=False)
+                else:  # logits resized to the output size, then softmax (as mmsegmentation)
+                    p = _probs(model, x, size=target)
                 p = p.flip(-1) if flipped else p
                 total = p if total is None else total + p
                 count += 1
@@ -209,12 +216,22 @@ def window_starts(length: int, crop: int, stride: int) -> list[int]:
     return [min(i * stride, length - crop) for i in range(grids)]
 
 
-def predict(model: nn.Module, image: Tensor, mode: str = "single", **options) -> Tensor:
-    """Dispatch to ``predict_<mode>`` with its keyword options (see :data:`MODES`)."""
+def predict(
+    model: nn.Module,
+    image: Tensor,
+    mode: str = "single",
+    out_size: tuple[int, int] | None = None,
+    **options,
+) -> Tensor:
+    """Dispatch to ``predict_<mode>`` with its keyword options (see :data:`MODES`); the
+    probabilities come at ``out_size`` (default: the input's size)."""
     if mode == "single":
-        return predict_single(model, image, **options)
+        return predict_single(model, image, out_size, **options)
     if mode == "multiscale":
-        return predict_multiscale(model, image, **options)
+        return predict_multiscale(model, image, **options, out_size=out_size)
     if mode == "sliding":
-        return predict_sliding(model, image, **options)
+        probs = predict_sliding(model, image, **options)
+        if out_size and tuple(probs.shape[-2:]) != tuple(out_size):
+            probs = F.interpolate(probs, tuple(out_size), mode="bilinear", align_corners=False)
+        return probs
     raise SegflowError(f"inference mode {mode!r} is not one of {', '.join(MODES)}")

@@ -7,6 +7,13 @@ The rule for a class absent from both ground truth and prediction: its IoU (and 
 undefined (NaN) and it is left out of the means, so a test split without bicyclists neither
 rewards nor punishes a model for them. A class present in the ground truth but never predicted
 has IoU 0; a class predicted but absent from the ground truth also has IoU 0.
+
+Dice and F-score (mmsegmentation's ``mDice``, ``mFscore``): per class ``2 TP / (GT + predicted)``
+and the harmonic mean of precision ``TP / predicted`` and recall ``TP / GT``. Over pixel counts
+the F1 score *is* the Dice coefficient (``2PR / (P + R)`` simplifies to the same fraction), so
+the two columns agree; both are written because users look for either name. Dice is undefined
+exactly where IoU is; precision is undefined for a class never predicted, recall for a class
+absent from the ground truth.
 """
 
 from __future__ import annotations
@@ -64,6 +71,8 @@ def metrics_from_confusion(mat: np.ndarray) -> dict:
     with np.errstate(divide="ignore", invalid="ignore"):
         acc = np.where(gt > 0, tp / gt, np.nan)
         iou = np.where(union > 0, tp / union, np.nan)
+        dice = np.where(union > 0, 2 * tp / (gt + pred), np.nan)
+        precision = np.where(pred > 0, tp / pred, np.nan)
     freq = gt / total if total > 0 else np.zeros_like(gt)
     seen = ~np.isnan(iou)
     return {
@@ -74,7 +83,17 @@ def metrics_from_confusion(mat: np.ndarray) -> dict:
         "pixel_share": [float(x) for x in freq],
         "miou": float(np.nanmean(iou)) if seen.any() else float("nan"),
         "fwiou": float((freq[seen] * iou[seen]).sum()) if total > 0 else float("nan"),
+        "dice": [float(x) for x in dice],
+        "precision": [float(x) for x in precision],
+        "mdice": _nanmean(dice),
+        "mfscore": _nanmean(dice),  # F1 over pixel counts = Dice (module doc)
+        "mprecision": _nanmean(precision),
+        "mrecall": _nanmean(acc),
     }
+
+
+def _nanmean(values: np.ndarray) -> float:
+    return float(np.nanmean(values)) if (~np.isnan(values)).any() else float("nan")
 
 
 def format_table(metrics: dict, class_names: list[str]) -> str:

@@ -71,11 +71,15 @@ def write_report(
     samples: Sequence[QualitativeSample],
     speed: dict,
     title: str = "segflow evaluation",
+    protocol: str = "",
+    extra_files: dict[str, object] | None = None,
 ) -> None:
     """Write the report directory (see the module doc); ``before``/``after`` are
     :func:`segflow.evaluate.metrics.metrics_from_confusion` dicts, ``after``/``cm_after`` None
     when no CRF ran, ``speed`` is :func:`segflow.evaluate.speed.measure_inference`'s result
-    (may be empty)."""
+    (may be empty), with the served path's ``ms_per_image`` and ``ms_per_image_network`` when
+    known. ``protocol`` is a paragraph on how the figures were measured; ``extra_files`` are
+    JSON files written into the directory with it (name -> data)."""
     out_dir = Path(out_dir)
     cm_before = np.asarray(cm_before)
     cm_after = None if cm_after is None else np.asarray(cm_after)
@@ -93,7 +97,9 @@ def write_report(
         plot_per_class_iou(tmp / "per_class_iou.png", classes, before, after)
         _write_iou_tables(tmp, classes, before, after)
         _write_confusion_tables(tmp, classes, cm_before, cm_after)
-        content = _Content(title, classes, before, after, speed, sample_files, out_dir)
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_text(json.dumps(data, indent=2) + "\n")
+        content = _Content(title, classes, before, after, speed, sample_files, out_dir, protocol)
         (tmp / "report.md").write_text(content.markdown())
         (tmp / "index.html").write_text(content.html())
 
@@ -287,8 +293,11 @@ def _write_confusion_tables(
 class _Content:
     """The report's tables and text, rendered once as markdown and once as HTML."""
 
-    def __init__(self, title, classes, before, after, speed, sample_files, out_dir) -> None:
+    def __init__(
+        self, title, classes, before, after, speed, sample_files, out_dir, protocol=""
+    ) -> None:
         self.title = title
+        self.protocol = protocol
         self.classes = classes
         self.before, self.after = before, after
         self.speed = speed
@@ -297,16 +306,17 @@ class _Content:
 
     def class_table(self) -> tuple[list[str], list[list[str]]]:
         crf = self.after is not None
-        header = ["id", "class", "IoU", "IoU (CRF)", "accuracy"]
+        header = ["id", "class", "IoU", "IoU (CRF)", "Dice", "Dice (CRF)", "accuracy"]
         header += ["accuracy (CRF)"] if crf else []
-        header += ["pixel share"]
+        header += ["precision", "pixel share"]
         rows = []
         b, a = self.before, self.after
         for i, c in enumerate(self.classes):
             row = [str(c.id), c.name, _fmt(b["iou"][i]), _fmt(a["iou"][i]) if crf else "no CRF"]
+            row += [_fmt(b["dice"][i]), _fmt(a["dice"][i]) if crf else "no CRF"]
             row.append(_fmt(b["class_accuracy"][i]))
             row += [_fmt(a["class_accuracy"][i])] if crf else []
-            row.append(_fmt(b["pixel_share"][i]))
+            row += [_fmt(b["precision"][i]), _fmt(b["pixel_share"][i])]
             rows.append(row)
         return header, rows
 
@@ -316,6 +326,10 @@ class _Content:
             ("mean accuracy (MPA)", "mean_accuracy"),
             ("mean IoU (mIoU)", "miou"),
             ("frequency-weighted IoU (FWIoU)", "fwiou"),
+            ("mean Dice (mDice)", "mdice"),
+            ("mean F-score (mFscore)", "mfscore"),
+            ("mean precision", "mprecision"),
+            ("mean recall", "mrecall"),
         ]
         rows = []
         for label, key in names:
@@ -333,6 +347,13 @@ class _Content:
             f"timed runs after {s.get('warmup', '?')} warm-up; {s.get('mode', 'single')} "
             f"inference, {size} input, batch {s.get('batch_size', 1)}, on {s.get('device', '?')})."
         )
+        if "ms_per_image" in s:
+            text += (
+                f" Served path ({s.get('served', '?')}, on a "
+                f"{'x'.join(str(v) for v in s.get('served_size', []))} image): "
+                f"{s['ms_per_image']:.1f} ms per image, of which the network "
+                f"{s['ms_per_image_network']:.1f} ms."
+            )
         if "peak_memory_mb" in s:
             what = {
                 "cuda_max_allocated": "peak allocated GPU memory (weights, input and activations)",
@@ -370,7 +391,9 @@ class _Content:
     )
 
     def markdown(self) -> str:
-        lines = [f"# {self.title}", "", "## Summary", ""]
+        lines = [f"# {self.title}", ""]
+        lines += [self.protocol, ""] if self.protocol else []
+        lines += ["## Summary", ""]
         lines += _md_table(*self.summary_table())
         lines += ["", self.speed_text(), "", "## Per class", ""]
         lines += _md_table(*self.class_table())
@@ -388,7 +411,9 @@ class _Content:
 
     def html(self) -> str:
         e = html.escape
-        body = [f"<h1>{e(self.title)}</h1>", "<h2>Summary</h2>", _html_table(*self.summary_table())]
+        body = [f"<h1>{e(self.title)}</h1>"]
+        body += [f"<p>{_code_spans(e(self.protocol))}</p>"] if self.protocol else []
+        body += ["<h2>Summary</h2>", _html_table(*self.summary_table())]
         body += [f"<p>{e(self.speed_text())}</p>", "<h2>Per class</h2>"]
         body += [_html_table(*self.class_table()), f"<p class='note'>{e(self.NAN_NOTE)}</p>"]
         body += ["<h2>Figures</h2>"]

@@ -19,6 +19,7 @@ int64, so the Ray sum equals the serial sum exactly, whatever order the tasks fi
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from dataclasses import asdict, dataclass, fields
@@ -28,6 +29,7 @@ import numpy as np
 
 from segflow.errors import SegflowError
 from segflow.evaluate.bootstrap import SplitCounts
+from segflow.io import write_json
 from segflow.postprocess.probs import list_ids, prob_path, read_prob_file
 from segflow.raycluster import connect_ray
 
@@ -81,6 +83,87 @@ class CRFParams:
 
     def to_dict(self) -> dict:
         return {k: (int(v) if k == "iterations" else float(v)) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class CRFChoice:
+    """What crf_tune decided on val, for evaluate and the served model (reports/crf_params.json).
+
+    ``params`` is the best setting of the sweep; ``apply`` says whether the served model uses
+    the CRF at all: only when that setting beat the plain prediction on the same val images
+    (``val_miou_crf`` > ``val_miou``). The test split never enters the decision.
+    """
+
+    params: CRFParams
+    apply: bool
+    val_miou: float | None
+    val_miou_crf: float | None
+    num_images: int
+    metrics: dict
+
+    def served(self) -> CRFParams | None:
+        return self.params if self.apply else None
+
+    def to_dict(self) -> dict:
+        return {
+            "params": self.params.to_dict(),
+            "apply": self.apply,
+            "val": {"miou": self.val_miou, "miou_crf": self.val_miou_crf,
+                    "num_images": self.num_images},
+            "metrics": _json_safe(self.metrics),
+        }  # fmt: skip
+
+
+def decide_crf(params: CRFParams, with_crf: dict, without_crf: dict, num_images: int) -> CRFChoice:
+    """Apply the CRF only when it scores a higher val mIoU than the plain prediction."""
+    raw, refined = _finite(without_crf.get("miou")), _finite(with_crf.get("miou"))
+    apply = raw is not None and refined is not None and refined > raw
+    return CRFChoice(params, apply, raw, refined, num_images, with_crf)
+
+
+def _finite(value) -> float | None:
+    return float(value) if _is_real(value) and math.isfinite(value) else None
+
+
+def _json_safe(value):
+    # JSON has no NaN: an undefined IoU (class absent everywhere) is written as null.
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def write_crf_choice(path: str | Path, choice: CRFChoice) -> None:
+    write_json(path, choice.to_dict())
+
+
+def read_crf_choice(path: str | Path) -> CRFChoice:
+    """The one reader of reports/crf_params.json; a missing or bad file names it."""
+    path = Path(path)
+    if not path.is_file():
+        raise SegflowError(f"{path}: CRF parameters file not found (run the crf_tune stage)")
+    try:
+        data = json.loads(path.read_text())
+        params, apply, val = data["params"], data["apply"], data["val"]
+        num_images = int(val["num_images"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise SegflowError(
+            f"{path}: not a CRF parameters file ({type(err).__name__}: {err}); "
+            "rerun the crf_tune stage"
+        ) from None
+    if not isinstance(apply, bool):
+        raise SegflowError(f"{path}: apply: {apply!r} must be true or false")
+    try:
+        crf = CRFParams.from_dict(params)
+    except SegflowError as err:
+        raise SegflowError(f"{path}: {err}") from None
+    return CRFChoice(
+        crf, apply, _finite(val.get("miou")), _finite(val.get("miou_crf")), num_images,
+        data.get("metrics") or {},
+    )  # fmt: skip
 
 
 def _check_inputs(image: np.ndarray, probs: np.ndarray) -> None:
@@ -160,19 +243,26 @@ def confusion_of_files(paths: list[str], params: CRFParams | None, num_classes: 
 
     out = np.zeros((len(paths), num_classes, num_classes), dtype=np.int64)
     for i, path in enumerate(paths):
-        record = read_prob_file(path)
-        if record.probs.shape[0] != num_classes:
-            raise SegflowError(
-                f"{path}: probs have {record.probs.shape[0]} classes, expected {num_classes}"
-            )
-        if params is None:
-            pred = record.probs.argmax(axis=0)
-        else:
-            pred = dense_crf(record.image, record.probs, params).argmax(axis=0)
+        label, pred = labels_of_file(path, params, num_classes)
         cm = ConfusionMatrix(num_classes)
-        cm.update(torch.from_numpy(record.label.astype(np.int64)), torch.from_numpy(pred))
+        cm.update(torch.from_numpy(label.astype(np.int64)), torch.from_numpy(pred))
         out[i] = cm.mat.numpy()
     return out
+
+
+def labels_of_file(
+    path: str | Path, params: CRFParams | None, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(true labels, predicted labels) of one saved-probability file: the argmax of its
+    probabilities, after the CRF unless ``params`` is None. What the evaluate stage scores."""
+    record = read_prob_file(path)
+    if record.probs.shape[0] != num_classes:
+        raise SegflowError(
+            f"{path}: probs have {record.probs.shape[0]} classes, expected {num_classes}"
+        )
+    if params is None:
+        return record.label, record.probs.argmax(axis=0)
+    return record.label, dense_crf(record.image, record.probs, params).argmax(axis=0)
 
 
 def _split_paths(prob_dir: str | Path, ids: list[str] | None) -> list[str]:

@@ -151,7 +151,7 @@ def train_func(config: dict) -> dict:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            resume = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            resume = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     extra = loop.checkpoint_extra(params, read_index(shard_dir))
     fail_after = config.get("fail_after_epoch")
 
@@ -250,7 +250,7 @@ def train_distributed(
     history = value.get("history")
     if history is None:  # e.g. a resumed run that had already finished: the checkpoint has it
         with result.checkpoint.as_directory() as d:
-            history = torch.load(Path(d) / CHECKPOINT_FILE, weights_only=False)["history"]
+            history = torch.load(Path(d) / CHECKPOINT_FILE, weights_only=True)["history"]
     return TrainOutcome(
         history,
         local,
@@ -273,7 +273,7 @@ def train_local(
     run_dir = Path(resolve_storage(storage)) / run_name
     echo(f"train: local run {run_name!r} in {run_dir}")
     last = run_dir / loop.LAST
-    resumed_from = torch.load(last, weights_only=False)["epoch"] if last.is_file() else 0
+    resumed_from = torch.load(last, weights_only=True)["epoch"] if last.is_file() else 0
     state = loop.fit(params, shard_dir, run_dir, echo=echo)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)

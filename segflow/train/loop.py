@@ -27,10 +27,12 @@ from torch.optim.lr_scheduler import LRScheduler
 from segflow.config import Params, TrainParams
 from segflow.data.loader import make_dataloader, normalize_batch
 from segflow.data.shards import read_index
-from segflow.errors import SegflowError
 from segflow.evaluate.metrics import ConfusionMatrix
 from segflow.io import atomic_path
-from segflow.models import build
+
+# load_model lives beside the models; re-exported for pipelines/train.py (logs the best model).
+from segflow.models.checkpoint import build_model, default_device, read_checkpoint
+from segflow.models.checkpoint import load_model as load_model
 from segflow.train.losses import SegmentationLoss, median_frequency_weights
 from segflow.train.schedules import poly_lr
 
@@ -46,17 +48,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
     elif torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
-
-
-def build_model(p: TrainParams, num_classes: int) -> nn.Module:
-    return build(
-        p.model,
-        num_classes,
-        backbone=p.backbone,
-        output_stride=p.output_stride,
-        pretrained=p.pretrained,
-        **p.model_options,
-    )
 
 
 def build_optimizer(model: nn.Module, p: TrainParams) -> Optimizer:
@@ -240,19 +231,6 @@ def restore_state(state: TrainState, payload: dict) -> None:
     state.history = list(payload.get("history", []))
 
 
-def load_model(path: str | Path, map_location: str = "cpu") -> nn.Module:
-    """The trained model of a checkpoint written by :func:`fit` or the Ray workers (eval mode)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SegflowError(f"{path}: checkpoint not found; run the train stage (dvc repro train)")
-    payload = torch.load(path, map_location=map_location, weights_only=False)
-    if "train_params" not in payload:
-        raise SegflowError(f"{path}: not a segflow training checkpoint (no train_params)")
-    model = build_model(TrainParams.model_validate(payload["train_params"]), payload["num_classes"])
-    model.load_state_dict(payload["model"])
-    return model.eval()
-
-
 def make_state(
     params: Params, num_classes: int, iters_per_epoch: int, device: torch.device
 ) -> TrainState:
@@ -263,10 +241,6 @@ def make_state(
     optimizer = build_optimizer(model, p)
     scheduler = poly_lr(optimizer, p.epochs * iters_per_epoch, p.poly_power, p.warmup_iters)
     return TrainState(model, optimizer, scheduler)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _distributed() -> bool:
@@ -416,7 +390,7 @@ def fit(
     last, best = out_dir / LAST, out_dir / BEST
     payload = None
     if resume and last.is_file():
-        payload = torch.load(last, map_location="cpu", weights_only=False)
+        payload = read_checkpoint(last)
 
     def on_epoch(state: TrainState, record: dict, is_best: bool) -> None:
         save_checkpoint(last, state, extra)

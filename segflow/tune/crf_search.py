@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from segflow.errors import SegflowError
-from segflow.io import write_json
 from segflow.postprocess.crf import CRFParams, crf_over_split_serial
 from segflow.postprocess.probs import list_ids
 from segflow.raycluster import connect_ray
@@ -48,11 +47,9 @@ def default_space(search: str = "grid") -> dict[str, Any]:
 
 
 def _check_value(name: str, value: Any) -> None:
-    # Every point the sweep can reach must be a valid CRFParams: fail before any trial starts.
-    try:
-        CRFParams.from_dict({name: value})
-    except SegflowError as err:
-        raise SegflowError(f"crf_tune.space.{name}: {err}") from err
+    # Every point the sweep can reach must be a valid CRFParams (the one CRF schema, whose
+    # errors name crf.<field>): fail before any trial starts.
+    CRFParams.from_dict({name: value})
 
 
 def to_param_space(space: dict[str, Any], search: str) -> dict[str, Any]:
@@ -60,29 +57,27 @@ def to_param_space(space: dict[str, Any], search: str) -> dict[str, Any]:
     from ray import tune
 
     if search not in SEARCHES:
-        raise SegflowError(f"crf_tune.search: {search!r} must be one of {SEARCHES}")
+        raise SegflowError(f"crf.search: {search!r} must be one of {SEARCHES}")
     known = {f.name for f in fields(CRFParams)}
     unknown = sorted(set(space) - known)
     if unknown:
-        raise SegflowError(f"crf_tune.space: unknown field(s) {unknown}; known: {sorted(known)}")
+        raise SegflowError(f"crf: unknown field(s) {unknown}; known: {sorted(known)}")
     out: dict[str, Any] = {}
     for name, value in space.items():
         if isinstance(value, list):
             if not value:
-                raise SegflowError(f"crf_tune.space.{name}: empty list")
+                raise SegflowError(f"crf.{name}: empty list")
             for v in value:
                 _check_value(name, v)
             out[name] = tune.grid_search(value) if search == "grid" else tune.choice(value)
         elif isinstance(value, tuple):
             if search == "grid":
                 raise SegflowError(
-                    f"crf_tune.space.{name}: a (low, high) range needs search 'optuna'; "
+                    f"crf.{name}: a (low, high) range needs search 'optuna'; "
                     "a grid needs a list of values"
                 )
             if len(value) != 2 or not value[0] < value[1]:
-                raise SegflowError(
-                    f"crf_tune.space.{name}: {value!r} must be (low, high) with low < high"
-                )
+                raise SegflowError(f"crf.{name}: {value!r} must be (low, high) with low < high")
             for v in value:
                 _check_value(name, v)
             if name == "iterations":
@@ -137,9 +132,9 @@ def crf_sweep(
     from ray import tune
 
     if num_samples < 1:
-        raise SegflowError(f"crf_tune.num_samples: {num_samples} must be >= 1")
+        raise SegflowError(f"crf.num_samples: {num_samples} must be >= 1")
     if max_concurrent is not None and max_concurrent < 1:
-        raise SegflowError(f"crf_tune.max_concurrent: {max_concurrent} must be >= 1")
+        raise SegflowError(f"crf.max_concurrent: {max_concurrent} must be >= 1")
     param_space = to_param_space(default_space(search) if space is None else space, search)
     ids = list_ids(prob_dir) if ids is None else list(ids)
     if not ids:
@@ -190,45 +185,9 @@ def _score(value: float) -> float:
     return -math.inf if value is None or math.isnan(value) else value
 
 
-def _json_safe(value: Any) -> Any:
-    # JSON has no NaN: an undefined IoU (class absent everywhere) is written as null.
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
-
-
-def write_best(path: str | Path, best: CRFParams, metrics: dict) -> None:
-    """Write ``{"params": ..., "metrics": ...}`` (reports/crf_params.json) atomically."""
-    write_json(path, {"params": best.to_dict(), "metrics": _json_safe(metrics)})
-
-
-def read_best(path: str | Path) -> CRFParams:
-    """The CRFParams of a file written by :func:`write_best`."""
-    import json
-
-    path = Path(path)
-    if not path.is_file():
-        raise SegflowError(f"{path}: CRF parameters file not found (run the crf_tune stage)")
-    try:
-        data = json.loads(path.read_text())
-        params = data["params"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise SegflowError(f"{path}: not a CRF parameters file ({err})") from err
-    try:
-        return CRFParams.from_dict(params)
-    except SegflowError as err:
-        raise SegflowError(f"{path}: {err}") from err
-
-
 __all__ = [
     "SweepResult",
     "crf_sweep",
     "default_space",
-    "read_best",
     "to_param_space",
-    "write_best",
 ]

@@ -10,6 +10,11 @@ choices must be plain scalars, not lists or mappings.
 
 MLflow gets one parent run for the sweep and a nested child run per trial, logged from the
 driver after ``tuner.fit()`` from Tune's results (the workers never touch the store).
+
+The sweep feeds the train stage: with ``tune.enabled: true`` the train stage reads
+reports/best_train_params.yaml (a DVC dependency, so ``dvc repro`` runs tune -> train) and
+trains with the best trial's values (:func:`tuned_params`); the epochs stay params.yaml's, since
+a trial's epochs are the sweep's budget, not the training length.
 """
 
 from __future__ import annotations
@@ -244,7 +249,7 @@ def log_sweep(params: Params, result: TrainSweepResult, seconds: float, root: st
 def write_best_params(path: str | Path, best: dict) -> None:
     """Write ``best`` (``enabled``, score, ``train``/``loader`` keys) as YAML, atomically."""
     text = (
-        "# Best values of the tune stage: copy the train/loader keys into params.yaml.\n"
+        "# Best values of the tune stage; with tune.enabled the train stage trains with them.\n"
         + yaml.safe_dump(best, sort_keys=False)
     )
     with atomic_path(path) as tmp:
@@ -261,6 +266,8 @@ def sweep_result(result: TrainSweepResult) -> dict:
     return {
         "enabled": True,
         METRIC: result.best_miou,
+        "trial_id": result.trials[0]["trial_id"] if result.trials else None,
+        "mlflow_parent_run_id": result.parent_run_id,
         **result.best,
         "trials": [
             {
@@ -275,6 +282,39 @@ def sweep_result(result: TrainSweepResult) -> dict:
     }
 
 
+def tuned_params(params: Params, path: str | Path) -> tuple[Params, dict[str, str]]:
+    """``params`` with the sweep's best train/loader values when ``tune.enabled`` (epochs kept),
+    and the MLflow tags that say where they came from; ``params`` unchanged when it is off."""
+    if not params.tune.enabled:
+        return params, {}
+    path = Path(path)
+    hint = "run the tune stage (dvc repro tune)"
+    if not path.is_file():
+        raise SegflowError(f"{path}: not found; tune.enabled is true: {hint}")
+    try:
+        best = yaml.safe_load(path.read_text())
+        enabled, train, loader = best["enabled"], dict(best["train"]), dict(best["loader"])
+    except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+        raise SegflowError(
+            f"{path}: not a tune result ({type(exc).__name__}: {exc}); {hint}"
+        ) from None
+    if enabled is not True:
+        raise SegflowError(f"{path}: written with tune.enabled false; {hint} with it on")
+    train.pop("epochs", None)
+    try:
+        new_train = type(params.train).model_validate({**params.train.model_dump(), **train})
+        new_loader = type(params.loader).model_validate({**params.loader.model_dump(), **loader})
+    except ValueError as exc:
+        raise SegflowError(f"{path}: tuned values do not validate: {exc}") from None
+    tags = {
+        "tune.trial_id": str(best.get("trial_id")),
+        "tune.parent_run_id": str(best.get("mlflow_parent_run_id")),
+        "tune.val_miou": str(best.get(METRIC)),
+        "tune.source": str(path),
+    }
+    return params.model_copy(update={"train": new_train, "loader": new_loader}), tags
+
+
 __all__ = [
     "TrainSweepResult",
     "apply_trial",
@@ -284,5 +324,6 @@ __all__ = [
     "sweep_result",
     "train_sweep",
     "train_values",
+    "tuned_params",
     "write_best_params",
 ]

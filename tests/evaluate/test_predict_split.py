@@ -6,7 +6,8 @@ import pytest
 
 from segflow.config import EvaluateParams, LoaderParams, parse_params
 from segflow.errors import SegflowError
-from segflow.evaluate.predict_split import file_ids, inference_options
+from segflow.evaluate.predict_split import file_ids
+from segflow.evaluate.serving import ServingSpec, inference_options
 from segflow.postprocess.probs import prob_path
 
 
@@ -14,11 +15,25 @@ def test_inference_options_follow_the_mode_and_sliding_defaults_to_the_training_
     loader = LoaderParams(crop_height=64, crop_width=96)
     assert inference_options(EvaluateParams(), loader) == {}
     multi = inference_options(EvaluateParams(mode="multiscale", scales=[0.5, 1.0]), loader)
-    assert multi == {"scales": (0.5, 1.0), "flip": True}
+    assert multi == {"scales": [0.5, 1.0], "flip": True}
     sliding = inference_options(EvaluateParams(mode="sliding", overlap=0.5), loader)
-    assert sliding == {"crop": (64, 96), "overlap": 0.5}
+    assert sliding == {"crop": [64, 96], "overlap": 0.5}
     own = EvaluateParams(mode="sliding", crop_height=32, crop_width=48)
-    assert inference_options(own, loader)["crop"] == (32, 48)
+    assert inference_options(own, loader)["crop"] == [32, 48]
+
+
+def test_the_serving_spec_round_trips_through_json_with_everything_served():
+    params = parse_params({"evaluate": {"mode": "multiscale", "scales": [0.5, 1.0]},
+                           "crf": {"prob_dtype": "float16"}})  # fmt: skip
+    from segflow.postprocess.crf import CRFParams
+
+    spec = ServingSpec.from_params(params, [180, 240], CRFParams(w_bilateral=5.0))
+    assert spec.input_size == (180, 240) and spec.prob_dtype == "float16"
+    import json
+
+    again = ServingSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again == spec
+    assert spec.describe() == "multiscale inference at 180x240, CRF on"
 
 
 def test_file_ids_are_valid_file_names_and_stay_unique():

@@ -141,7 +141,7 @@ def _latest_data_hash(name: str) -> tuple[str | None, str | None]:
     """(version, data hash) of the newest registered version of ``name``, or (None, None)."""
     import mlflow
 
-    from segflow.registry import DATA_HASH, latest_version
+    from segflow.lifecycle.registration import DATA_HASH, latest_version
     from segflow.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
@@ -152,7 +152,7 @@ def _latest_data_hash(name: str) -> tuple[str | None, str | None]:
 
 
 def _champion(name: str) -> str | None:
-    from segflow.registry import champion_version
+    from segflow.lifecycle.registration import champion_version
 
     current = champion_version(name)
     return None if current is None else str(current.version)
@@ -184,7 +184,7 @@ def _gate_fields(registry: dict) -> dict:
 
 def retrain(params: Params) -> dict:
     """Steps 1-3 in the working directory; the audit record (also for a failure)."""
-    from segflow.registry import registered_name
+    from segflow.lifecycle.registration import registered_name
     from segflow.tracking import git_commit
 
     record: dict = {"time": _now(), "code_commit": git_commit(), "retrained": False}
