@@ -205,8 +205,8 @@ def test_the_crontab_line_exits_with_the_exit_code_of_segflow_retrain(tmp_path):
     """Piped into logger, the line would end with logger's 0; a held lock must end it with 75."""
     import re
 
-    from segflow.retrain import EXIT_LOCKED, retrain_lock
-    from segflow.schedule import HOST_CHECKOUT, HOST_ENV_FILE
+    from segflow.lifecycle.retrain import EXIT_LOCKED, retrain_lock
+    from segflow.lifecycle.schedule import HOST_CHECKOUT, HOST_ENV_FILE
 
     crontab = render(load_params(REPO / "params.yaml"))["crontab"]
     shell = re.search(r"^SHELL=(\S+)$", crontab, re.MULTILINE).group(1)
