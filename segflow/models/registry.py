@@ -77,4 +77,4 @@ def build(
 
 def _import_architectures() -> None:
     # Importing the architecture modules runs their @register_model decorators.
-    from segflow.models import deeplab, fcn, pspnet, segnet, unet  # noqa: F401
+    from segflow.models import bisenet, deeplab, fcn, pspnet, segnet, unet  # noqa: F401

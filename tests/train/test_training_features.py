@@ -229,10 +229,19 @@ def test_bf16_training_steps_run_in_bfloat16_on_cpu(shards, tmp_path):
 # --------------------------------------------------------------------------- aux heads
 
 
-@pytest.mark.parametrize(("name", "weight"), [("pspnet", 0.4), ("fcn_resnet", 0.5)])
+AUX_MODELS = {
+    "pspnet": {**SMALL_RESNET, "head_channels": 16},
+    "fcn_resnet": {**SMALL_RESNET, "head_channels": 16},
+    "bisenetv2": {"width": 16, "head_channels": 16},
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "weight"), [("pspnet", 0.4), ("fcn_resnet", 0.5), ("bisenetv2", 1.0)]
+)
 def test_aux_head_adds_its_weighted_loss_in_training_and_is_dropped_for_export(name, weight):
     torch.manual_seed(0)
-    model = build(name, NUM_CLASSES, **SMALL_RESNET, head_channels=16, aux_weight=weight)
+    model = build(name, NUM_CLASSES, **AUX_MODELS[name], aux_weight=weight)
     x = torch.randn(2, 3, 33, 47)
     y = torch.randint(0, NUM_CLASSES, (2, 33, 47))
     model.train()
@@ -247,7 +256,7 @@ def test_aux_head_adds_its_weighted_loss_in_training_and_is_dropped_for_export(n
         scored = model(x)
     exported = without_aux(model)
     assert not any(k.startswith("aux_head.") for k in exported.state_dict())
-    plain = build(name, NUM_CLASSES, **SMALL_RESNET, head_channels=16)
+    plain = build(name, NUM_CLASSES, **AUX_MODELS[name])
     plain.load_state_dict(exported.state_dict())  # strict: exactly the plain model's weights
     with torch.no_grad():
         torch.testing.assert_close(exported(x), scored)
