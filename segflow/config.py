@@ -82,6 +82,9 @@ class LoaderParams(_Section):
     scale_min: float = Field(0.5, gt=0)
     scale_max: float = Field(2.0, gt=0)
     hflip: float = Field(0.5, ge=0, le=1)
+    #: Share of training crops placed on a pixel of a rare class: a class present in the image,
+    #: drawn with weight 1 / sqrt(its share of the train pixels); 0: every crop uniform.
+    rare_class_crop: float = Field(0.0, ge=0, le=1)
     #: Strength of brightness/contrast/saturation jitter (0 switches it off).
     color_jitter: float = Field(0.2, ge=0, le=1)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
