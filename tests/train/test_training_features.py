@@ -261,3 +261,57 @@ def test_aux_head_adds_its_weighted_loss_in_training_and_is_dropped_for_export(n
     with torch.no_grad():
         torch.testing.assert_close(exported(x), scored)
         torch.testing.assert_close(plain.eval()(x), scored)
+
+
+# --------------------------------------------------------------------------- whole runs
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_run_with_ema_resumes_to_the_same_average_and_raw_weights(shards, tmp_path):
+    params = tiny_params(epochs=3, ema_decay=0.8)
+    fit(params, shards, tmp_path / "straight", "cpu", echo=None)
+
+    def crash_in_epoch_3(line: str) -> None:
+        if line.startswith("train: epoch 3/3 step"):
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(params, shards, tmp_path / "resumed", "cpu", echo=crash_in_epoch_3)
+    fit(params, shards, tmp_path / "resumed", "cpu", echo=None)
+    straight = torch.load(tmp_path / "straight" / LAST, weights_only=False)
+    resumed = torch.load(tmp_path / "resumed" / LAST, weights_only=False)
+    for key in ("model", "raw_model"):
+        for name, value in straight[key].items():
+            torch.testing.assert_close(resumed[key][name], value, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"loss": "focal", "class_weights": "sqrt", "class_weight_max": 2.0, "bf16": True},
+        {"loss": "lovasz", "class_weights": "inverse_log", "head_lr_mult": 10.0},
+    ],
+    ids=["focal_sqrt_bf16", "lovasz_inverse_log_head_lr"],
+)
+def test_new_training_options_train_with_a_finite_loss(shards, tmp_path, options):
+    params = tiny_params(epochs=1, **options)
+    params = params.model_copy(
+        update={"loader": params.loader.model_copy(update={"rare_class_crop": 0.5})}
+    )
+    state = fit(params, shards, tmp_path, "cpu", echo=None)
+    assert math.isfinite(state.history[0]["train_loss"])
+
+
+@pytest.mark.integration  # inductor compiles the model's kernels: tens of seconds on 2 cores
+def test_compile_trains_the_same_weights_through_the_compiled_forward(shards, tmp_path):
+    eager = fit(tiny_params(epochs=1), shards, tmp_path / "eager", "cpu", echo=None)
+    compiled = fit(
+        tiny_params(epochs=1, compile=True), shards, tmp_path / "compiled", "cpu", echo=None
+    )
+    assert compiled.model._compiled_call_impl is not None  # the switch reached the model
+    want = eager.model.state_dict()
+    for name, value in compiled.model.state_dict().items():  # same names: checkpoints match
+        torch.testing.assert_close(value, want[name], rtol=1e-4, atol=1e-5, msg=name)
