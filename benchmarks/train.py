@@ -11,10 +11,15 @@ An epoch's wall time runs from one epoch's start to the next one's, so it includ
 and, under Ray, the checkpoint upload and report. The first epoch is a warm-up and is left
 out. Printed: the Ray overhead b/a - 1 (target <= 10%) and the 2-worker speed-up in images/s.
 
+Precision mode (``--precision``): the core loop (a) twice per repeat, ``train.bf16: false`` and
+``true`` (CPU bf16 autocast), on the same shards from the same seed: epoch times, their ratio
+and the val mIoU each reaches, i.e. the accuracy cost of bf16 next to its speed.
+
 GPU mode (``--gpu``): CamVid 360x480 shards, DeepLab v3+ ResNet-50, bf16 autocast, channels_last,
 1 GPU worker: images/s and the share of step time spent waiting for data.
 
     .venv/bin/python benchmarks/train.py --epochs 4
+    .venv/bin/python benchmarks/train.py --precision --epochs 8 --repeats 1
     .venv/bin/python benchmarks/train.py --gpu --camvid ../shared/datasets/camvid
 """
 
@@ -48,6 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds of (a), (b), (c)")
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--gpu", action="store_true", help="GPU mode (CamVid, ResNet-50, bf16)")
+    ap.add_argument("--precision", action="store_true", help="fp32 vs bf16 core loop on the CPU")
     ap.add_argument("--camvid", default="../shared/datasets/camvid")
     ap.add_argument("--batch-size", type=int, help="override train.batch_size")
     return ap.parse_args(argv)
@@ -141,6 +147,30 @@ def cpu_mode(args: argparse.Namespace, params: Params, shards: Path, work: Path)
           f"epoch wall x{r1['epoch_wall_s'] / r2['epoch_wall_s']:.2f} faster")  # fmt: skip
 
 
+def precision_mode(args: argparse.Namespace, params: Params, shards: Path, work: Path) -> None:
+    base = with_train(params, epochs=args.epochs, log_every=10_000)
+    torch.set_num_threads(args.cpus)
+    load = os.getloadavg()[0]
+    print(
+        f"model {base.train.model}/{base.train.backbone} {base.train.model_options}, "
+        f"{args.epochs} epochs (first = warm-up) x {args.repeats} repeats, core loop, "
+        f"{args.cpus} threads, torch {torch.__version__}; load average {load:.2f}",
+        flush=True,
+    )
+    runs: dict[bool, list] = {False: [], True: []}
+    for repeat in range(args.repeats):
+        for bf16 in (False, True):
+            p = with_train(base, bf16=bf16)
+            out = work / f"bf16-{bf16}-{repeat}"
+            runs[bf16].append(timed(lambda p=p, out=out: fit(p, shards, out, "cpu", echo=None)))
+    fp32, bf16 = (summarise(name, runs[on]) for name, on in (("fp32", False), ("bf16", True)))
+    print(
+        f"bf16 vs fp32: train time x{fp32['train_s'] / bf16['train_s']:.2f} faster, "
+        f"val mIoU {bf16['val_miou'] - fp32['val_miou']:+.3f}; "
+        f"load average now {os.getloadavg()[0]:.2f}"
+    )
+
+
 def gpu_mode(args: argparse.Namespace, params: Params, shards: Path, work: Path) -> None:
     if not torch.cuda.is_available():
         sys.exit("--gpu: no CUDA device here")
@@ -182,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
             shards = build_shards(work, "camvid", Path(args.camvid))
         else:
             shards = build_shards(work, "synthetic", None)
-        (gpu_mode if args.gpu else cpu_mode)(args, params, shards.resolve(), work)
+        mode = gpu_mode if args.gpu else precision_mode if args.precision else cpu_mode
+        mode(args, params, shards.resolve(), work)
 
 
 if __name__ == "__main__":

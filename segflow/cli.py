@@ -78,6 +78,19 @@ def models(
 
 
 @app.command()
+def init(
+    preset: str = typer.Option(..., help="Preset name (configs/presets/), e.g. camvid-cpu."),
+    root: Path = typer.Option(Path("."), help="Directory that gets the params.yaml."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing params.yaml."),
+) -> None:
+    """Write a complete, commented params.yaml for a published setting (a preset)."""
+    from segflow.presets import write_preset
+
+    out = write_preset(preset, root, force)
+    console.print(f"init: wrote {out} (preset {preset})")
+
+
+@app.command()
 def check_params(path: Path = typer.Argument(Path("params.yaml"))) -> None:
     """Validate a params file: the schema, the model it names, the dataset root and its layout."""
     import yaml

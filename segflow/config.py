@@ -84,6 +84,9 @@ class LoaderParams(_Section):
     scale_min: float = Field(0.5, gt=0)
     scale_max: float = Field(2.0, gt=0)
     hflip: float = Field(0.5, ge=0, le=1)
+    #: Share of training crops placed on a pixel of a rare class: a class present in the image,
+    #: drawn with weight 1 / sqrt(its share of the train pixels); 0: every crop uniform.
+    rare_class_crop: float = Field(0.0, ge=0, le=1)
     #: Strength of brightness/contrast/saturation jitter (0 switches it off).
     color_jitter: float = Field(0.2, ge=0, le=1)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -121,15 +124,32 @@ class TrainParams(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     poly_power: float = Field(0.9, ge=0)
     warmup_iters: int = Field(0, ge=0)
-    loss: Literal["ce", "ohem"] = "ce"
-    class_weights: Literal["none", "median_frequency"] = "none"
+    #: ce | ohem (hard pixels only) | focal (Lin et al.) | lovasz (Lovasz-softmax, IoU surrogate).
+    loss: Literal["ce", "ohem", "focal", "lovasz"] = "ce"
+    #: focal's gamma: (1 - p_true)^gamma scales each pixel's CE; 0 is plain CE.
+    focal_gamma: float = Field(2.0, ge=0)
+    #: median_frequency (SegNet); inverse_log (ENet) and sqrt are gentler on the large classes.
+    class_weights: Literal["none", "median_frequency", "inverse_log", "sqrt"] = "none"
+    #: Clip every class weight at this value; 0: no clip.
+    class_weight_max: float = Field(0.0, ge=0)
     dice_weight: float = Field(0.0, ge=0)
     ohem_thresh: float = Field(0.7, gt=0, le=1)
     ohem_min_kept: int = Field(100_000, gt=0)
     #: Clip the global gradient norm to this value; 0 switches clipping off.
     grad_clip: float = Field(0.0, ge=0)
-    #: bf16 autocast on GPU (ignored on CPU, where it is slower than fp32).
-    bf16: bool = True
+    #: Mixed precision. auto: bf16 on GPUs that have it (fp16 + grad scaler on older ones) and
+    #: on CPUs with AVX512-BF16 or AMX, fp32 elsewhere; true: always (fp16 on GPUs without
+    #: bf16); false: fp32.
+    bf16: Literal["auto"] | bool = "auto"
+    #: LR of everything outside the backbone (heads, decoders) = lr x this; 10 is DeepLab's.
+    head_lr_mult: float = Field(1.0, gt=0)
+    #: EMA of the weights, updated every step with this decay (e.g. 0.999); 0: off. When on,
+    #: the average is validated and saved as the model.
+    ema_decay: float = Field(0.0, ge=0, lt=1)
+    #: Batch statistics of BatchNorm layers across the DDP workers (SyncBatchNorm).
+    sync_bn: bool = False
+    #: torch.compile the model for training (see benchmarks/ for whether it pays).
+    compile: bool = False
     channels_last: bool = True
     #: Bitwise-reproducible kernels (slower); seeds are always set.
     deterministic: bool = False

@@ -358,10 +358,13 @@ def make_dataloader(
     after a model had run in the parent), and a forkserver child is still cheap to start.
     """
     if train:
+        pixels = None
+        if params.rare_class_crop > 0:
+            pixels = read_index(shard_dir)["splits"][split]["class_pixels"]
         dataset = ShardDataset(
             shard_dir,
             split,
-            train_transform(params, normalize=not uint8),
+            train_transform(params, normalize=not uint8, class_pixels=pixels),
             shuffle=True,
             seed=seed,
             rank=rank,

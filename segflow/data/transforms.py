@@ -24,8 +24,14 @@ from segflow.config import LoaderParams
 from segflow.data.datasets.base import IGNORE_INDEX
 
 
-def train_transform(p: LoaderParams, normalize: bool = True) -> A.Compose:
+def train_transform(
+    p: LoaderParams, normalize: bool = True, class_pixels: Sequence[int] | None = None
+) -> A.Compose:
     """Random scale, pad, random crop to ``crop_height x crop_width``, flip, jitter, normalise.
+
+    ``class_pixels`` (the train split's pixels per class) lets ``p.rare_class_crop`` of the
+    crops be placed on a rare class (:func:`rare_class_weights`); without it every crop is
+    uniform.
 
     ``normalize=False`` leaves the image uint8, for loaders that normalise on the GPU
     (``make_dataloader(..., uint8=True)`` with ``loader.normalize_batch``).
@@ -41,6 +47,8 @@ def train_transform(p: LoaderParams, normalize: bool = True) -> A.Compose:
             scale=(p.scale_min, p.scale_max),
             fill=tuple(round(255.0 * m) for m in p.mean),
             fill_mask=IGNORE_INDEX,
+            focus=rare_class_weights(class_pixels) if class_pixels is not None else None,
+            focus_prob=p.rare_class_crop,
         ),
         A.HorizontalFlip(p=p.hflip),
     ]
@@ -57,6 +65,19 @@ def eval_transform(p: LoaderParams, normalize: bool = True) -> A.Compose:
     return A.Compose([A.Normalize(mean=p.mean, std=p.std)] if normalize else [])
 
 
+def rare_class_weights(class_pixels: Sequence[int]) -> tuple[float, ...]:
+    """1 / sqrt(share of the train pixels) per class (0 for an absent class).
+
+    The square root keeps a class seen 100x less often 10x more likely, not 100x: crops still
+    show the common classes, and one rare class does not take every crop.
+    """
+    counts = np.asarray(class_pixels, dtype=np.float64)
+    share = counts / max(counts.sum(), 1.0)
+    weights = np.zeros_like(share)
+    weights[share > 0] = 1.0 / np.sqrt(share[share > 0])
+    return tuple(float(w) for w in weights)
+
+
 class RandomScaleCrop(A.DualTransform):
     """``RandomScale(scale) -> PadIfNeeded(height, width) -> RandomCrop(height, width)`` in one.
 
@@ -69,6 +90,12 @@ class RandomScaleCrop(A.DualTransform):
     are rounded to whole source pixels, which changes the effective scale by under one source
     pixel over the crop. Image and mask get the same region and target size, resized with
     pixel-centre geometry (linear / nearest-exact), so they stay aligned.
+
+    Rare-class-aware sampling: with probability ``focus_prob`` the crop is placed to contain a
+    pixel of one class present in the mask, the class drawn with the weights ``focus`` (one per
+    class id, e.g. :func:`rare_class_weights`) and the pixel uniformly among that class's; the
+    crop's offset is then uniform among those that contain the pixel. Small classes (poles,
+    signs, pedestrians) are seen far more often than uniform crops of street scenes show them.
     """
 
     def __init__(
@@ -78,28 +105,54 @@ class RandomScaleCrop(A.DualTransform):
         scale: tuple[float, float],
         fill: tuple[int, ...] | int = 0,
         fill_mask: int = IGNORE_INDEX,
+        focus: Sequence[float] | None = None,
+        focus_prob: float = 0.0,
         p: float = 1.0,
     ) -> None:
         super().__init__(p=p)
         self.height, self.width = height, width
         self.scale = (float(scale[0]), float(scale[1]))
         self.fill, self.fill_mask = fill, fill_mask
+        self.focus = None if focus is None else np.asarray(focus, dtype=np.float64)
+        self.focus_prob = focus_prob
 
     def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
         rows, cols = params["shape"][:2]
         s = self.py_random.uniform(*self.scale)
+        keep_row, keep_col = self._focus_pixel(data.get("mask")) or (None, None)
         return {
-            "rows": self._axis(rows, int(rows * s), self.height),
-            "cols": self._axis(cols, int(cols * s), self.width),
+            "rows": self._axis(rows, int(rows * s), self.height, keep_row),
+            "cols": self._axis(cols, int(cols * s), self.width, keep_col),
         }
 
-    def _axis(self, n: int, scaled: int, crop: int) -> tuple[int, int, int, int]:
-        """(src start, src stop, dst start, dst stop) along one axis."""
+    def _focus_pixel(self, mask: np.ndarray | None) -> tuple[int, int] | None:
+        """A (row, col) of a rare class to keep in the crop, or None for a uniform crop."""
+        if mask is None or self.focus is None or self.py_random.random() >= self.focus_prob:
+            return None
+        k = len(self.focus)
+        present = np.bincount(mask.ravel(), minlength=256)[:k] > 0
+        weights = self.focus * present
+        if weights.sum() <= 0:
+            return None
+        c = self.py_random.choices(range(k), weights=weights.tolist())[0]
+        rows, cols = np.nonzero(mask == c)
+        i = self.py_random.randrange(len(rows))
+        return int(rows[i]), int(cols[i])
+
+    def _axis(
+        self, n: int, scaled: int, crop: int, keep: int | None = None
+    ) -> tuple[int, int, int, int]:
+        """(src start, src stop, dst start, dst stop) along one axis; ``keep``: a source index
+        the crop must contain."""
         scaled = max(scaled, 1)
         if scaled < crop:  # padded: the whole axis, centred as PadIfNeeded does
             start = (crop - scaled) // 2
             return 0, n, start, start + scaled
-        offset = self.py_random.randint(0, scaled - crop)  # RandomCrop's offset
+        if keep is None:
+            offset = self.py_random.randint(0, scaled - crop)  # RandomCrop's offset
+        else:
+            at = int((keep + 0.5) * scaled / n)  # the pixel's centre in the scaled image
+            offset = self.py_random.randint(max(0, at - crop + 1), min(scaled - crop, at))
         ratio = n / scaled
         src0 = min(round(offset * ratio), n - 1)
         src1 = min(max(round((offset + crop) * ratio), src0 + 1), n)
@@ -126,7 +179,7 @@ class RandomScaleCrop(A.DualTransform):
         return self._apply(mask, rows, cols, cv2.INTER_NEAREST_EXACT, self.fill_mask)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("height", "width", "scale", "fill", "fill_mask")
+        return ("height", "width", "scale", "fill", "fill_mask", "focus", "focus_prob")
 
 
 def reseed(transform: object, key: Sequence[int]) -> None:

@@ -21,6 +21,7 @@ from torch import nn
 
 from segflow.config import TrainParams
 from segflow.errors import SegflowError
+from segflow.models.aux import without_aux
 from segflow.models.registry import build
 
 
@@ -67,7 +68,8 @@ def model_from_payload(payload: dict, source: str | Path) -> nn.Module:
     # No pretrained file: the checkpoint's weights replace the backbone's anyway.
     model = build_model(p.model_copy(update={"pretrained": None}), int(payload["num_classes"]))
     model.load_state_dict(payload["model"])
-    return model.eval()
+    # An auxiliary head only served the training loss: the scored and served model is without it.
+    return without_aux(model).eval()
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segflow.errors import SegflowError
+from segflow.models.aux import AuxHead, aux_output, check_aux_weight
 from segflow.models.backbones import build_backbone
 from segflow.models.registry import check_options, register_model
 from segflow.models.upsample import Bilinear, TransposedConv, pad_to_multiple
@@ -163,9 +164,19 @@ fcn8s = _fcn_vgg_constructor(
 class FCNResNet(nn.Module):
     """torchvision-style FCN: a dilated backbone, a 3x3 conv head, bilinear upsampling."""
 
-    def __init__(self, num_classes: int, backbone: nn.Module, head_channels: int, dropout: float):
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: nn.Module,
+        head_channels: int,
+        dropout: float,
+        aux_weight: float = 0.0,
+    ):
         super().__init__()
         self.backbone = backbone
+        # torchvision's fcn_resnet aux_classifier: a head on layer3 (s16), loss weight 0.5.
+        self.aux_weight = aux_weight
+        self.aux_head = AuxHead(backbone.channels["s16"], num_classes) if aux_weight > 0 else None
         self.head = nn.Sequential(
             nn.Conv2d(backbone.channels["s32"], head_channels, 3, padding=1, bias=False),
             nn.BatchNorm2d(head_channels),
@@ -175,9 +186,11 @@ class FCNResNet(nn.Module):
         )
         self.upsample = Bilinear()
 
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.head(self.backbone(x)["s32"])
-        return self.upsample(y, output_size=tuple(x.shape[-2:]))
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        feats = self.backbone(x)
+        size = tuple(x.shape[-2:])
+        out = self.upsample(self.head(feats["s32"]), output_size=size)
+        return aux_output(self, out, feats["s16"], size)
 
 
 @register_model("fcn_resnet")
@@ -189,15 +202,20 @@ def fcn_resnet(
     *,
     head_channels: int = 512,
     dropout: float = 0.1,
+    aux_weight: float = 0.0,
     backbone_options: dict | None = None,
     **unknown,
 ) -> FCNResNet:
     """FCN head on a dilated backbone (default resnet50 at output stride 8), any backbone.
 
+    ``aux_weight`` > 0 adds torchvision's auxiliary head on layer3 with that loss weight (0.5
+    in torchvision's reference), trained only; 0 (default) builds none.
+
     ``backbone_options`` go to the backbone constructor (e.g. ``{"width": 16}`` for VGG).
     """
     check_options("fcn_resnet", fcn_resnet, unknown)
+    check_aux_weight("fcn_resnet", aux_weight)
     trunk = build_backbone(
         backbone or "resnet50", output_stride or 8, pretrained, **(backbone_options or {})
     )
-    return FCNResNet(num_classes, trunk, head_channels, dropout)
+    return FCNResNet(num_classes, trunk, head_channels, dropout, aux_weight)

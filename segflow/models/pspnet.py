@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segflow.errors import SegflowError
+from segflow.models.aux import AuxHead, aux_output, check_aux_weight
 from segflow.models.backbones import build_backbone
 from segflow.models.registry import check_options, register_model
 
@@ -58,9 +59,13 @@ class PSPNet(nn.Module):
         bins: Sequence[int] = (1, 2, 3, 6),
         head_channels: int = 512,
         dropout: float = 0.1,
+        aux_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        # The paper's deep supervision: a head on layer3 (the backbone's s16 output), weight 0.4.
+        self.aux_weight = aux_weight
+        self.aux_head = AuxHead(backbone.channels["s16"], num_classes) if aux_weight > 0 else None
         self.ppm = PyramidPooling(backbone.channels["s32"], bins)
         self.head = nn.Sequential(
             nn.Conv2d(self.ppm.out_channels, head_channels, 3, padding=1, bias=False),
@@ -70,10 +75,12 @@ class PSPNet(nn.Module):
         )
         self.classifier = nn.Conv2d(head_channels, num_classes, 1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        f = self.ppm(self.backbone(x)["s32"])
-        scores = self.classifier(self.head(f))
-        return F.interpolate(scores, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        feats = self.backbone(x)
+        scores = self.classifier(self.head(self.ppm(feats["s32"])))
+        size = tuple(x.shape[-2:])
+        out = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+        return aux_output(self, out, feats["s16"], size)
 
 
 @register_model("pspnet")
@@ -86,10 +93,14 @@ def pspnet(
     bins: Sequence[int] = (1, 2, 3, 6),
     head_channels: int = 512,
     dropout: float = 0.1,
+    aux_weight: float = 0.0,
     backbone_options: dict | None = None,
     **unknown,
 ) -> PSPNet:
     """PSPNet; defaults: ResNet-50 at output stride 8, bins (1, 2, 3, 6), 512 head channels.
+
+    ``aux_weight`` > 0 adds the paper's auxiliary head on layer3 with that loss weight (0.4 in
+    the paper), trained only; 0 (default) builds none.
 
     ``backbone_options`` go to the backbone constructor (e.g. ``{"width": 16}`` for VGG).
     """
@@ -103,6 +114,7 @@ def pspnet(
         )
     if not 0 <= dropout < 1:
         raise SegflowError(f"model 'pspnet': option dropout must be in [0, 1) (got {dropout})")
+    check_aux_weight("pspnet", aux_weight)
     options = backbone_options or {}
     body = build_backbone(backbone or "resnet50", output_stride or 8, pretrained, **options)
-    return PSPNet(body, num_classes, bins, head_channels, dropout)
+    return PSPNet(body, num_classes, bins, head_channels, dropout, aux_weight)

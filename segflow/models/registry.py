@@ -77,4 +77,12 @@ def build(
 
 def _import_architectures() -> None:
     # Importing the architecture modules runs their @register_model decorators.
-    from segflow.models import autodeeplab, deeplab, fcn, pspnet, segnet, unet  # noqa: F401
+    from segflow.models import (  # noqa: F401
+        autodeeplab,
+        bisenet,
+        deeplab,
+        fcn,
+        pspnet,
+        segnet,
+        unet,
+    )

@@ -33,8 +33,15 @@ from segflow.io import atomic_path
 # load_model lives beside the models; re-exported for pipelines/train.py (logs the best model).
 from segflow.models.checkpoint import build_model, default_device, read_checkpoint
 from segflow.models.checkpoint import load_model as load_model
-from segflow.train.losses import SegmentationLoss, median_frequency_weights
+from segflow.train.ema import ModelEMA
+from segflow.train.losses import (
+    SegmentationLoss,
+    clip_weights,
+    frequency_weights,
+    median_frequency_weights,
+)
 from segflow.train.schedules import poly_lr
+from segflow.train.sync_bn import convert_sync_bn
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -51,19 +58,37 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def build_optimizer(model: nn.Module, p: TrainParams) -> Optimizer:
-    """SGD with momentum (DeepLab) or AdamW; parameters frozen by the model stay frozen."""
-    params = [q for q in model.parameters() if q.requires_grad]
+    """SGD with momentum (DeepLab) or AdamW; parameters frozen by the model stay frozen.
+
+    The backbone (pretrained, ImageNet features) trains at ``lr``; everything else, freshly
+    initialised, at ``lr x head_lr_mult`` (DeepLab's classifier: 10x). Two parameter groups,
+    so the poly schedule scales both.
+    """
+    named = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
+    body = [q for n, q in named if n.startswith("backbone.")]
+    head = [q for n, q in named if not n.startswith("backbone.")]
+    groups = [g for g in ({"params": body, "lr": p.lr},) if g["params"]]
+    if head:
+        groups.append({"params": head, "lr": p.lr * p.head_lr_mult})
     if p.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=p.lr, weight_decay=p.weight_decay)
-    return torch.optim.SGD(params, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+        return torch.optim.AdamW(groups, lr=p.lr, weight_decay=p.weight_decay)
+    return torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
 
 
-def build_loss(p: TrainParams, index: dict, split: str = "train") -> SegmentationLoss:
+def build_loss(
+    p: TrainParams, index: dict, split: str = "train", aux_weight: float = 0.0
+) -> SegmentationLoss:
+    """The loss of ``p``; ``aux_weight`` is the model's auxiliary-head weight (0: none)."""
     weight = None
+    info = index["splits"][split]
     if p.class_weights == "median_frequency":
-        info = index["splits"][split]
         weight = median_frequency_weights(info["class_pixels"], info.get("class_image_pixels"))
-    return SegmentationLoss(p.loss, weight, p.dice_weight, p.ohem_thresh, p.ohem_min_kept)
+        weight = clip_weights(weight, p.class_weight_max)
+    elif p.class_weights in ("inverse_log", "sqrt"):
+        weight = frequency_weights(info["class_pixels"], p.class_weights, p.class_weight_max)
+    return SegmentationLoss(
+        p.loss, weight, p.dice_weight, p.ohem_thresh, p.ohem_min_kept, p.focal_gamma, aux_weight
+    )
 
 
 @dataclass
@@ -102,10 +127,45 @@ def device_batch(
     return x.contiguous(memory_format=memory_format), y
 
 
-def autocast_for(device: torch.device, bf16: bool):
-    """bf16 autocast on CUDA only: on CPU it is slower than fp32 and changes results."""
-    enabled = bf16 and device.type == "cuda"
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), from /proc/cpuinfo.
+
+    Without them bf16 autocast on CPU emulates the format and is slower than fp32;
+    ``torch.backends.cpu.get_cpu_capability()`` says only "AVX512", not which extensions.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(device: torch.device, setting: str | bool) -> torch.dtype | None:
+    """The autocast dtype for ``train.bf16`` on ``device``; None: fp32.
+
+    GPUs without bf16 (before Ampere) get fp16, which needs a :func:`grad_scaler`; on CPU
+    ``auto`` turns bf16 on only where the instructions exist, ``true`` forces it.
+    """
+    if setting is False:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and (setting is True or cpu_has_bf16()):
+        return torch.bfloat16
+    return None
+
+
+def autocast_for(device: torch.device, setting: str | bool):
+    dtype = autocast_dtype(device, setting)
+    return torch.autocast(
+        device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None
+    )
+
+
+def grad_scaler(device: torch.device, setting: str | bool) -> torch.amp.GradScaler:
+    """fp16's loss scaler (small gradients underflow in fp16); a no-op for bf16 and fp32."""
+    enabled = autocast_dtype(device, setting) == torch.float16
+    return torch.amp.GradScaler(device.type, enabled=enabled)
 
 
 def train_one_epoch(
@@ -118,10 +178,12 @@ def train_one_epoch(
     p: TrainParams,
     log: Callable[[int, float, float], None] | None = None,
     norm: Norm | None = None,
+    ema: ModelEMA | None = None,
 ) -> EpochStats:
-    """One pass over ``loader``; the LR schedule steps per iteration."""
+    """One pass over ``loader``; the LR schedule steps per iteration, the EMA per step."""
     model.train()
     memory_format = torch.channels_last if p.channels_last else torch.contiguous_format
+    scaler = grad_scaler(device, p.bf16)
     total_loss, images, steps, data_seconds = 0.0, 0, 0, 0.0
     start = tick = time.perf_counter()
     for batch in loader:
@@ -131,11 +193,15 @@ def train_one_epoch(
             logits = model(x)
         loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if p.grad_clip > 0:
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
+        if ema is not None:
+            ema.update(unwrap(model))
         steps += 1
         images += x.shape[0]
         total_loss += loss.item()
@@ -157,7 +223,7 @@ def validate(
     loader: Iterable[dict],
     num_classes: int,
     device: torch.device,
-    bf16: bool = True,
+    bf16: str | bool = "auto",
     distributed: bool = False,
     norm: Norm | None = None,
 ) -> dict:
@@ -191,6 +257,12 @@ class TrainState:
     epoch: int = 0  # epochs completed
     best_miou: float = -1.0
     history: list[dict] = field(default_factory=list)
+    ema: ModelEMA | None = None  # train.ema_decay > 0: the averaged weights, the model saved
+
+    @property
+    def scored_model(self) -> nn.Module:
+        """What is validated and saved as the model: the EMA when on, else the raw weights."""
+        return self.ema.module if self.ema is not None else unwrap(self.model)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -199,8 +271,12 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def checkpoint_payload(state: TrainState, extra: dict | None = None) -> dict:
+    # With an EMA, "model" is the average (what is scored and served) and "raw_model" the
+    # weights training continues from.
+    raw = {"raw_model": unwrap(state.model).state_dict()} if state.ema is not None else {}
     return {
-        "model": unwrap(state.model).state_dict(),
+        "model": state.scored_model.state_dict(),
+        **raw,
         "optimizer": state.optimizer.state_dict(),
         "scheduler": state.scheduler.state_dict(),
         "epoch": state.epoch,
@@ -294,11 +370,20 @@ def train_epochs(
     state = make_state(params, num_classes, len(train_loader), device)
     if resume is not None:
         restore_state(state, resume)
+    if p.ema_decay > 0:
+        state.ema = ModelEMA(state.model, p.ema_decay)
+        if resume is not None and "raw_model" in resume:  # "model" holds the average
+            state.model.load_state_dict(resume["raw_model"])
+    aux_weight = float(getattr(state.model, "aux_weight", 0.0))
+    if p.compile:
+        state.model.compile()  # in place: parameter names (and checkpoints) stay the same
+    if p.sync_bn and _distributed():
+        state.model = convert_sync_bn(state.model)
     if _distributed():
         state.model = DistributedDataParallel(
             state.model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    loss_fn = build_loss(p, index).to(device)
+    loss_fn = build_loss(p, index, aux_weight=aux_weight).to(device)
     say = echo if (echo is not None and rank == 0) else None
     if say and state.epoch > 0:
         say(f"train: resuming after epoch {state.epoch} (best val mIoU {state.best_miou:.4f})")
@@ -317,12 +402,12 @@ def train_epochs(
             torch.cuda.reset_peak_memory_stats(device)
         stats = train_one_epoch(
             state.model, train_loader, loss_fn, state.optimizer, state.scheduler, device, p,
-            progress, norm,
+            progress, norm, state.ema,
         )  # fmt: skip
         # Validate the plain model: DDP's forward would broadcast buffers, a collective that
         # hangs when ranks hold different numbers of validation images.
         val = validate(
-            unwrap(state.model), val_loader, num_classes, device, p.bf16, _distributed(), norm
+            state.scored_model, val_loader, num_classes, device, p.bf16, _distributed(), norm
         )
         miou = val["miou"] if val["miou"] == val["miou"] else 0.0  # NaN: nothing to score
         is_best = miou > state.best_miou

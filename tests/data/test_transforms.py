@@ -11,6 +11,7 @@ from segflow.config import LoaderParams
 from segflow.data.transforms import (
     RandomScaleCrop,
     eval_transform,
+    rare_class_weights,
     reseed,
     train_transform,
 )
@@ -181,3 +182,40 @@ def test_scale_crop_at_scale_one_is_a_random_window_of_the_source():
         assert hits, f"seed {seed}: output is not a window of the source"
         offsets.add(hits[0])
     assert len(offsets) > 10
+
+
+def rare_pole_scene() -> tuple[np.ndarray, np.ndarray]:
+    """200x200 of road (0) with a 3x3 pole (2) in one corner; class 1 is absent."""
+    mask = np.zeros((200, 200), np.uint8)
+    mask[190:193, 5:8] = 2
+    return PALETTE[mask], mask
+
+
+def share_of_crops_showing_the_pole(rare_class_crop: float, crops: int = 200) -> float:
+    params = LoaderParams(
+        crop_height=40, crop_width=40, scale_min=1.0, scale_max=1.0, color_jitter=0.0,
+        rare_class_crop=rare_class_crop,
+    )  # fmt: skip
+    # Train pixels: road 99 %, class 1 0.9 %, the pole 0.1 %.
+    transform = train_transform(params, normalize=False, class_pixels=[9900, 90, 10])
+    image, mask = rare_pole_scene()
+    shown = 0
+    for i in range(crops):
+        reseed(transform, (0, 0, i))
+        shown += bool((transform(image=image, mask=mask)["mask"] == 2).any())
+    return shown / crops
+
+
+def test_rare_class_crops_contain_the_rare_class_and_uniform_crops_rarely_do():
+    # A uniform 40x40 crop of 200x200 contains the corner pole in about 1 of 60 draws.
+    assert share_of_crops_showing_the_pole(0.0) < 0.1
+    # Focused crops pick the pole (weight 1/sqrt(0.001) = 31.6) over the road (1/sqrt(0.99))
+    # 97 % of the time, and a crop placed on the pole always contains it.
+    assert 0.93 <= share_of_crops_showing_the_pole(1.0) <= 1.0
+    assert 0.35 < share_of_crops_showing_the_pole(0.5) < 0.65
+
+
+def test_rare_class_weights_are_inverse_square_root_shares_and_zero_when_absent():
+    weights = rare_class_weights([9900, 100, 0])
+    assert weights[2] == 0.0
+    assert weights[1] / weights[0] == pytest.approx(np.sqrt(99))

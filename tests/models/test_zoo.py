@@ -27,6 +27,7 @@ _RESNET18_W16 = {"backbone": "resnet18", "backbone_options": {"width": 16}}
 # channel widths shrink (ResNet/VGG "width" is the first-stage channel count, 64 published).
 SMALL: dict[str, dict] = {
     "autodeeplab": {"filter_multiplier": 4, "aspp_channels": 32},
+    "bisenetv2": {"width": 16, "head_channels": 32},
     "deeplab_largefov": {"fc_channels": 64, "backbone_options": {"width": 8}},
     "deeplabv2": _RESNET18_W16,
     "deeplabv3": {**_RESNET18_W16, "aspp_channels": 32},

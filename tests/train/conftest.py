@@ -72,6 +72,7 @@ def tiny_params(tmp_path: Path | None = None, **train) -> Params:
         "num_workers": 1,
         "cpus_per_worker": 1,
         "log_every": 1,
+        "bf16": False,  # fp32: the tests compare weights and losses exactly
         "experiment": "tests",
     }
     if tmp_path is not None:

@@ -68,6 +68,21 @@ def test_two_ddp_workers_step_like_one_process_with_the_doubled_batch(shards, tm
     )
 
 
+def test_with_sync_bn_two_workers_of_a_batch_norm_model_step_like_one_process(shards, tmp_path):
+    # BatchNorm normalises with the batch's statistics: only synchronised across the workers
+    # are they those of the doubled batch, in the forward pass and in the running statistics.
+    bn = {"model_options": {"width": 4, "batch_norm": True}}
+    ddp = train_distributed(
+        tiny_params(tmp_path, epochs=1, batch_size=2, num_workers=2, sync_bn=True, **bn),
+        shards,
+        tmp_path / "ddp",
+    )
+    fit(tiny_params(epochs=1, batch_size=4, **bn), shards, tmp_path / "single", "cpu", echo=None)
+    assert_same_weights(
+        model_weights(ddp.best_checkpoint), model_weights(tmp_path / "single" / LAST), 1e-5
+    )
+
+
 def test_a_crashed_worker_resumes_from_the_last_checkpoint_with_its_optimizer_state(
     shards, tmp_path, monkeypatch
 ):
