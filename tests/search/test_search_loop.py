@@ -40,6 +40,16 @@ def shards(tmp_path_factory) -> Path:
     return make_shards(tmp_path_factory.mktemp("search_shards"), train=8, val=2)
 
 
+@pytest.fixture
+def own_ray():
+    """The Ray the search starts in this process is shut down after the test, so a later
+    module's fixture can start its own."""
+    yield
+    import ray
+
+    ray.shutdown()
+
+
 def _params(storage: Path, **search) -> Params:
     return Params.model_validate(
         {"search": {**TINY, "storage_path": str(storage), "run_name": "run", **search}}
@@ -133,7 +143,9 @@ def test_the_outputs_hold_the_genotype_curves_and_heat_maps(shards, tmp_path):
 
 
 @pytest.mark.integration
-def test_two_ray_train_workers_hold_the_same_architecture_after_every_epoch(shards, tmp_path):
+def test_two_ray_train_workers_hold_the_same_architecture_after_every_epoch(
+    shards, tmp_path, own_ray
+):
     params = _params(tmp_path, launcher="ray", num_workers=2, epochs=2)
     outcome = search_distributed(params, shards, echo=lambda line: None)
     assert len(outcome.history) == 2
