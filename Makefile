@@ -29,8 +29,10 @@ install: $(STAMP)
 demo: $(STAMP) .dvc/config
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
+# Two pytest workers (a test module stays on one worker, with its fixtures): about half of the
+# suite's time is spent waiting on Ray, MLflow and subprocess start-ups, which overlap.
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not integration"
