@@ -80,14 +80,18 @@ def models(
 @app.command()
 def init(
     preset: str = typer.Option(..., help="Preset name (configs/presets/), e.g. camvid-cpu."),
-    root: Path = typer.Option(Path("."), help="Directory that gets the params.yaml."),
+    root: Path | None = typer.Option(None, help="The dataset's root directory (dataset.root)."),
+    dir: Path = typer.Option(Path("."), "--dir", help="Project directory for params.yaml."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing params.yaml."),
 ) -> None:
     """Write a complete, commented params.yaml for a published setting (a preset)."""
     from segflow.presets import write_preset
 
-    out = write_preset(preset, root, force)
-    console.print(f"init: wrote {out} (preset {preset})")
+    if root is not None and not root.is_dir():
+        raise SegflowError(f"--root {root}: no such directory (the dataset's root)")
+    out = write_preset(preset, dir, force, dataset_root=root)
+    where = f", dataset.root {root.resolve()}" if root is not None else ""
+    console.print(f"init: wrote {out} (preset {preset}{where})")
 
 
 @app.command()

@@ -1,13 +1,16 @@
 """Presets: complete, commented params.yaml files for published settings (configs/presets/).
 
-A preset is a file, not code: ``segflow init --preset NAME --root DIR`` copies it to
-``DIR/params.yaml`` after checking that it loads through the params schema, so what the user
+A preset is a file, not code: ``segflow init --preset NAME --root DATA`` copies it to
+``./params.yaml`` (``--dir`` for another project directory) with ``dataset.root`` set to
+``DATA``, after checking that the result loads through the params schema, so what the user
 gets is what the file in the repository says, comments included. Nothing is merged or
 inherited (mmsegmentation's config chains are what this avoids): one file, every key.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import yaml
@@ -34,10 +37,36 @@ def preset_text(name: str) -> str:
     return text
 
 
-def write_preset(name: str, root: str | Path, force: bool = False) -> Path:
-    """Write preset ``name`` to ``root/params.yaml``; an existing file needs ``force``."""
+# The ``root:`` line of the ``dataset:`` section (the first indented ``root:`` after it).
+_DATASET_ROOT = re.compile(r"(^dataset:\n(?:(?:[ \t]+.*|[ \t]*)\n)*?[ \t]+root:)[^\n]*", re.M)
+
+
+def with_dataset_root(text: str, root: str | Path) -> str:
+    """``text`` with its ``dataset.root`` value replaced by ``root`` (comments kept)."""
+    # A JSON string is a YAML string: quoted, so any path reads back unchanged.
+    value = json.dumps(str(root))
+    new, count = _DATASET_ROOT.subn(lambda m: f"{m.group(1)} {value}", text, count=1)
+    if count != 1:
+        raise SegflowError("preset has no dataset.root line to set")
+    return new
+
+
+def write_preset(
+    name: str,
+    project_dir: str | Path = ".",
+    force: bool = False,
+    dataset_root: str | Path | None = None,
+) -> Path:
+    """Write preset ``name`` to ``project_dir/params.yaml``; an existing file needs ``force``.
+
+    ``dataset_root`` (made absolute, so the stages find it whatever their working directory)
+    replaces the preset's placeholder ``dataset.root``.
+    """
     text = preset_text(name)
-    out = Path(root) / "params.yaml"
+    if dataset_root is not None:
+        text = with_dataset_root(text, Path(dataset_root).expanduser().resolve())
+        parse_params(yaml.safe_load(text), source=f"preset {name}")
+    out = Path(project_dir) / "params.yaml"
     if out.exists() and not force:
         raise SegflowError(f"{out}: already exists; pass --force to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -46,25 +46,48 @@ def segflow(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_init_writes_the_preset_and_refuses_to_overwrite_without_force(tmp_path):
-    done = segflow("init", "--preset", "camvid-cpu", "--root", str(tmp_path / "proj"))
+    done = segflow("init", "--preset", "camvid-cpu", "--dir", str(tmp_path / "proj"))
     assert done.returncode == 0, done.stderr
     written = tmp_path / "proj" / "params.yaml"
     assert written.read_text() == (PRESETS_DIR / "camvid-cpu.yaml").read_text()
 
     written.write_text("seed: 7\n")
-    refused = segflow("init", "--preset", "voc", "--root", str(tmp_path / "proj"))
+    refused = segflow("init", "--preset", "voc", "--dir", str(tmp_path / "proj"))
     assert refused.returncode == 1
     assert "already exists; pass --force" in refused.stderr and "Traceback" not in refused.stderr
     assert written.read_text() == "seed: 7\n"  # nothing lost
 
-    forced = segflow("init", "--preset", "voc", "--root", str(tmp_path / "proj"), "--force")
+    forced = segflow("init", "--preset", "voc", "--dir", str(tmp_path / "proj"), "--force")
     assert forced.returncode == 0, forced.stderr
     assert load_params(written).dataset.name == "voc"
 
 
 def test_an_unknown_preset_lists_the_known_ones(tmp_path):
-    done = segflow("init", "--preset", "kitti", "--root", str(tmp_path))
+    done = segflow("init", "--preset", "kitti", "--dir", str(tmp_path))
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "preset 'kitti' is unknown" in done.stderr
     assert all(name in done.stderr for name in REQUIRED)
+    assert not (tmp_path / "params.yaml").exists()
+
+
+def test_init_with_root_points_dataset_root_at_the_data_and_keeps_the_comments(tmp_path):
+    data = tmp_path / "my data" / "camvid"
+    data.mkdir(parents=True)
+    done = segflow("init", "--preset", "camvid-cpu", "--root", str(data), "--dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    written = (tmp_path / "params.yaml").read_text()
+    assert load_params(tmp_path / "params.yaml").dataset.root == str(data.resolve())
+    preset = (PRESETS_DIR / "camvid-cpu.yaml").read_text()
+    # Only the dataset.root line differs from the committed preset.
+    pairs = zip(preset.splitlines(), written.splitlines(), strict=True)
+    changed = [(a, b) for a, b in pairs if a != b]
+    assert len(changed) == 1 and changed[0][0].strip().startswith("root:")
+
+
+def test_init_with_a_missing_root_writes_nothing(tmp_path):
+    done = segflow(
+        "init", "--preset", "camvid-cpu", "--root", str(tmp_path / "nope"), "--dir", str(tmp_path)
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "nope: no such directory" in done.stderr
     assert not (tmp_path / "params.yaml").exists()
