@@ -10,8 +10,9 @@ from segflow.config import Params
 from segflow.data.shards import verify_shards
 from segflow.paths import GENOTYPE, SEARCH_HISTORY, SHARDS
 from segflow.search.outputs import disabled_outputs, final_genotype, log_search_run, write_outputs
-from segflow.search.run import preflight, search, with_run_name
+from segflow.search.run import preflight, search
 from segflow.stage import console, run_stage
+from segflow.train.distributed import with_run_name
 
 
 def main(params: Params) -> None:
@@ -22,7 +23,7 @@ def main(params: Params) -> None:
         )
         return
     verify_shards(SHARDS)  # a damaged shard: one line naming it, before any worker starts
-    params = with_run_name(params)
+    params = with_run_name(params, "search")
     index = preflight(params, SHARDS)
     outcome = search(params, SHARDS)
     genotype = final_genotype(outcome.arch_history)

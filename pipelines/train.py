@@ -7,11 +7,11 @@ checkpoint, the others are marked KILLED (segflow.train.resume). Ray Train (or t
 replaces the stage's outputs together, models/run.json last.
 """
 
-import torch
-
 from segflow import tracking
 from segflow.config import Params
 from segflow.data.shards import verify_shards
+from segflow.evaluate.serving import ServingSpec
+from segflow.lifecycle.registration import log_served_model
 from segflow.paths import (
     BEST_MODEL,
     BEST_TRAIN_PARAMS,
@@ -25,7 +25,6 @@ from segflow.paths import (
 from segflow.search.outputs import with_searched_genotype
 from segflow.stage import console, run_stage
 from segflow.train.distributed import preflight, train
-from segflow.train.loop import load_model
 from segflow.train.outputs import publish, staging
 from segflow.train.resume import plan_run, run_tags
 from segflow.tune.train_search import tuned_params
@@ -48,8 +47,11 @@ def main(params: Params) -> None:
         with staging(MODELS) as scratch:
             outcome = train(params, SHARDS, scratch)
             tracking.log_history(outcome.history)
-            example = torch.randn(1, 3, params.loader.crop_height, params.loader.crop_width)
-            model_uri = tracking.log_model(load_model(outcome.best_checkpoint), example)
+            # The run's model: the best checkpoint served as evaluate serves it, without the
+            # CRF (crf_tune has not chosen one yet); pickle-free, as the registered one.
+            serving = ServingSpec.from_params(params, index.get("resize"), None).to_dict()
+            classes = index.get("classes", [])
+            model_uri = log_served_model(outcome.best_checkpoint, serving, classes, name="model")
             run_info = {
                 "mlflow_run_id": run_id,
                 "mlflow_tracking_uri": tracking.public_uri(tracking.tracking_uri()),

@@ -21,10 +21,9 @@ VERBOSE_ENV = "SEGFLOW_VERBOSE"
 
 #: Loggers whose INFO lines are library bookkeeping (the database set-up of the sqlite store).
 QUIET_LOGGERS = ("mlflow",)
-#: MLflow's WARNING lines about choices segflow made on purpose (pickled models: a pickled
-#: nn.Module takes any image size), by the logger that emits them and a part of the message.
+#: MLflow's WARNING lines about choices segflow made on purpose, by the logger that emits them
+#: and a part of the message.
 DELIBERATE = {
-    "mlflow.pytorch": "Saving pytorch model by Pickle or CloudPickle",
     "mlflow.pyfunc": "serialized using CloudPickle",
 }
 
@@ -55,6 +54,11 @@ def quiet_libraries(verbose: bool | None = None) -> None:
         return
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Ray's C++ core worker writes its own log lines to stderr (e.g. "core_worker.cc: Actor
+    # with class name: 'PreemptionWatcher' ... has constructor arguments in the object store"
+    # on every Ray Train run): read from the environment when Ray starts, so set before that.
+    # Failures still arrive as Python exceptions; a value the user set is kept.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     for name, part in DELIBERATE.items():
         logger = logging.getLogger(name)
         if not any(getattr(f, "part", None) == part for f in logger.filters):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 PARAMS = Path("params.yaml")
 SYNTHETIC = Path("data/synthetic")
+DATASET_CHECK = Path("data/dataset.json")
 MANIFEST = Path("data/manifest.parquet")
 VALIDATION = Path("reports/validation")
 VALIDATION_SUMMARY = VALIDATION / "summary.json"

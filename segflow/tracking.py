@@ -3,9 +3,8 @@
 The default store needs nothing running: ``sqlite:///mlruns/mlflow.db`` with artifacts under
 ``mlruns/artifacts``; ``$MLFLOW_TRACKING_URI`` switches to a tracking server. A training run
 records the flattened params.yaml (``train.lr``...), tags for the git commit and the shards'
-content hash, one metric point per epoch, and the best model as an MLflow PyTorch model
-(with an input example and signature) that ``mlflow.pytorch.load_model`` turns back into a
-working ``nn.Module``.
+content hash and one metric point per epoch. The train stage adds the best model as a
+pickle-free pyfunc model (:func:`segflow.lifecycle.registration.log_served_model`).
 
 Logging happens in the driver, from the history the workers report, not in the rank-0 worker:
 the default sqlite store is a file on the driver's machine that workers on other nodes cannot
@@ -21,10 +20,6 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
-
-import numpy as np
-import torch
-from torch import nn
 
 from segflow.config import Params
 
@@ -159,34 +154,6 @@ def log_history(history: Iterable[dict]) -> None:
     run_id = mlflow.active_run().info.run_id
     for start in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
-
-
-def log_model(model: nn.Module, example: torch.Tensor, name: str = "model") -> str:
-    """Log ``model`` as an MLflow PyTorch model with an input example and signature.
-
-    The segflow package goes with it (code_paths), so the model loads where segflow is not
-    installed. Requirements are given, not inferred: inference would import the model in a
-    subprocess, which is slow and needs nothing we do not already know. Returns the model URI.
-    """
-    import mlflow
-    from mlflow.models import infer_signature
-
-    model = model.cpu().eval()
-    with torch.no_grad():
-        output = model(example)
-    x, y = example.numpy().astype(np.float32), output.numpy().astype(np.float32)
-    info = mlflow.pytorch.log_model(
-        model,
-        name=name,
-        signature=infer_signature(x, y),
-        input_example=x,
-        code_paths=[str(Path(__file__).resolve().parent)],
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
-        # A pickled nn.Module takes any batch and image size; MLflow's torch.export format
-        # would specialise the graph to the input example's shape.
-        serialization_format="pickle",
-    )
-    return info.model_uri
 
 
 def end_run(status: str = "FINISHED") -> None:

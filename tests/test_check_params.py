@@ -90,9 +90,35 @@ def test_params_that_name_real_things_print_the_resolved_values(tmp_path):
 
 
 @pytest.mark.integration
-def test_dvc_stops_at_a_missing_root_and_check_params_says_what_it_expected(tmp_path):
-    """DVC hashes the ingest stage's deps before running it, so its own message comes first;
-    the earlier outputs stay, and check-params names the path and the layout."""
+def test_dvc_repro_at_a_wrong_root_stops_with_segflows_line_and_keeps_the_earlier_outputs(
+    tmp_path,
+):
+    """The check stage runs before ingest whenever the dataset params change, so a root that
+    does not exist is segflow's one line naming the field and the layout, not DVC's Errno 2."""
+    data = tmp_path / "dataset"
+    classes = make_folder_dataset(data)
+    project = make_project(
+        tmp_path, dataset={"name": "folder", "root": str(data), "classes_file": str(classes)}
+    )
+    assert project.dvc("repro", "shard").returncode == 0
+    before = {rel: project.digest(rel) for rel in ("data/manifest.parquet", "data/shards")}
+    wrong = tmp_path / "typo"
+    project.set_params(dataset={"root": str(wrong)})
+    result = project.dvc("repro", "shard")
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: params.yaml: dataset.root: dataset root {wrong} does not exist or is not a "
+        f"directory; expected {folder.LAYOUT}"
+    ], result.stderr
+    assert "Errno" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+    assert {rel: project.digest(rel) for rel in before} == before
+
+
+@pytest.mark.integration
+def test_a_root_removed_after_a_run_is_named_by_dvc_and_explained_by_check_params(tmp_path):
+    """With unchanged params the check stage has nothing to re-run for, and DVC hashes
+    ingest's deps before running it: its own message names the path; check-params explains."""
     data = tmp_path / "dataset"
     classes = make_folder_dataset(data)
     project = make_project(

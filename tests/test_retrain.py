@@ -70,7 +70,9 @@ def test_the_first_retrain_runs_every_stage_and_the_first_model_becomes_champion
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     [record] = records(project)
     assert record["decision"] == "promoted" and record["retrained"] is True
-    assert record["stages_run"][:4] == ["synthesize", "ingest", "validate", "shard"]
+    run = record["stages_run"]
+    assert set(run[:5]) == {"synthesize", "check", "ingest", "validate", "shard"}, run
+    assert run.index("check") < run.index("ingest") < run.index("validate") < run.index("shard")
     assert {"train", "evaluate", "register"} <= set(record["stages_run"])
     assert record["model_version"] == "1" and record["champion_after"] == "1"
     assert record["champion_before"] is None and record["previous_data_hash"] is None

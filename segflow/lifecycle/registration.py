@@ -74,6 +74,46 @@ def _signature():
     return ModelSignature(inputs=None, outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1))]))
 
 
+def log_served_model(
+    model_path: str | Path, serving: dict, classes: list[dict], name: str = MODEL_NAME
+) -> str:
+    """Log checkpoint + serving spec + class table as a pyfunc model in the active run.
+
+    Nothing in it is a pickle: the model class is code (:mod:`.pyfunc_model`, logged "from
+    code"), the checkpoint is plain tensors read with ``weights_only=True``, the rest is JSON.
+    Returns the model URI.
+    """
+    import mlflow
+    import torch
+
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise SegflowError(f"{model_path}: checkpoint not found; run the train stage")
+    package = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts = {CHECKPOINT: str(model_path)}
+        for key, value in ((SERVING, serving), (CLASSES, classes)):
+            path = Path(tmp) / f"{key}.json"
+            path.write_text(json.dumps(value, indent=2) + "\n")
+            artifacts[key] = str(path)
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(package / "lifecycle" / "pyfunc_model.py"),
+            artifacts=artifacts,
+            code_paths=[str(package)],
+            signature=_signature(),
+            # Given, not inferred: inference imports the model in a subprocess (slow).
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}",
+                "numpy",
+                "opencv-python-headless",
+                "pydantic",
+                "pydensecrf2",
+            ],
+        )
+    return info.model_uri
+
+
 def register_model(
     run_id: str,
     dataset: str,
@@ -94,41 +134,18 @@ def register_model(
     metrics, the serving spec and the class table (JSON). Returns the new ``ModelVersion``.
     """
     import mlflow
-    import torch
 
     from segflow.tracking import quiet_mlflow
 
     quiet_mlflow()
-    model_path = Path(model_path)
-    if not model_path.is_file():
+    if not Path(model_path).is_file():
         raise SegflowError(f"{model_path}: checkpoint not found; run the train stage")
     check_run(run_id)
     client = mlflow.MlflowClient()
     name = registered_name(dataset, prefix)
-    package = Path(__file__).resolve().parents[1]
-    with tempfile.TemporaryDirectory() as tmp:
-        artifacts = {CHECKPOINT: str(model_path)}
-        for key, value in ((SERVING, serving), (CLASSES, classes)):
-            path = Path(tmp) / f"{key}.json"
-            path.write_text(json.dumps(value, indent=2) + "\n")
-            artifacts[key] = str(path)
-        # Reopening the finished training run attaches the model to the run that made it.
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_NAME,
-                python_model=str(package / "lifecycle" / "pyfunc_model.py"),
-                artifacts=artifacts,
-                code_paths=[str(package)],
-                signature=_signature(),
-                # Given, not inferred: inference imports the model in a subprocess (slow).
-                pip_requirements=[
-                    f"torch=={torch.__version__.split('+')[0]}",
-                    "numpy",
-                    "opencv-python-headless",
-                    "pydantic",
-                    "pydensecrf2",
-                ],
-            )
+    # Reopening the finished training run attaches the model to the run that made it.
+    with mlflow.start_run(run_id=run_id):
+        model_uri = log_served_model(model_path, serving, classes)
     tags = {
         "dataset": dataset,
         TEST_MIOU: repr(float(test_miou)),
@@ -138,7 +155,7 @@ def register_model(
         "serving": json.dumps(serving, sort_keys=True),
         "classes": json.dumps(classes),
     }
-    version = mlflow.register_model(info.model_uri, name, tags=tags)
+    version = mlflow.register_model(model_uri, name, tags=tags)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     return client.get_model_version(name, version.version)
 

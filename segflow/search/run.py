@@ -14,7 +14,6 @@ import math
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from segflow.errors import SegflowError
 from segflow.io import atomic_path
 from segflow.raycluster import connect_ray
 from segflow.search.loop import SearchState, search_epochs
-from segflow.train.distributed import resolve_storage
+from segflow.train.distributed import check_cluster, resolve_storage, with_run_name
 from segflow.train.loop import default_device
 
 CHECKPOINT_FILE = "search.pt"
@@ -51,14 +50,6 @@ class SearchOutcome:
 def _echo(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
-
-
-def with_run_name(params: Params) -> Params:
-    """``params`` with ``search.run_name`` set (a fresh time-stamped name when it is null)."""
-    if params.search.run_name:
-        return params
-    search = params.search.model_copy(update={"run_name": time.strftime("search-%Y%m%d-%H%M%S")})
-    return params.model_copy(update={"search": search})
 
 
 def preflight(params: Params, shard_dir: Path) -> dict:
@@ -99,7 +90,7 @@ def search_local(params: Params, shard_dir: str | Path, echo: Echo = _echo) -> S
     sp = params.search
     if "://" in sp.storage_path:
         raise SegflowError("params.yaml: search.storage_path: the local launcher needs a path")
-    run_name = sp.run_name or with_run_name(params).search.run_name
+    run_name = sp.run_name or with_run_name(params, "search").search.run_name
     run_dir = Path(resolve_storage(sp.storage_path)) / run_name
     last = run_dir / LAST
     resume = torch.load(last, map_location="cpu", weights_only=False) if last.is_file() else None
@@ -169,8 +160,8 @@ def search_distributed(params: Params, shard_dir: str | Path, echo: Echo = _echo
     shard_dir = Path(shard_dir).resolve()
     preflight(params, shard_dir)
     connect_ray()
-    _check_cluster(params)
-    run_name = sp.run_name or with_run_name(params).search.run_name
+    check_cluster(params, "search")
+    run_name = sp.run_name or with_run_name(params, "search").search.run_name
     storage = resolve_storage(sp.storage_path)
     resources = {"CPU": sp.cpus_per_worker}
     if sp.use_gpu:
@@ -203,24 +194,6 @@ def search_distributed(params: Params, shard_dir: str | Path, echo: Echo = _echo
             payload = torch.load(Path(d) / CHECKPOINT_FILE, weights_only=False)
         history, arch_history = payload["history"], payload["arch_history"]
     return SearchOutcome(history, arch_history, run_name, str(result.path))
-
-
-def _check_cluster(params: Params) -> None:
-    """More workers than the cluster can place would wait forever: fail now, naming the field."""
-    import ray
-
-    sp = params.search
-    have = ray.cluster_resources()
-    for kind, per_worker, used in (
-        ("CPU", sp.cpus_per_worker, True),
-        ("GPU", sp.gpus_per_worker, sp.use_gpu),
-    ):
-        need = sp.num_workers * per_worker
-        if used and have.get(kind, 0) < need:
-            raise SegflowError(
-                f"params.yaml: search.num_workers x search.{kind.lower()}s_per_worker = {need:g} "
-                f"{kind}s, but the Ray cluster has {have.get(kind, 0):g}"
-            )
 
 
 def search(params: Params, shard_dir: str | Path, echo: Echo = _echo) -> SearchOutcome:

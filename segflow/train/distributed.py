@@ -65,16 +65,20 @@ def _echo(line: str) -> None:
     sys.stdout.flush()
 
 
-def default_run_name() -> str:
-    return time.strftime("train-%Y%m%d-%H%M%S")
+def default_run_name(section: str = "train") -> str:
+    return time.strftime(f"{section}-%Y%m%d-%H%M%S")
 
 
-def with_run_name(params: Params) -> Params:
-    """``params`` with ``train.run_name`` set (a fresh time-stamped name when it is null)."""
-    if params.train.run_name:
+def with_run_name(params: Params, section: str = "train") -> Params:
+    """``params`` with ``<section>.run_name`` set (a fresh time-stamped name when it is null).
+
+    ``section`` is a params section with a Ray run: ``train`` or ``search``.
+    """
+    current = getattr(params, section)
+    if current.run_name:
         return params
-    train = params.train.model_copy(update={"run_name": default_run_name()})
-    return params.model_copy(update={"train": train})
+    named = current.model_copy(update={"run_name": default_run_name(section)})
+    return params.model_copy(update={section: named})
 
 
 def resolve_storage(storage_path: str) -> str:
@@ -104,25 +108,27 @@ def preflight(params: Params, shard_dir: Path) -> dict:
     return index
 
 
-def check_cluster(params: Params) -> None:
-    """More workers than the cluster can place would wait forever: fail now, naming the field."""
+def check_cluster(params: Params, section: str = "train") -> None:
+    """More workers than the cluster can place would wait forever: fail now, naming the field.
+
+    ``section`` (``train`` or ``search``) names the workers' params: num_workers,
+    cpus_per_worker, use_gpu, gpus_per_worker.
+    """
     import ray
 
-    p = params.train
+    p = getattr(params, section)
     have = ray.cluster_resources()
-    need_cpu = p.num_workers * p.cpus_per_worker
-    if have.get("CPU", 0) < need_cpu:
-        raise SegflowError(
-            f"params.yaml: train.num_workers x train.cpus_per_worker = {p.num_workers} x "
-            f"{p.cpus_per_worker} = {need_cpu} CPUs, but the Ray cluster has "
-            f"{have.get('CPU', 0):g}"
-        )
-    if p.use_gpu and have.get("GPU", 0) < p.num_workers * p.gpus_per_worker:
-        raise SegflowError(
-            f"params.yaml: train.num_workers x train.gpus_per_worker = "
-            f"{p.num_workers * p.gpus_per_worker:g} GPUs, but the Ray cluster has "
-            f"{have.get('GPU', 0):g}"
-        )
+    for kind, per_worker, used in (
+        ("CPU", p.cpus_per_worker, True),
+        ("GPU", p.gpus_per_worker, p.use_gpu),
+    ):
+        need = p.num_workers * per_worker
+        if used and have.get(kind, 0) < need:
+            raise SegflowError(
+                f"params.yaml: {section}.num_workers x {section}.{kind.lower()}s_per_worker = "
+                f"{p.num_workers} x {per_worker:g} = {need:g} {kind}s, but the Ray cluster has "
+                f"{have.get(kind, 0):g}"
+            )
 
 
 def train_func(config: dict) -> dict:

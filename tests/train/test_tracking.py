@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import mlflow
+import numpy as np
 import pytest
-import torch
 
 from segflow import tracking
 from segflow.data.shards import read_index
-from segflow.train.loop import BEST, fit, load_model
+from segflow.evaluate.serving import ServingSpec
+from segflow.lifecycle.registration import log_served_model
+from segflow.train.loop import BEST, fit
 from tests.train.conftest import NUM_CLASSES, SIZE, tiny_params
 
 
@@ -29,7 +31,8 @@ def test_a_run_holds_params_tags_per_epoch_metrics_and_a_loadable_model(shards, 
 
     run_id = tracking.start_training_run(params, index, root=store)
     tracking.log_history(state.history)
-    uri = tracking.log_model(load_model(store / "out" / BEST), torch.randn(1, 3, *SIZE))
+    spec = ServingSpec(input_size=SIZE).to_dict()
+    uri = log_served_model(store / "out" / BEST, spec, index["classes"], name="model")
     tracking.end_run()
 
     assert (store / "mlruns" / "mlflow.db").is_file()
@@ -47,11 +50,14 @@ def test_a_run_holds_params_tags_per_epoch_metrics_and_a_loadable_model(shards, 
     miou = {p.step: p.value for p in client.get_metric_history(run_id, "val_miou")}
     assert miou[2] == pytest.approx(state.history[1]["val_miou"])
 
-    model = mlflow.pytorch.load_model(uri)
-    with torch.no_grad():
-        assert model(torch.zeros(2, 3, *SIZE)).shape == (2, NUM_CLASSES, *SIZE)
+    # The logged model serves an image of any size as a label map, and holds no pickle.
+    model = mlflow.pyfunc.load_model(uri)
+    labels = model.predict(np.zeros((SIZE[0] + 7, SIZE[1] + 3, 3), np.uint8))
+    assert labels.shape == (SIZE[0] + 7, SIZE[1] + 3) and labels.max() < NUM_CLASSES
     artifacts = store / "mlruns" / "artifacts"
     assert artifacts.is_dir() and any(artifacts.rglob("MLmodel"))
+    stored = [p for p in artifacts.rglob("*") if p.is_file()]
+    assert not [p for p in stored if p.suffix in (".pkl", ".pth", ".cloudpickle")], stored
 
 
 def test_params_flatten_to_dotted_names():
