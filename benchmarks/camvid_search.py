@@ -45,8 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--filters", type=int, default=2, help="search F (paper 8)")
     p.add_argument("--blocks", type=int, default=5, help="search B (paper 5)")
     p.add_argument("--crop", type=int, default=64, help="search crop, square (paper 321)")
-    p.add_argument("--epochs", type=int, default=6, help="search epochs (paper 40)")
-    p.add_argument("--warmup", type=int, default=3, help="search warm-up epochs (paper 20)")
+    p.add_argument("--epochs", type=int, default=4, help="search epochs (paper 40)")
+    p.add_argument("--warmup", type=int, default=2, help="search warm-up epochs (paper 20)")
+    p.add_argument("--search-cpus", type=int, default=2, help="search threads")
+    p.add_argument("--train-cpus", type=int, default=2, help="training threads")
     p.add_argument("--train-epochs", type=int, default=12)
     p.add_argument("--train-filters", type=int, default=8, help="F of the found network")
     return p.parse_args(argv)
@@ -89,7 +91,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     root = args.dir.resolve()
     make_project(root, args.camvid)
-    common_train = {"epochs": args.train_epochs, "launcher": "ray"}
+    # No EMA: in a run this short the average would still carry the random initial weights.
+    common_train = {
+        "epochs": args.train_epochs,
+        "ema_decay": 0.0,
+        "launcher": "ray",
+        "cpus_per_worker": args.train_cpus,
+    }
     set_params(
         root,
         shard={"resize_height": 180, "resize_width": 240},
@@ -103,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
             "crop_width": args.crop,
             "epochs": args.epochs,
             "warmup_epochs": args.warmup,
-            "cpus_per_worker": 2,
+            "cpus_per_worker": args.search_cpus,
         },
         train={
             **common_train,

@@ -54,11 +54,9 @@ def quiet_libraries(verbose: bool | None = None) -> None:
         return
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    # Ray's C++ core worker writes its own log lines to stderr (e.g. "core_worker.cc: Actor
-    # with class name: 'PreemptionWatcher' ... has constructor arguments in the object store"
-    # on every Ray Train run): read from the environment when Ray starts, so set before that.
-    # Failures still arrive as Python exceptions; a value the user set is kept.
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    # Ray Tune's new output engine prints its experiment box, result paths and a TensorBoard
+    # hint whatever RunConfig(verbose=0) says; the legacy engine honours verbose=0.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     for name, part in DELIBERATE.items():
         logger = logging.getLogger(name)
         if not any(getattr(f, "part", None) == part for f in logger.filters):

@@ -30,6 +30,9 @@ def test_dvc_repro_runs_every_stage_scores_with_and_without_crf_and_reruns_nothi
     stages = ("synthesize", "ingest", "validate", "shard", "train", "tune", "crf_tune")
     for stage in (*stages, "evaluate", "register"):
         assert f"Running stage '{stage}'" in first.stdout
+    # The sweeps print segflow's lines only: no Ray Tune experiment box or TensorBoard hint.
+    log = first.stdout + first.stderr
+    assert "Configuration for experiment" not in log and "tensorboard" not in log.lower()
 
     root = project.root
     crf = json.loads((root / "reports/crf_params.json").read_text())
