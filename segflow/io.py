@@ -38,6 +38,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def remove_killed_writes(path: str | Path) -> list[Path]:
+    """Delete the temp files that :func:`atomic_path` left in directory ``path``.
+
+    A process killed between the temp file's creation and its rename (``kill -9``, OOM) leaves
+    ``.<name>.<random>.tmp`` behind. Only the directory's one writer may call this, before it
+    writes again (e.g. a training run resuming in its own run directory). Returns what went.
+    """
+    stale = sorted(p for p in Path(path).glob(".*.tmp") if p.is_file())
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temp directory beside ``path``; swap it in for ``path`` only on success."""

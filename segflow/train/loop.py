@@ -28,7 +28,7 @@ from segflow.config import Params, TrainParams
 from segflow.data.loader import make_dataloader, normalize_batch
 from segflow.data.shards import read_index
 from segflow.evaluate.metrics import ConfusionMatrix
-from segflow.io import atomic_path
+from segflow.io import atomic_path, remove_killed_writes
 
 # load_model lives beside the models; re-exported for pipelines/train.py (logs the best model).
 from segflow.models.checkpoint import build_model, default_device, read_checkpoint
@@ -476,6 +476,7 @@ def fit(
     payload = None
     if resume and last.is_file():
         payload = read_checkpoint(last)
+        remove_killed_writes(out_dir)  # a killed run's half-written best.pt or last.pt
 
     def on_epoch(state: TrainState, record: dict, is_best: bool) -> None:
         save_checkpoint(last, state, extra)

@@ -51,8 +51,12 @@ def test_interrupted_fit_resumes_to_the_same_weights_as_an_uninterrupted_run(sha
     with pytest.raises(Interrupt):
         fit(params, shards, tmp_path / "resumed", "cpu", echo=crash_in_epoch_3)
     assert torch.load(tmp_path / "resumed" / LAST, weights_only=False)["epoch"] == 2
+    # What a kill -9 in the middle of writing best.pt leaves: the resumed run removes it.
+    half_written = tmp_path / "resumed" / ".best.pt.k1ll3d.tmp"
+    half_written.write_bytes(b"\0" * 10)
     lines: list[str] = []
     state = fit(params, shards, tmp_path / "resumed", "cpu", echo=lines.append)
+    assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == [BEST, LAST]
 
     assert lines[0].startswith("train: resuming after epoch 2")
     assert not any(line.startswith("train: epoch 1/3") for line in lines)
