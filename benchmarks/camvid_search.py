@@ -79,11 +79,10 @@ def make_project(root: Path, camvid: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("pipelines", "segflow", "configs"):
         shutil.copytree(REPO / name, root / name, ignore=ignore)
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(REPO / name, root / name)
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     run(root, "git", "init", "-q")
     run(root, str(BIN / "dvc"), "init", "-q", "-f")
-    shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
+    shutil.copy(REPO / ".dvcignore", root / ".dvcignore")  # over the one dvc init wrote
     run(root, str(BIN / "segflow"), "init", "--preset", "camvid-cpu", "--root", str(camvid))
 
 

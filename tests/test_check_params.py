@@ -89,12 +89,9 @@ def test_params_that_name_real_things_print_the_resolved_values(tmp_path):
     assert yaml.safe_load(result.stdout)["dataset"]["max_ignored_share"] == 0.5
 
 
-@pytest.mark.integration
-def test_dvc_repro_at_a_wrong_root_stops_with_segflows_line_and_keeps_the_earlier_outputs(
-    tmp_path,
-):
-    """The check stage runs before ingest whenever the dataset params change, so a root that
-    does not exist is segflow's one line naming the field and the layout, not DVC's Errno 2."""
+def sharded_folder_project(tmp_path: Path):
+    """A folder-dataset project after `dvc repro shard`: (project, its data root, the digests
+    of the manifest and shards that a failing run must leave as they are)."""
     data = tmp_path / "dataset"
     classes = make_folder_dataset(data)
     project = make_project(
@@ -102,6 +99,16 @@ def test_dvc_repro_at_a_wrong_root_stops_with_segflows_line_and_keeps_the_earlie
     )
     assert project.dvc("repro", "shard").returncode == 0
     before = {rel: project.digest(rel) for rel in ("data/manifest.parquet", "data/shards")}
+    return project, data, before
+
+
+@pytest.mark.integration
+def test_dvc_repro_at_a_wrong_root_stops_with_segflows_line_and_keeps_the_earlier_outputs(
+    tmp_path,
+):
+    """The check stage runs before ingest whenever the dataset params change, so a root that
+    does not exist is segflow's one line naming the field and the layout, not DVC's Errno 2."""
+    project, _, before = sharded_folder_project(tmp_path)
     wrong = tmp_path / "typo"
     project.set_params(dataset={"root": str(wrong)})
     result = project.dvc("repro", "shard")
@@ -119,13 +126,7 @@ def test_dvc_repro_at_a_wrong_root_stops_with_segflows_line_and_keeps_the_earlie
 def test_a_root_removed_after_a_run_is_named_by_dvc_and_explained_by_check_params(tmp_path):
     """With unchanged params the check stage has nothing to re-run for, and DVC hashes
     ingest's deps before running it: its own message names the path; check-params explains."""
-    data = tmp_path / "dataset"
-    classes = make_folder_dataset(data)
-    project = make_project(
-        tmp_path, dataset={"name": "folder", "root": str(data), "classes_file": str(classes)}
-    )
-    assert project.dvc("repro", "shard").returncode == 0
-    before = {rel: project.digest(rel) for rel in ("data/manifest.parquet", "data/shards")}
+    project, data, before = sharded_folder_project(tmp_path)
     moved = tmp_path / "moved"
     data.rename(moved)
     result = project.dvc("repro", "shard")
