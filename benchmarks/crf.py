@@ -42,7 +42,8 @@ import numpy as np
 import psutil
 
 from segflow.data.datasets.base import read_label_png, read_rgb
-from segflow.postprocess.crf import CRFParams, crf_over_split, crf_over_split_serial
+from segflow.evaluate.crf_split import crf_over_split, crf_over_split_serial
+from segflow.postprocess.crf_params import CRFParams
 from segflow.postprocess.probs import list_ids, save_probs
 
 NUM_CLASSES = 11

@@ -41,8 +41,8 @@ from segflow.data.manifest import build_manifest
 from segflow.data.shards import write_shards
 from segflow.data.synthetic import generate_dataset
 from segflow.raycluster import connect_ray
-from segflow.train.distributed import train_distributed
 from segflow.train.loop import fit
+from segflow.train.run import train_distributed
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

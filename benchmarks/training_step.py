@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from segflow.models import build
-from segflow.train.loop import cpu_has_bf16
+from segflow.train.precision import cpu_has_bf16
 
 VARIANTS = ("fp32", "bf16", "compile", "compile+bf16")
 

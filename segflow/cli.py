@@ -99,7 +99,7 @@ def check_params(path: Path = typer.Argument(Path("params.yaml"))) -> None:
     """Validate a params file: the schema, the model it names, the dataset root and its layout."""
     import yaml
 
-    from segflow.check import check_params as check
+    from segflow.stages.check_params import check_params as check
 
     params = check(path)
     console.print(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))

@@ -18,11 +18,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from segflow.errors import SegflowError
 
+# The one CRF schema: a leaf module (errors and io only), so parsing params.yaml does not
+# import the CRF's maths, evaluation or Ray.
+from segflow.postprocess.crf_params import CRF_FIELDS, CRFParams
+
+#: Every dataset.name; segflow.data.datasets maps each to its adapter (and checks it has one).
 DATASETS = ("synthetic", "camvid", "voc", "cityscapes", "ade20k", "folder")
 DATA_ROOT_ENV = "SEGFLOW_DATA_ROOT"
-#: The dense-CRF settings (segflow.postprocess.crf.CRFParams) in params.yaml's crf section.
-CRF_FIELDS = ("w_gauss", "sigma_gamma", "w_bilateral", "sigma_alpha", "sigma_beta", "iterations")
 SYNTHETIC_DIR = "data/synthetic"
+#: A Ray run's name is an identifier: it becomes a directory under the storage path, and a
+#: name that could climb out of it (``..``, ``a/../..``, an absolute path) must never parse.
+RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 
 class _Section(BaseModel):
@@ -30,7 +36,7 @@ class _Section(BaseModel):
 
 
 class DatasetParams(_Section):
-    name: Literal["synthetic", "camvid", "voc", "cityscapes", "ade20k", "folder"] = "synthetic"
+    name: Literal[DATASETS] = "synthetic"
     #: Root of the dataset on disk (a dependency of the ingest stage). The synthetic dataset is
     #: generated into data/synthetic by the synthesize stage. $SEGFLOW_DATA_ROOT overrides it
     #: when a stage script runs outside DVC.
@@ -100,7 +106,36 @@ class LoaderParams(_Section):
         return self
 
 
-class TrainParams(_Section):
+class RayRunParams(_Section):
+    """Where and how a stage's workers run: the fields ``train`` and ``search`` share.
+
+    Both stages launch their core loop through one Ray Train launcher
+    (:mod:`segflow.train.distributed`), or in this process without Ray.
+    """
+
+    #: ray: Ray Train TorchTrainer (a local Ray, or the cluster in $RAY_ADDRESS);
+    #: local: the plain PyTorch loop in this process (one device, no Ray).
+    launcher: Literal["ray", "local"] = "ray"
+    #: Ray Train workers (DDP ranks); each reads its own part of the shards.
+    num_workers: int = Field(1, gt=0)
+    use_gpu: bool = False
+    #: CPUs reserved per worker; also the worker's torch thread count.
+    cpus_per_worker: int = Field(1, gt=0)
+    gpus_per_worker: float = Field(1.0, gt=0)
+    #: Worker crashes to recover from (each resumes at the last checkpoint); -1: unlimited.
+    max_failures: int = Field(1, ge=-1)
+    #: Where Ray Train keeps run state and checkpoints: a local directory (relative to the repo)
+    #: or any pyarrow filesystem URI (s3://bucket/prefix, gs://..., hdfs://...).
+    storage_path: str = Field("ray_results", min_length=1)
+    #: Run name (letters, digits, '_', '-', '.'; a directory under storage_path); null makes a
+    #: fresh time-stamped one. Naming an earlier run (same storage_path) resumes it from its
+    #: last checkpoint.
+    run_name: str | None = Field(None, pattern=RUN_NAME_PATTERN)
+    #: MLflow experiment of the runs ($MLFLOW_TRACKING_URI picks the server).
+    experiment: str = Field("segflow", min_length=1)
+
+
+class TrainParams(RayRunParams):
     """Model, optimisation, hardware and tracking of the train stage.
 
     The defaults train a small DeepLab v3+ on the synthetic dataset on two CPU cores in a couple
@@ -156,25 +191,8 @@ class TrainParams(_Section):
     #: Print a progress line every this many steps (plain lines, readable in a CI log).
     log_every: int = Field(10, gt=0)
 
-    #: ray: Ray Train TorchTrainer (a local Ray, or the cluster in $RAY_ADDRESS);
-    #: local: the plain PyTorch loop in this process (one device, no Ray).
-    launcher: Literal["ray", "local"] = "ray"
-    #: Ray Train workers (DDP ranks); each reads its own part of the shards.
-    num_workers: int = Field(1, gt=0)
-    use_gpu: bool = False
-    #: CPUs reserved per worker; also the worker's torch thread count.
     cpus_per_worker: int = Field(2, gt=0)
-    gpus_per_worker: float = Field(1.0, gt=0)
-    #: Worker crashes to recover from (each resumes at the last checkpoint); -1: unlimited.
-    max_failures: int = Field(1, ge=-1)
-    #: Where Ray Train keeps run state and checkpoints: a local directory (relative to the repo)
-    #: or any pyarrow filesystem URI (s3://bucket/prefix, gs://..., hdfs://...).
-    storage_path: str = "ray_results"
-    #: Ray Train run name; null makes a fresh time-stamped one. Naming an earlier run (same
-    #: storage_path) resumes it from its last checkpoint.
-    run_name: str | None = None
-    #: MLflow experiment of the runs ($MLFLOW_TRACKING_URI picks the server).
-    experiment: str = "segflow"
+    experiment: str = Field("segflow", min_length=1)
 
 
 class CRFTuneParams(_Section):
@@ -211,8 +229,6 @@ class CRFTuneParams(_Section):
 
     @model_validator(mode="after")
     def _valid_crf_values(self) -> CRFTuneParams:
-        from segflow.postprocess.crf import CRFParams  # the one CRF schema
-
         for name in CRF_FIELDS:
             value = getattr(self, name)
             for v in value if isinstance(value, list) else [value]:
@@ -273,7 +289,7 @@ class TuneParams(_Section):
         return self
 
 
-class SearchParams(_Section):
+class SearchParams(RayRunParams):
     """The search stage: Auto-DeepLab's architecture search (first-order DARTS), off by default.
 
     The defaults are a tiny supernet that searches the synthetic dataset in about 2 minutes on
@@ -305,18 +321,6 @@ class SearchParams(_Section):
     #: Architecture (alpha, beta): Adam (paper 3e-3, weight decay 1e-3).
     arch_lr: float = Field(3e-3, gt=0)
     arch_weight_decay: float = Field(1e-3, ge=0)
-    #: ray: Ray Train (DDP over num_workers); local: the plain loop in this process.
-    launcher: Literal["ray", "local"] = "ray"
-    num_workers: int = Field(1, gt=0)
-    use_gpu: bool = False
-    #: CPUs reserved per worker; also its torch thread count.
-    cpus_per_worker: int = Field(1, gt=0)
-    gpus_per_worker: float = Field(1.0, gt=0)
-    max_failures: int = Field(1, ge=-1)
-    #: Run state and checkpoints (a local directory or a pyarrow filesystem URI).
-    storage_path: str = "ray_results"
-    #: null: a fresh time-stamped run; the name of an earlier run resumes it.
-    run_name: str | None = None
     experiment: str = Field("segflow-search", min_length=1)
 
     @model_validator(mode="after")

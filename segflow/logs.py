@@ -17,7 +17,14 @@ import os
 import warnings
 from pathlib import Path
 
+from rich.console import Console
+from rich.markup import escape
+
 VERBOSE_ENV = "SEGFLOW_VERBOSE"
+
+#: Where segflow's own lines go: stderr, so that a stage's stdout stays the core loop's progress
+#: lines. Plain text (no highlighting), long lines unwrapped (a CI log wraps them itself).
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 #: Loggers whose INFO lines are library bookkeeping (the database set-up of the sqlite store).
 QUIET_LOGGERS = ("mlflow",)
@@ -99,3 +106,10 @@ def _hide_user_warnings_from(package: str) -> None:
 
     show.hides = root  # type: ignore[attr-defined]
     warnings.showwarning = show
+
+
+def print_error(message: str) -> None:
+    """``error: <line>`` on stderr for each line of a user error (no traceback)."""
+    for line in message.splitlines():
+        # escape: a message is text, and "[test/ testannot/]" in a layout is not a style tag.
+        console.print(f"[bold red]error:[/] {escape(line)}", markup=True)

@@ -11,7 +11,6 @@ MANIFEST = Path("data/manifest.parquet")
 VALIDATION = Path("reports/validation")
 VALIDATION_SUMMARY = VALIDATION / "summary.json"
 SHARDS = Path("data/shards")
-SHARD_INDEX = SHARDS / "index.json"
 MODELS = Path("models")
 BEST_MODEL = MODELS / "best.pt"
 RUN_INFO = MODELS / "run.json"
@@ -31,3 +30,5 @@ RETRAIN_LOCK = Path("reports/retrain.lock")
 SEARCH = Path("reports/search")
 GENOTYPE = SEARCH / "genotype.json"
 SEARCH_HISTORY = SEARCH / "history"
+#: The serving spec evaluate scored with, inside the report directory (register reads it).
+SERVING_SPEC = EVAL_REPORT / "serving.json"

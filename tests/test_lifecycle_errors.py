@@ -17,7 +17,7 @@ from segflow.data.shards import write_shards
 from segflow.errors import SegflowError
 from segflow.evaluate.bootstrap import save_image_counts
 from segflow.evaluate.serving import ServingSpec
-from segflow.postprocess.crf import CRFParams, decide_crf, write_crf_choice
+from segflow.postprocess.crf_params import CRFParams, decide_crf, write_crf_choice
 from tests.project import Project
 from tests.test_registry import write_checkpoint
 from tests.train.conftest import NUM_CLASSES, BandsAdapter

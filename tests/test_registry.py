@@ -26,6 +26,7 @@ from segflow.data.manifest import build_manifest
 from segflow.data.shards import write_shards
 from segflow.errors import SegflowError
 from segflow.evaluate.bootstrap import image_counts, save_image_counts
+from segflow.evaluate.crf_split import crf_over_split_serial
 from segflow.evaluate.predict_split import predict_split
 from segflow.evaluate.serving import ServingSpec, load_predictor
 from segflow.lifecycle.gate import decide
@@ -36,8 +37,8 @@ from segflow.lifecycle.registration import (
     register_model,
     registered_name,
 )
-from segflow.postprocess.crf import CRFParams, crf_over_split_serial
-from segflow.train.loop import TrainState, save_checkpoint
+from segflow.postprocess.crf_params import CRFParams
+from segflow.train.state import TrainState, save_checkpoint
 from tests.train.conftest import BandsAdapter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +106,7 @@ def tracking(store, monkeypatch) -> dict:
 def register(store: dict, dataset: str, miou: float, split_hash: str):
     return register_model(
         store["run_id"], dataset, {"miou": miou, "pa": 0.9}, miou, SERVING, CLASSES,
-        store["checkpoint"], split_hash,
+        store["checkpoint"], split_hash, prefix="segflow",
     )  # fmt: skip
 
 
@@ -134,7 +135,7 @@ def first_champion(version) -> dict:
 
 
 def test_gate_promotes_only_when_the_bootstrap_interval_clears_min_gain(tracking):
-    name = registered_name("gate")
+    name = registered_name("gate", "segflow")
     client = mlflow.MlflowClient()
     scores = {}  # version -> its per-image counts on the (one) test split
 
@@ -198,7 +199,7 @@ def test_registered_version_carries_metrics_serving_spec_and_class_table(trackin
     metrics = {"miou": 0.3, "miou_crf": 0.35, "crf_applied": True}
     version = register_model(
         tracking["run_id"], "tags", metrics, 0.35, serving, CLASSES, tracking["checkpoint"],
-        HASH_A,
+        HASH_A, prefix="segflow",
     )  # fmt: skip
     tags = version.tags
     assert json.loads(tags["serving"]) == json.loads(json.dumps(serving))
@@ -361,5 +362,5 @@ def test_registering_a_run_missing_from_the_store_names_the_run_and_the_store(tr
     with pytest.raises(SegflowError, match="run 0123abcd not found in sqlite"):
         register_model(
             "0123abcd", "missing", {"miou": 0.5}, 0.5, SERVING, CLASSES, tracking["checkpoint"],
-            HASH_A,
+            HASH_A, prefix="segflow",
         )  # fmt: skip

@@ -11,10 +11,11 @@ import pytest
 
 from segflow.data.loader import ShardReader, split_files
 from segflow.errors import SegflowError
+from segflow.evaluate.crf_split import labels_of_file
 from segflow.evaluate.predict_split import predict_split
 from segflow.evaluate.serving import ServingSpec, load_predictor
 from segflow.lifecycle.registration import register_model
-from segflow.postprocess.crf import CRFParams, labels_of_file
+from segflow.postprocess.crf_params import CRFParams
 from segflow.postprocess.probs import prob_path
 from tests.evaluate.test_native_resolution import HALF, half_size_shards
 from tests.test_registry import CLASSES, write_checkpoint
@@ -53,7 +54,7 @@ def test_pyfunc_labels_equal_the_labels_evaluate_scored_multiscale_flip_and_crf(
 
     version = register_model(
         store, "served", {"miou": 0.5, "crf_applied": True}, 0.5, spec.to_dict(), CLASSES,
-        checkpoint, "a" * 64,
+        checkpoint, "a" * 64, prefix="segflow",
     )  # fmt: skip
     uri = f"models:/{version.name}/{version.version}"
     model = mlflow.pyfunc.load_model(uri)
@@ -75,7 +76,15 @@ def test_pyfunc_labels_equal_the_labels_evaluate_scored_multiscale_flip_and_crf(
 def test_a_wrong_array_gets_a_short_message_saying_what_is_expected(tmp_path, store):
     checkpoint = write_checkpoint(tmp_path / "best.pt")
     version = register_model(
-        store, "wrong", {"miou": 0.5}, 0.5, ServingSpec().to_dict(), CLASSES, checkpoint, "a" * 64
+        store,
+        "wrong",
+        {"miou": 0.5},
+        0.5,
+        ServingSpec().to_dict(),
+        CLASSES,
+        checkpoint,
+        "a" * 64,
+        prefix="segflow",
     )
     model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
     big = np.full((300, 400), 0.25, np.float32)  # a grey image as floats, no channel axis

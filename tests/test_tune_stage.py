@@ -10,12 +10,9 @@ import yaml
 
 from segflow.config import Params
 from segflow.errors import SegflowError
-from segflow.tune.train_search import (
-    apply_trial,
-    sweep_result,
-    train_sweep,
-    write_best_params,
-)
+from segflow.stages.tune import log_sweep
+from segflow.tune.best_params import sweep_result, write_best_params
+from segflow.tune.train_search import apply_trial, train_sweep
 from tests.project import make_project
 from tests.train.conftest import make_shards, tiny_params
 
@@ -76,7 +73,8 @@ def test_sweep_finds_the_best_trial_writes_it_and_logs_nested_mlflow_runs(
     shards = make_shards(tmp_path / "data", train=4, val=2)
     params = _sweep_params(tmp_path)
 
-    result = train_sweep(params, shards, tmp_path / "ray_results", num_cpus=2, root=tmp_path)
+    result = train_sweep(params, shards, tmp_path / "ray_results", num_cpus=2)
+    result.parent_run_id = log_sweep(params, result, root=tmp_path)
 
     assert len(result.trials) == 3
     assert all(1 <= row["epochs"] <= 2 for row in result.trials)

@@ -391,14 +391,22 @@ def make_dataloader(
             world_size=world_size,
             batch_size=batch_size,
         )
+    return batches_of(dataset, batch_size, params.num_workers, drop_last=train)
+
+
+def batches_of(
+    dataset: ShardDataset, batch_size: int, num_workers: int, drop_last: bool
+) -> DataLoader:
+    """The DataLoader over any :class:`ShardDataset` (a split, or a subset of one), with the
+    worker set-up every segflow loader needs (see :func:`make_dataloader`)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        num_workers=params.num_workers,
-        drop_last=train,
+        num_workers=num_workers,
+        drop_last=drop_last,
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=_init_worker,
-        multiprocessing_context=_worker_context() if params.num_workers > 0 else None,
+        multiprocessing_context=_worker_context() if num_workers > 0 else None,
     )
 
 

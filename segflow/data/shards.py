@@ -112,9 +112,22 @@ def content_hash(file_hashes: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(sorted(file_hashes)).encode()).hexdigest()
 
 
-def read_index(out_dir: Path) -> dict:
+def shard_index_path(out_dir: str | Path) -> Path:
+    """Where the shards' index lives (for messages; read it with :func:`read_index`)."""
+    return Path(out_dir) / INDEX_NAME
+
+
+def read_index(out_dir: str | Path) -> dict:
     """Load ``<out_dir>/index.json``; a missing one means the shard stage has not run."""
-    return read_json(Path(out_dir) / INDEX_NAME, "run the shard stage (dvc repro shard)")
+    return read_json(shard_index_path(out_dir), "run the shard stage (dvc repro shard)")
+
+
+def split_hash(index: dict, split: str) -> str:
+    """Content hash of one split's shard files (the gate's notion of "the same test set")."""
+    splits = index.get("splits", {})
+    if split not in splits:
+        raise SegflowError(f"shard index: no split {split!r} (have {sorted(splits)})")
+    return content_hash(f["sha256"] for f in splits[split]["files"])
 
 
 def verify_shards(out_dir: Path, full_hash: bool = False) -> dict:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-IGNORE_INDEX = 255
+from segflow.data.datasets.base import IGNORE_INDEX
 
 
 class ConfusionMatrix:

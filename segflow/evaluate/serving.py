@@ -32,7 +32,8 @@ from segflow.config import EvaluateParams, LoaderParams, Params
 from segflow.data.shards import resize_image
 from segflow.errors import SegflowError
 from segflow.evaluate.inference import normalize, predict
-from segflow.postprocess.crf import CRFParams, dense_crf
+from segflow.postprocess.crf import dense_crf
+from segflow.postprocess.crf_params import CRFParams
 from segflow.postprocess.probs import dequantize, quantize
 
 

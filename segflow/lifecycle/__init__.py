@@ -5,9 +5,9 @@
 - :mod:`.pyfunc_model`: the registered model's code (logged as a file, "models from code").
 - :mod:`.gate`: the promotion gate: the champion re-scored on the same test images, the paired
   bootstrap, the decision.
-- :mod:`.register`: the register stage's work, calling the two above.
 - :mod:`.retrain` and :mod:`.schedule`: the scheduled retraining flow and its schedulers.
 
-Calls go one way: register -> gate -> evaluate/models; register -> registration. Nothing here is
-called back from below.
+The register stage (:mod:`segflow.stages.register`) calls the gate and the registry. Calls go
+one way: gate -> registration, evaluate, models; retrain -> registration (and DVC, which runs
+the stages in their own processes). Nothing here imports a stage.
 """

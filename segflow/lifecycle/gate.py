@@ -36,9 +36,9 @@ def score_version(version, params: Params, shard_dir: str | Path) -> tuple[list[
     """(sample ids, per-image counts N x 3 x C) of registered ``version`` on the test split,
     through the version's own serving spec (counts after its CRF when it applies one)."""
     from segflow.data.shards import read_index
+    from segflow.evaluate.crf_split import crf_over_split
     from segflow.evaluate.predict_split import predict_split
     from segflow.evaluate.serving import ServingSpec, load_predictor
-    from segflow.postprocess.crf import crf_over_split
 
     num_classes = int(read_index(Path(shard_dir))["num_classes"])
     with tempfile.TemporaryDirectory(prefix="segflow-champion-") as tmp:

@@ -29,7 +29,8 @@ TEST_MIOU, TEST_SPLIT_HASH, DATA_HASH = "test_miou", "test_split_hash", "data_ha
 CHECKPOINT, SERVING, CLASSES = "checkpoint", "serving", "classes"
 
 
-def registered_name(dataset: str, prefix: str = "segflow") -> str:
+def registered_name(dataset: str, prefix: str) -> str:
+    """``<register.model_name_prefix>-<dataset>``: the registry name of a dataset's models."""
     return f"{prefix}-{dataset}"
 
 
@@ -123,7 +124,8 @@ def register_model(
     classes: list[dict],
     model_path: str | Path,
     test_split_hash: str,
-    prefix: str = "segflow",
+    *,
+    prefix: str,
     data_hash: str = "unknown",
 ):
     """Log the served model to training run ``run_id``, register it, alias it ``challenger``.
@@ -187,16 +189,6 @@ def aliases(name: str, version: str | int) -> list[str]:
     import mlflow
 
     return sorted(mlflow.MlflowClient().get_model_version(name, str(version)).aliases)
-
-
-def split_hash(index: dict, split: str) -> str:
-    """Content hash of one split's shard files (the gate's notion of "the same test set")."""
-    from segflow.data.shards import content_hash
-
-    splits = index.get("splits", {})
-    if split not in splits:
-        raise SegflowError(f"shard index: no split {split!r} (have {sorted(splits)})")
-    return content_hash(f["sha256"] for f in splits[split]["files"])
 
 
 def download_version(version, dst: str | Path) -> dict[str, Path]:

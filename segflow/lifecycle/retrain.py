@@ -36,9 +36,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from segflow.config import Params, load_params
+from segflow.data.shards import read_index
 from segflow.errors import SegflowError
 from segflow.io import read_json
-from segflow.paths import PARAMS, REGISTRY_RECORD, RETRAIN_LOCK, RETRAIN_LOG, SHARD_INDEX
+from segflow.logs import console, print_error
+from segflow.paths import PARAMS, REGISTRY_RECORD, RETRAIN_LOCK, RETRAIN_LOG, SHARDS
 
 EXIT_OK, EXIT_FAILED, EXIT_LOCKED = 0, 1, 75
 NO_NEW_DATA, FAILED = "no_new_data", "failed"
@@ -193,7 +195,7 @@ def retrain(params: Params) -> dict:
     try:
         ran += stages_run(update_data(params))
         ran += stages_run(dvc("repro", DATA_TARGET))
-        index = read_json(SHARD_INDEX, "the shard stage did not write it")
+        index = read_index(SHARDS)
         data_hash = str(index["content_hash"])
         name = registered_name(str(index.get("dataset", params.dataset.name)),
                                params.register.model_name_prefix)  # fmt: skip
@@ -257,8 +259,6 @@ def tag_mlflow(record: dict, experiment: str) -> str:
 
 def run_retrain(params_path: str | Path = PARAMS) -> int:
     """The whole flow under the lock; prints the decision; returns the exit code."""
-    from segflow.stage import console
-
     try:
         with retrain_lock(RETRAIN_LOCK):
             params = load_params(params_path)
@@ -270,14 +270,14 @@ def run_retrain(params_path: str | Path = PARAMS) -> int:
                 record["mlflow_error"] = f"{type(exc).__name__}: {exc}"
             append_record(record)
     except RetrainLocked as exc:
-        console.print(f"[bold red]error:[/] {exc}", markup=True)
+        print_error(str(exc))
         return EXIT_LOCKED
     except SegflowError as exc:  # params that do not load: nothing ran, nothing to record
-        console.print(f"[bold red]error:[/] {exc}", markup=True)
+        print_error(str(exc))
         return EXIT_FAILED
     summary = f"retrain: {record['decision']}: {record['reason']} -> {RETRAIN_LOG}"
     if record["decision"] == FAILED:
-        console.print(f"[bold red]error:[/] {summary}", markup=True)
+        print_error(summary)
         return EXIT_FAILED
     console.print(summary)
     return EXIT_OK

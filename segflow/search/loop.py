@@ -22,7 +22,8 @@ back-propagate through the same network with different optimizers; one explicit 
 step is simpler than DDP's bucket hooks firing on both passes.
 
 ``search_epochs`` is called as-is by :func:`segflow.search.run.search_local` and by each Ray
-worker; after each epoch ``on_epoch(state, record)`` persists the state.
+worker; after each epoch ``on_epoch(state, record)`` persists the state. The gradient average
+and the other collectives are :mod:`segflow.train.collectives`', shared with training.
 """
 
 from __future__ import annotations
@@ -34,18 +35,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR
 from torch.utils.data import DataLoader
 
 from segflow.config import Params
-from segflow.data.loader import ShardDataset, _init_worker, _worker_context
+from segflow.data.loader import ShardDataset, batches_of
 from segflow.data.shards import read_index
 from segflow.data.transforms import train_transform
 from segflow.errors import SegflowError
 from segflow.search.decode import decode
 from segflow.search.supernet import Supernet
+from segflow.train.collectives import average_gradients, max_divergence_from_rank0, mean_over_ranks
 from segflow.train.loop import device_batch, seed_everything
 from segflow.train.losses import SegmentationLoss
 
@@ -97,32 +98,7 @@ def half_loader(
             f"params.yaml: search.batch_size: {sp.batch_size} is more than the {len(dataset)} "
             f"samples each of the {world_size} worker(s) gets from half of the train split"
         )
-    return DataLoader(
-        dataset,
-        batch_size=sp.batch_size,
-        num_workers=lp.num_workers,
-        drop_last=True,
-        worker_init_fn=_init_worker,
-        multiprocessing_context=_worker_context() if lp.num_workers > 0 else None,
-    )
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def average_gradients(parameters: list[torch.nn.Parameter]) -> None:
-    """Mean of each gradient over the ranks (one flat all-reduce); no-op on one process."""
-    if not _distributed():
-        return
-    grads = [p.grad for p in parameters if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+    return batches_of(dataset, sp.batch_size, lp.num_workers, drop_last=True)
 
 
 @dataclass
@@ -258,13 +234,14 @@ def search_epochs(
         state.epoch = epoch + 1
         record = {
             "epoch": state.epoch,
-            "weight_loss": _mean_over_ranks(weight_loss / max(steps, 1), device),
-            "arch_loss": _mean_over_ranks(arch_loss / max(steps, 1), device),
+            "weight_loss": mean_over_ranks(weight_loss / max(steps, 1), steps, device),
+            "arch_loss": mean_over_ranks(arch_loss / max(steps, 1), steps, device),
             "lr": state.weight_optimizer.param_groups[0]["lr"],
             "arch_updates": float(update_arch),
             "epoch_seconds": time.perf_counter() - start,
             "path": list(genotype.path),
-            "arch_rank_divergence": arch_rank_divergence(arch),
+            # 0.0 unless the gradient averaging is broken: every rank holds the same alpha, beta
+            "arch_rank_divergence": max_divergence_from_rank0(arch),
         }
         state.history.append(record)
         state.arch_history.append(arch_snapshot(model))
@@ -277,24 +254,3 @@ def search_epochs(
             )
         on_epoch(state, record)
     return state
-
-
-def arch_rank_divergence(arch: list[torch.nn.Parameter]) -> float:
-    """Largest |alpha, beta on any rank - on rank 0|: 0.0 when the ranks agree (always, unless
-    the gradient averaging is broken); 0.0 on one process."""
-    if not _distributed():
-        return 0.0
-    mine = torch.cat([a.detach().reshape(-1) for a in arch])
-    ref = mine.clone()
-    dist.broadcast(ref, src=0)
-    diff = (mine - ref).abs().max().reshape(1)
-    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
-    return float(diff)
-
-
-def _mean_over_ranks(value: float, device: torch.device) -> float:
-    if not _distributed():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t[0]) / dist.get_world_size()

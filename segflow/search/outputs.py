@@ -1,4 +1,4 @@
-"""The search stage's reports: the genotype, alpha and beta per epoch (CSV + heat maps), MLflow.
+"""The search stage's reports: the genotype, alpha and beta per epoch (CSV + heat maps).
 
 ``reports/search/genotype.json`` is what train reads. ``reports/search/history/`` holds:
 
@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segflow.config import Params
 from segflow.io import atomic_dir, write_json
-from segflow.models.genotype import OPS, PAPER_GENOTYPE, STRIDES, Genotype, load_genotype
+from segflow.models.genotype import OPS, PAPER_GENOTYPE, STRIDES, Genotype
 from segflow.search.decode import (
     LEVELS,
     blocks_of_edges,
@@ -156,51 +155,8 @@ def write_outputs(
     write_json(genotype_path, genotype.to_json())
 
 
-def log_search_run(
-    params: Params, index: dict, outcome_history: list[dict], genotype_path: Path, history_dir: Path
-) -> str:
-    """One MLflow run: flattened params, both losses per epoch, the genotype and the plots."""
-    import mlflow
-
-    from segflow import tracking
-
-    experiment_id = tracking.setup(params.search.experiment)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=params.search.run_name) as run:
-        mlflow.log_params(
-            tracking.flatten({"seed": params.seed, "search": params.search.model_dump(mode="json")})
-        )
-        mlflow.set_tags(
-            {
-                "git_commit": tracking.git_commit(),
-                "shards_content_hash": index.get("content_hash", "unknown"),
-                "dataset": index.get("dataset", "unknown"),
-                "stage": "search",
-                "genotype.path": "-".join(map(str, outcome_history[-1]["path"])),
-            }
-        )
-        tracking.log_history(outcome_history)
-        mlflow.log_artifact(str(genotype_path))
-        mlflow.log_artifacts(str(history_dir), artifact_path="history")
-        return run.info.run_id
-
-
 def disabled_outputs(genotype_path: Path, history_dir: Path) -> None:
     """Search off: the paper's genotype and a header-only curve, so train's deps exist."""
     with atomic_dir(history_dir) as tmp:
         _write_csv(tmp / "search_curve.csv", list(CURVE_COLUMNS), [])
     write_json(genotype_path, PAPER_GENOTYPE.to_json())
-
-
-def with_searched_genotype(params: Params, genotype_path: Path) -> Params:
-    """``params`` whose autodeeplab trains the searched genotype, when search is on.
-
-    Only for ``train.model: autodeeplab`` with ``search.enabled`` and no genotype of the
-    user's own in ``train.model_options``. The genotype goes into the options inline, not as
-    a path, so the checkpoint (and the registered model) rebuilds the network it was trained
-    as even after a later search rewrites the file.
-    """
-    p = params.train
-    if p.model != "autodeeplab" or not params.search.enabled or "genotype" in p.model_options:
-        return params
-    options = {**p.model_options, "genotype": load_genotype(genotype_path).to_json()}
-    return params.model_copy(update={"train": p.model_copy(update={"model_options": options})})

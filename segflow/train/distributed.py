@@ -1,75 +1,63 @@
-"""Ray Train wiring: the core loop of loop.py on N workers with DDP, checkpoints and restarts.
+"""The one Ray Train launcher: a per-worker function on N workers with DDP, checkpoints, restarts.
 
-Ray is a thin shell here. Each worker runs :func:`segflow.train.loop.train_epochs` unchanged;
-Ray Train has already set up torch.distributed (gloo on CPU, NCCL on GPU), so the loop wraps the
-model in DDP and each rank reads its own part of the shards through the rank-split
-``ShardDataset``. After every epoch the workers call ``ray.train.report`` with the epoch's
-metrics and rank 0 attaches a checkpoint (model, optimizer, LR schedule, epoch, best mIoU and
-history). ``CheckpointConfig`` keeps the best by val mIoU and Ray always keeps the latest;
-``FailureConfig`` restarts a crashed worker group from that latest checkpoint, and rerunning
-with the same ``run_name`` + ``storage_path`` resumes a stopped run the same way.
+Training (:mod:`segflow.train.run`) and the architecture search (:mod:`segflow.search.run`) both
+run their plain-PyTorch core loop through it. Ray is a thin shell:
 
-Everything that can be checked before a worker starts is checked in :func:`preflight`, so a bad
-model name, too few samples or too small a cluster is one SegflowError, not a worker traceback.
+* driver side, :func:`launch` builds the ``TorchTrainer`` from a :class:`RayRunParams` section
+  (workers, CPUs/GPUs per worker, ``storage_path``, ``run_name``, ``max_failures``), runs it,
+  and turns a failure into one exception naming the run;
+* worker side, :func:`worker_context` gives the rank, world size and device (Ray Train has set
+  up torch.distributed: gloo on CPU, NCCL on GPU), :func:`resume_payload` the checkpoint to
+  continue from, and :func:`report_epoch` reports an epoch, rank 0 attaching the checkpoint.
+
+``CheckpointConfig`` keeps one checkpoint (the best by ``score`` when given; Ray always keeps
+the latest too); ``FailureConfig`` restarts a crashed worker group from the latest one, and
+rerunning with the same ``run_name`` + ``storage_path`` resumes a stopped run the same way.
+Checkpoints are plain tensors and containers, saved with ``torch.save`` and read back with
+``weights_only=True`` (:func:`segflow.models.checkpoint.read_checkpoint`): a file planted in the
+storage cannot run code. The local launcher's directory (no Ray) is :func:`local_run_dir`.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from segflow.config import Params
-from segflow.data.shards import read_index
+from segflow.config import Params, RayRunParams
 from segflow.errors import SegflowError
-from segflow.io import atomic_path
 from segflow.logs import is_verbose, quiet_ray_train_worker
+from segflow.models.checkpoint import read_checkpoint
 from segflow.raycluster import connect_ray
-from segflow.train import loop
-
-CHECKPOINT_FILE = "checkpoint.pt"
-SCORE = "val_miou"
-#: Test hook (real code path): rank 0 exits hard after reporting this epoch, once per attempt
-#: that reaches it, to exercise FailureConfig recovery.
-FAIL_AFTER_EPOCH_ENV = "SEGFLOW_FAIL_AFTER_EPOCH"
 
 Echo = Callable[[str], None]
 
 
-@dataclass
-class TrainOutcome:
-    """What a finished training hands to the stage: history, best checkpoint, where it ran."""
+def echo_line(line: str) -> None:
+    """A progress line on stdout, flushed.
 
-    history: list[dict]
-    best_checkpoint: Path  # a local copy of the best epoch's checkpoint file
-    run_name: str
-    run_path: str
-    node_ids: list[str] = field(default_factory=list)
-    #: Epochs already done when the final attempt started: 0 for a run that never restarted,
-    #: k after a worker crash (FailureConfig) or a resumed named run.
-    resumed_from: int = 0
-
-
-def _echo(line: str) -> None:
-    # Not print(): Ray Train patches print in its workers to log *and* tee each line, which
-    # shows every progress line twice in the driver's log.
+    Not print(): Ray Train patches print in its workers to log *and* tee each line, which
+    shows every progress line twice in the driver's log.
+    """
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
 
-def default_run_name(section: str = "train") -> str:
+# -- names and places --------------------------------------------------------------------------
+
+
+def default_run_name(section: str) -> str:
     return time.strftime(f"{section}-%Y%m%d-%H%M%S")
 
 
-def with_run_name(params: Params, section: str = "train") -> Params:
+def with_run_name(params: Params, section: str) -> Params:
     """``params`` with ``<section>.run_name`` set (a fresh time-stamped name when it is null).
 
     ``section`` is a params section with a Ray run: ``train`` or ``search``.
@@ -88,35 +76,42 @@ def resolve_storage(storage_path: str) -> str:
     return str(Path(storage_path).expanduser().resolve())
 
 
-def preflight(params: Params, shard_dir: Path) -> dict:
-    """Check what would otherwise fail inside every worker; returns the shard index."""
-    p = params.train
-    index = read_index(shard_dir)
-    splits = index.get("splits", {})
-    for split in ("train", "val"):
-        if not splits.get(split, {}).get("num_samples"):
-            raise SegflowError(f"{Path(shard_dir) / 'index.json'}: split {split!r} has no samples")
-    per_rank = math.ceil(splits["train"]["num_samples"] / p.num_workers)
-    if per_rank < p.batch_size:
+def local_run_dir(p: RayRunParams, section: str, run_name: str) -> Path:
+    """The run directory of the local launcher: ``<storage_path>/<run_name>`` on this disk."""
+    if "://" in p.storage_path:
         raise SegflowError(
-            f"params.yaml: train.batch_size: {p.batch_size} is more than the "
-            f"{per_rank} training samples each of the {p.num_workers} workers gets"
+            f"params.yaml: {section}.storage_path: {p.storage_path!r}: the local launcher "
+            f"({section}.launcher: local) needs a local directory"
+        )
+    return Path(resolve_storage(p.storage_path)) / run_name
+
+
+# -- what can be checked before any worker starts ----------------------------------------------
+
+
+def check_workers(
+    p: RayRunParams, section: str, num_samples: int, batch_size: int, source: str
+) -> None:
+    """Each of the ``section.num_workers`` workers must get a full batch of the ``num_samples``
+    it shares (``source`` says which samples), and a local GPU run needs a GPU here.
+
+    The part of a stage's preflight that train and search share: both would otherwise fail
+    inside every worker, after Ray has started.
+    """
+    per_rank = math.ceil(num_samples / p.num_workers)
+    if per_rank < batch_size:
+        raise SegflowError(
+            f"params.yaml: {section}.batch_size: {batch_size} is more than the {per_rank} "
+            f"samples each of the {p.num_workers} worker(s) gets from {source}"
         )
     if p.use_gpu and p.launcher == "local" and not torch.cuda.is_available():
-        raise SegflowError("params.yaml: train.use_gpu: true but this machine has no CUDA GPU")
-    loop.build_model(p, int(index["num_classes"]))  # unknown model/option: SegflowError here
-    return index
+        raise SegflowError(f"params.yaml: {section}.use_gpu: true but this machine has no CUDA GPU")
 
 
-def check_cluster(params: Params, section: str = "train") -> None:
-    """More workers than the cluster can place would wait forever: fail now, naming the field.
-
-    ``section`` (``train`` or ``search``) names the workers' params: num_workers,
-    cpus_per_worker, use_gpu, gpus_per_worker.
-    """
+def check_cluster(p: RayRunParams, section: str) -> None:
+    """More workers than the cluster can place would wait forever: fail now, naming the field."""
     import ray
 
-    p = getattr(params, section)
     have = ray.cluster_resources()
     for kind, per_worker, used in (
         ("CPU", p.cpus_per_worker, True),
@@ -131,98 +126,124 @@ def check_cluster(params: Params, section: str = "train") -> None:
             )
 
 
-def train_func(config: dict) -> dict:
-    """The per-worker entry point of TorchTrainer: plain PyTorch around ``train_epochs``."""
+# -- worker side -------------------------------------------------------------------------------
+
+
+def worker_context(config: dict, threads: int) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this Ray Train worker, with its torch thread count set.
+
+    Quiets Ray Train's per-report log line unless the driver was verbose (a worker on another
+    node has not got the driver's environment, so :func:`launch` passes the flag in ``config``).
+    """
     import ray.train
     import ray.train.torch
-    import torch.distributed as dist
 
     if not config.get("verbose"):
         quiet_ray_train_worker()
-    params = Params.model_validate(config["params"])
-    shard_dir = Path(config["shard_dir"])
-    torch.set_num_threads(params.train.cpus_per_worker)
+    torch.set_num_threads(threads)
     ctx = ray.train.get_context()
-    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL and the DDP bucket allocations use the current one
-    node_id = ray.get_runtime_context().get_node_id()
-    node_ids = [node_id]
-    if dist.is_available() and dist.is_initialized():
-        node_ids = [None] * world_size
-        dist.all_gather_object(node_ids, node_id)
+    return ctx.get_world_rank(), ctx.get_world_size(), device
 
-    resume = None
+
+def resume_payload(filename: str) -> dict | None:
+    """The checkpoint this worker (re)starts from: Ray's latest, after a crash or for a named
+    run being resumed; None for a fresh run."""
+    import ray.train
+
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return read_checkpoint(Path(d) / filename)
+
+
+def report_epoch(metrics: dict, epoch: int, payload: dict | None, filename: str) -> None:
+    """Report one epoch's metrics; with ``payload`` (rank 0 only) attach it as the checkpoint
+    ``epoch-NNNN/<filename>``. Every rank must call this once per epoch."""
+    import ray.train
+
+    if payload is None:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        torch.save(payload, Path(d) / filename)
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(d),
+            checkpoint_dir_name=f"epoch-{epoch:04d}",
+        )
+
+
+# -- driver side -------------------------------------------------------------------------------
+
+
+@dataclass
+class RayRun:
+    """A finished Ray Train run: where it is, rank 0's return value, its checkpoints."""
+
+    name: str
+    path: str
+    value: dict  # {} when a resumed run had already finished (no epoch ran)
+    best: Any  # ray.train.Checkpoint | None: the best by score (None without a score)
+    latest: Any  # ray.train.Checkpoint | None
+
+    def read(self, checkpoint: Any, filename: str) -> dict:
+        """The payload of one of this run's checkpoints (``weights_only=True``)."""
+        if checkpoint is None:
+            raise RuntimeError(f"run {self.name!r} reported no checkpoint")
         with checkpoint.as_directory() as d:
-            resume = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    extra = loop.checkpoint_extra(params, read_index(shard_dir))
-    fail_after = config.get("fail_after_epoch")
+            return read_checkpoint(Path(d) / filename)
 
-    def on_epoch(state: loop.TrainState, record: dict, is_best: bool) -> None:
-        metrics = {**record, "is_best": is_best}
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as d:
-                loop.save_checkpoint(Path(d) / CHECKPOINT_FILE, state, extra)
-                ray.train.report(
-                    metrics,
-                    checkpoint=ray.train.Checkpoint.from_directory(d),
-                    checkpoint_dir_name=f"epoch-{state.epoch:04d}",
-                )
-        else:
-            ray.train.report(metrics)
-        if fail_after is not None and state.epoch == fail_after and rank == 0:
-            # Give the controller time to collect the report (it polls every health-check
-            # interval), so the crash lands after a checkpoint Ray knows about.
-            interval = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0"))
-            time.sleep(2.5 * interval)
-            _echo(f"train: {FAIL_AFTER_EPOCH_ENV}={fail_after}: rank 0 exits now")
-            os._exit(1)
+    def copy(self, checkpoint: Any, filename: str, dst: Path) -> Path:
+        """Copy one checkpoint's file to ``dst`` (atomically); returns ``dst``."""
+        import shutil
 
-    if rank == 0 and world_size > 1:
-        _echo(f"train: {world_size} workers on {len(set(node_ids))} node(s)")
-    state = loop.train_epochs(
-        params,
-        shard_dir,
-        device,
-        on_epoch,
-        rank=rank,
-        world_size=world_size,
-        resume=resume,
-        echo=_echo,
-    )
-    resumed_from = int(resume["epoch"]) if resume is not None else 0
-    return {"history": state.history, "node_ids": node_ids, "resumed_from": resumed_from}
+        from segflow.io import atomic_path
+
+        if checkpoint is None:
+            raise RuntimeError(f"run {self.name!r} reported no checkpoint")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with checkpoint.as_directory() as d, atomic_path(dst) as tmp:
+            shutil.copyfile(Path(d) / filename, tmp)
+        return dst
 
 
-def train_distributed(
-    params: Params, shard_dir: str | Path, work_dir: str | Path, echo: Echo = _echo
-) -> TrainOutcome:
-    """Run ``train_func`` under TorchTrainer; the best checkpoint is copied into ``work_dir``."""
+def launch(
+    worker: Callable[[dict], dict],
+    config: dict,
+    p: RayRunParams,
+    section: str,
+    run_name: str,
+    *,
+    score: str | None = None,
+    echo: Echo = echo_line,
+) -> RayRun:
+    """Run ``worker(config)`` on ``p.num_workers`` Ray Train workers; the run named
+    ``run_name`` under ``p.storage_path`` is resumed from its latest checkpoint if it exists.
+
+    ``score`` is the reported metric the kept checkpoint is chosen by (higher is better).
+    A failed run raises RuntimeError naming it (after ``max_failures`` restarts).
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    p = params.train
-    shard_dir = Path(shard_dir).resolve()
-    preflight(params, shard_dir)
     connect_ray()
-    check_cluster(params)
-    run_name = p.run_name or default_run_name()
+    check_cluster(p, section)
     storage = resolve_storage(p.storage_path)
     resources = {"CPU": p.cpus_per_worker}
     if p.use_gpu:
         resources["GPU"] = p.gpus_per_worker
-    fail_after = os.environ.get(FAIL_AFTER_EPOCH_ENV)
+    keep = ray.train.CheckpointConfig(num_to_keep=1)
+    if score is not None:
+        keep = ray.train.CheckpointConfig(
+            num_to_keep=1, checkpoint_score_attribute=score, checkpoint_score_order="max"
+        )
     trainer = TorchTrainer(
-        train_func,
-        train_loop_config={
-            "params": params.model_dump(mode="json"),
-            "shard_dir": str(shard_dir),
-            "fail_after_epoch": int(fail_after) if fail_after else None,
-            "verbose": is_verbose(),  # a worker on another node has not got our environment
-        },
+        worker,
+        train_loop_config={**config, "verbose": is_verbose()},
         scaling_config=ray.train.ScalingConfig(
             num_workers=p.num_workers, use_gpu=p.use_gpu, resources_per_worker=resources
         ),
@@ -230,68 +251,17 @@ def train_distributed(
             name=run_name,
             storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=p.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=SCORE, checkpoint_score_order="max"
-            ),
+            checkpoint_config=keep,
             # Ray Train's per-report INFO lines would drown the progress lines in a CI log.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
-    echo(f"train: ray run {run_name!r} in {storage}: {p.num_workers} worker(s), {resources}")
+    echo(f"{section}: ray run {run_name!r} in {storage}: {p.num_workers} worker(s), {resources}")
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
-        raise RuntimeError(f"training run {run_name!r} failed: {exc}") from exc
+        raise RuntimeError(f"{section} run {run_name!r} failed: {exc}") from exc
     if result.error is not None:
-        raise RuntimeError(f"training run {run_name!r} failed: {result.error}")
-    best = result.get_best_checkpoint(SCORE, "max") or result.checkpoint
-    if best is None:
-        raise RuntimeError(f"training run {run_name!r} reported no checkpoint")
-    work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    local = work_dir / loop.BEST
-    with best.as_directory() as d, atomic_path(local) as tmp:
-        shutil.copyfile(Path(d) / CHECKPOINT_FILE, tmp)
-    value = result.return_value or {}
-    history = value.get("history")
-    if history is None:  # e.g. a resumed run that had already finished: the checkpoint has it
-        with result.checkpoint.as_directory() as d:
-            history = torch.load(Path(d) / CHECKPOINT_FILE, weights_only=True)["history"]
-    return TrainOutcome(
-        history,
-        local,
-        run_name,
-        str(result.path),
-        value.get("node_ids", []),
-        value.get("resumed_from", 0),
-    )
-
-
-def train_local(
-    params: Params, shard_dir: str | Path, work_dir: str | Path, echo: Echo = _echo
-) -> TrainOutcome:
-    """The same training in this process without Ray (``train.launcher: local``)."""
-    preflight(params, Path(shard_dir))
-    run_name = params.train.run_name or default_run_name()
-    storage = params.train.storage_path
-    if "://" in storage:
-        raise SegflowError("params.yaml: train.storage_path: the local launcher needs a local path")
-    run_dir = Path(resolve_storage(storage)) / run_name
-    echo(f"train: local run {run_name!r} in {run_dir}")
-    last = run_dir / loop.LAST
-    resumed_from = torch.load(last, weights_only=True)["epoch"] if last.is_file() else 0
-    state = loop.fit(params, shard_dir, run_dir, echo=echo)
-    work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    local = work_dir / loop.BEST
-    with atomic_path(local) as tmp:
-        shutil.copyfile(run_dir / loop.BEST, tmp)
-    return TrainOutcome(state.history, local, run_name, str(run_dir), [], resumed_from)
-
-
-def train(
-    params: Params, shard_dir: str | Path, work_dir: str | Path, echo: Echo = _echo
-) -> TrainOutcome:
-    """Train with the launcher named in ``train.launcher``."""
-    run = train_distributed if params.train.launcher == "ray" else train_local
-    return run(params, shard_dir, work_dir, echo)
+        raise RuntimeError(f"{section} run {run_name!r} failed: {result.error}")
+    best = result.get_best_checkpoint(score, "max") if score is not None else None
+    return RayRun(run_name, str(result.path), result.return_value or {}, best, result.checkpoint)

@@ -1,8 +1,10 @@
 """The training core: plain PyTorch on one device, no Ray.
 
-Ray Train (distributed.py) calls these same functions inside each worker; on a GPU box without
-Ray, :func:`fit` runs them directly. Everything a run needs comes from ``Params`` and the shard
-index, so a run is reproducible from (git commit, dvc.lock, params.yaml).
+Ray Train (:mod:`.run`, launched by :mod:`.distributed`) calls these same functions inside each
+worker; on a GPU box without Ray, :func:`fit` runs them directly. Everything a run needs comes
+from ``Params`` and the shard index, so a run is reproducible from (git commit, dvc.lock,
+params.yaml). The precision policy is :mod:`.precision`'s, the checkpointed state
+:mod:`.state`'s.
 """
 
 from __future__ import annotations
@@ -13,12 +15,11 @@ import resource
 import shutil
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
@@ -29,10 +30,8 @@ from segflow.data.loader import make_dataloader, normalize_batch
 from segflow.data.shards import read_index
 from segflow.evaluate.metrics import ConfusionMatrix
 from segflow.io import atomic_path, remove_killed_writes
-
-# load_model lives beside the models; re-exported for pipelines/train.py (logs the best model).
 from segflow.models.checkpoint import build_model, default_device, read_checkpoint
-from segflow.models.checkpoint import load_model as load_model
+from segflow.train.collectives import is_distributed, mean_over_ranks
 from segflow.train.ema import ModelEMA
 from segflow.train.losses import (
     SegmentationLoss,
@@ -40,7 +39,17 @@ from segflow.train.losses import (
     frequency_weights,
     median_frequency_weights,
 )
+from segflow.train.precision import autocast_for, grad_scaler
 from segflow.train.schedules import poly_lr
+from segflow.train.state import (
+    BEST,
+    LAST,
+    TrainState,
+    checkpoint_extra,
+    restore_state,
+    save_checkpoint,
+    unwrap,
+)
 from segflow.train.sync_bn import convert_sync_bn
 
 
@@ -127,47 +136,6 @@ def device_batch(
     return x.contiguous(memory_format=memory_format), y
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), from /proc/cpuinfo.
-
-    Without them bf16 autocast on CPU emulates the format and is slower than fp32;
-    ``torch.backends.cpu.get_cpu_capability()`` says only "AVX512", not which extensions.
-    """
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast_dtype(device: torch.device, setting: str | bool) -> torch.dtype | None:
-    """The autocast dtype for ``train.bf16`` on ``device``; None: fp32.
-
-    GPUs without bf16 (before Ampere) get fp16, which needs a :func:`grad_scaler`; on CPU
-    ``auto`` turns bf16 on only where the instructions exist, ``true`` forces it.
-    """
-    if setting is False:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and (setting is True or cpu_has_bf16()):
-        return torch.bfloat16
-    return None
-
-
-def autocast_for(device: torch.device, setting: str | bool):
-    dtype = autocast_dtype(device, setting)
-    return torch.autocast(
-        device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None
-    )
-
-
-def grad_scaler(device: torch.device, setting: str | bool) -> torch.amp.GradScaler:
-    """fp16's loss scaler (small gradients underflow in fp16); a no-op for bf16 and fp32."""
-    enabled = autocast_dtype(device, setting) == torch.float16
-    return torch.amp.GradScaler(device.type, enabled=enabled)
-
-
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable[dict],
@@ -247,66 +215,6 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-@dataclass
-class TrainState:
-    """Everything needed to continue a run exactly where it stopped."""
-
-    model: nn.Module
-    optimizer: Optimizer
-    scheduler: LRScheduler
-    epoch: int = 0  # epochs completed
-    best_miou: float = -1.0
-    history: list[dict] = field(default_factory=list)
-    ema: ModelEMA | None = None  # train.ema_decay > 0: the averaged weights, the model saved
-
-    @property
-    def scored_model(self) -> nn.Module:
-        """What is validated and saved as the model: the EMA when on, else the raw weights."""
-        return self.ema.module if self.ema is not None else unwrap(self.model)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside DDP (checkpoints never hold the ``module.`` prefix)."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def checkpoint_payload(state: TrainState, extra: dict | None = None) -> dict:
-    # With an EMA, "model" is the average (what is scored and served) and "raw_model" the
-    # weights training continues from.
-    raw = {"raw_model": unwrap(state.model).state_dict()} if state.ema is not None else {}
-    return {
-        "model": state.scored_model.state_dict(),
-        **raw,
-        "optimizer": state.optimizer.state_dict(),
-        "scheduler": state.scheduler.state_dict(),
-        "epoch": state.epoch,
-        "best_miou": state.best_miou,
-        "history": state.history,
-        **(extra or {}),
-    }
-
-
-def save_checkpoint(path: str | Path, state: TrainState, extra: dict | None = None) -> None:
-    """Write model, optimizer, schedule, epoch, best metric and history atomically.
-
-    ``extra`` is stored beside them; :func:`fit` and the Ray workers store the train params,
-    class table and shard hash there so that a checkpoint alone rebuilds its model.
-    """
-    payload = checkpoint_payload(state, extra)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def restore_state(state: TrainState, payload: dict) -> None:
-    """Load a :func:`checkpoint_payload` into ``state`` in place."""
-    unwrap(state.model).load_state_dict(payload["model"])
-    state.optimizer.load_state_dict(payload["optimizer"])
-    state.scheduler.load_state_dict(payload["scheduler"])
-    state.epoch = int(payload["epoch"])
-    state.best_miou = float(payload["best_miou"])
-    state.history = list(payload.get("history", []))
-
-
 def make_state(
     params: Params, num_classes: int, iters_per_epoch: int, device: torch.device
 ) -> TrainState:
@@ -317,19 +225,6 @@ def make_state(
     optimizer = build_optimizer(model, p)
     scheduler = poly_lr(optimizer, p.epochs * iters_per_epoch, p.poly_power, p.warmup_iters)
     return TrainState(model, optimizer, scheduler)
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _mean_over_ranks(value: float, count: int, device: torch.device) -> float:
-    """Average of a per-rank mean weighted by the ranks' counts (the epoch's global loss)."""
-    if not _distributed():
-        return value
-    t = torch.tensor([value * count, float(count)], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t[0] / t[1]) if t[1] > 0 else 0.0
 
 
 EpochHook = Callable[[TrainState, dict, bool], None]
@@ -377,9 +272,9 @@ def train_epochs(
     aux_weight = float(getattr(state.model, "aux_weight", 0.0))
     if p.compile:
         state.model.compile()  # in place: parameter names (and checkpoints) stay the same
-    if p.sync_bn and _distributed():
+    if p.sync_bn and is_distributed():
         state.model = convert_sync_bn(state.model)
-    if _distributed():
+    if is_distributed():
         state.model = DistributedDataParallel(
             state.model, device_ids=[device.index] if device.type == "cuda" else None
         )
@@ -407,7 +302,7 @@ def train_epochs(
         # Validate the plain model: DDP's forward would broadcast buffers, a collective that
         # hangs when ranks hold different numbers of validation images.
         val = validate(
-            state.scored_model, val_loader, num_classes, device, p.bf16, _distributed(), norm
+            state.scored_model, val_loader, num_classes, device, p.bf16, is_distributed(), norm
         )
         miou = val["miou"] if val["miou"] == val["miou"] else 0.0  # NaN: nothing to score
         is_best = miou > state.best_miou
@@ -415,7 +310,7 @@ def train_epochs(
         state.best_miou = max(state.best_miou, miou)
         record = {
             "epoch": state.epoch,
-            "train_loss": _mean_over_ranks(stats.loss, stats.images, device),
+            "train_loss": mean_over_ranks(stats.loss, stats.images, device),
             "val_miou": miou,
             "val_pixel_accuracy": val["pixel_accuracy"],
             "val_mean_accuracy": val["mean_accuracy"],
@@ -437,20 +332,6 @@ def train_epochs(
         on_epoch(state, record, is_best)
     state.model = unwrap(state.model)
     return state
-
-
-def checkpoint_extra(params: Params, index: dict) -> dict:
-    """What a checkpoint carries besides the state: enough to rebuild and describe the model."""
-    return {
-        "train_params": params.train.model_dump(mode="json"),
-        "num_classes": int(index["num_classes"]),
-        "classes": index.get("classes", []),
-        "shards_content_hash": index.get("content_hash", ""),
-        "seed": params.seed,
-    }
-
-
-LAST, BEST = "last.pt", "best.pt"
 
 
 def fit(

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-IGNORE_INDEX = 255
+from segflow.data.datasets.base import IGNORE_INDEX
 
 
 def median_frequency_weights(

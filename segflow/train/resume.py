@@ -14,6 +14,10 @@ next ``dvc repro`` starts the stage again, and this module decides what it does:
   resume it any more, and a killed run must not leave 100 MB behind each time.
 
 The facts it needs are tags on the MLflow run (:func:`run_tags`), set when the stage starts.
+Tags are untrusted input (anyone who can write to a shared tracking server can set them), and
+one of them names a directory to resume or delete: a name is used only if it is a run name
+params.yaml could hold (:data:`segflow.config.RUN_NAME_PATTERN`) and its directory, resolved,
+lies inside ``train.storage_path``; anything else is ignored, never deleted.
 """
 
 from __future__ import annotations
@@ -21,13 +25,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from segflow.config import Params
+from segflow.config import RUN_NAME_PATTERN, Params
 from segflow.train.distributed import resolve_storage, with_run_name
-from segflow.train.loop import LAST
+from segflow.train.state import LAST
 
 CHECKOUT_TAG = "segflow.checkout"
 HOST_TAG = "segflow.host"
@@ -104,8 +109,29 @@ def interrupted_runs(experiment_id: str, root: str | Path = ".") -> list:
     return [run for run in runs if not _process_alive(run)]
 
 
+def safe_run_name(name: str | None) -> str | None:
+    """``name`` if it is a valid run name (no separators, no ``..``), else None."""
+    if name and re.fullmatch(RUN_NAME_PATTERN, name):
+        return name
+    return None
+
+
 def run_dir(params: Params, name: str) -> str:
-    return f"{resolve_storage(params.train.storage_path).rstrip('/')}/{name}"
+    """``<storage>/<name>``, for a valid run name whose directory stays inside the storage.
+
+    Raises ValueError otherwise: callers pass only names from :func:`safe_run_name`, and this
+    check keeps a path built from a tag from ever pointing outside the storage root (a local
+    storage's symlinks are resolved before comparing).
+    """
+    if safe_run_name(name) is None:
+        raise ValueError(f"not a run name: {name!r}")
+    storage = resolve_storage(params.train.storage_path).rstrip("/")
+    path = f"{storage}/{name}"
+    if "://" not in storage:
+        root, resolved = Path(storage).resolve(), Path(path).resolve()
+        if resolved.parent != root:
+            raise ValueError(f"run directory {path} resolves outside {root}")
+    return path
 
 
 def has_checkpoint(params: Params, name: str) -> bool:
@@ -126,6 +152,14 @@ def remove_run(params: Params, name: str) -> None:
     fs, path = pafs.FileSystem.from_uri(_as_uri(run_dir(params, name)))
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         fs.delete_dir(path)
+
+
+def _inside_storage(params: Params, name: str) -> bool:
+    try:
+        run_dir(params, name)
+    except ValueError:
+        return False
+    return True
 
 
 def _as_uri(path: str) -> str:
@@ -157,16 +191,21 @@ def plan_run(params: Params, index: dict, experiment_id: str, root: str | Path =
         chosen = next((r for r in orphans if r.data.tags.get(RAY_RUN_TAG) == named), None)
     elif orphans:
         latest = orphans[0]
-        name = latest.data.tags.get(RAY_RUN_TAG, "")
+        name = safe_run_name(latest.data.tags.get(RAY_RUN_TAG))
         why = _mismatch(latest, params, index)
-        if why is None and not (name and has_checkpoint(params, name)):
+        if why is None and name is None:
+            why = f"has no valid run name (tag {RAY_RUN_TAG}); it is not resumed or deleted"
+        if why is None and not _inside_storage(params, name):
+            why = f"names a run directory outside {params.train.storage_path}"
+        if why is None and not has_checkpoint(params, name):
             why = "left no checkpoint"
         if why is None:
             chosen = latest
             train = params.train.model_copy(update={"run_name": name})
             params = params.model_copy(update={"train": train})
         else:
-            note = f"train: starting a fresh run: the interrupted run {name!r} {why}"
+            shown = latest.data.tags.get(RAY_RUN_TAG, "")
+            note = f"train: starting a fresh run: the interrupted run {shown!r} {why}"
     if chosen is not None:
         note = (
             f"train: continuing the interrupted run {params.train.run_name!r} "
@@ -179,8 +218,8 @@ def plan_run(params: Params, index: dict, experiment_id: str, root: str | Path =
             continue
         client.set_terminated(run.info.run_id, "KILLED")
         killed.append(run.info.run_id)
-        name = run.data.tags.get(RAY_RUN_TAG)
-        if name and name != params.train.run_name:
+        name = safe_run_name(run.data.tags.get(RAY_RUN_TAG))
+        if name and name != params.train.run_name and _inside_storage(params, name):
             remove_run(params, name)
     return RunPlan(
         with_run_name(params), chosen.info.run_id if chosen is not None else None, killed, note

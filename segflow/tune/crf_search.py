@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from segflow.errors import SegflowError
-from segflow.postprocess.crf import CRFParams, crf_over_split_serial
+from segflow.evaluate.crf_split import crf_over_split_serial
+from segflow.postprocess.crf_params import CRFParams
 from segflow.postprocess.probs import list_ids
 from segflow.raycluster import connect_ray
 

@@ -25,7 +25,7 @@ def test_inference_options_follow_the_mode_and_sliding_defaults_to_the_training_
 def test_the_serving_spec_round_trips_through_json_with_everything_served():
     params = parse_params({"evaluate": {"mode": "multiscale", "scales": [0.5, 1.0]},
                            "crf": {"prob_dtype": "float16"}})  # fmt: skip
-    from segflow.postprocess.crf import CRFParams
+    from segflow.postprocess.crf_params import CRFParams
 
     spec = ServingSpec.from_params(params, [180, 240], CRFParams(w_bilateral=5.0))
     assert spec.input_size == (180, 240) and spec.prob_dtype == "float16"

@@ -6,6 +6,8 @@ forward pass allocates and fills a 96 MiB temporary, far above any noise of a 1x
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -40,11 +42,26 @@ def test_result_has_positive_time_and_names_its_memory_measure():
     assert result["image_size"] == [32, 48] and result["device"] == "cpu"
 
 
-def test_time_is_per_image_for_a_batch():
-    result = measure_inference(
-        nn.Conv2d(3, 4, 1), (16, 16), "cpu", repeats=2, warmup=0, batch_size=4
-    )
-    assert result["batch_size"] == 4 and result["ms_per_image_median"] > 0
+class FixedTimeModel(nn.Module):
+    """Takes ``ms`` per call whatever the batch size (a sleep: never shorter, under any load)."""
+
+    def __init__(self, ms: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.seconds = ms / 1000
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        return self.conv(x)
+
+
+def test_time_is_per_image_the_call_time_divided_by_the_batch():
+    result = measure_inference(FixedTimeModel(40), (8, 8), "cpu", repeats=3, warmup=0, batch_size=4)
+    assert result["batch_size"] == 4
+    # 40 ms a call, 4 images a call: at least 10 ms an image, and well under the 40 ms a call
+    # takes (an undivided call time would be >= 40).
+    assert 10 <= result["ms_per_image_median"] < 20
+    assert 10 <= result["ms_per_image_min"] <= result["ms_per_image_median"]
 
 
 def test_peak_memory_grows_by_about_the_size_of_a_temporary_buffer():

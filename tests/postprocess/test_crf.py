@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from segflow.errors import SegflowError
-from segflow.postprocess.crf import CRFParams, crf_over_split_serial, dense_crf, refine_labels
+from segflow.evaluate.crf_split import crf_over_split_serial
+from segflow.postprocess.crf import dense_crf, refine_labels
+from segflow.postprocess.crf_params import CRFParams
 from tests.postprocess.scenes import edge_scene, write_scenes
 
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from segflow.errors import SegflowError
-from segflow.evaluate.evaluation import served_miou
+from segflow.evaluate.crf_split import crf_over_split_serial
+from segflow.evaluate.scores import served_miou
 from segflow.evaluate.serving import ServingSpec
-from segflow.postprocess.crf import (
+from segflow.postprocess.crf_params import (
     CRFParams,
-    crf_over_split_serial,
     decide_crf,
     read_crf_choice,
     write_crf_choice,

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from segflow.errors import SegflowError
-from segflow.postprocess.crf import CRFParams, decide_crf, read_crf_choice, write_crf_choice
+from segflow.postprocess.crf_params import CRFParams, decide_crf, read_crf_choice, write_crf_choice
 from segflow.tune.crf_search import default_space, to_param_space
 
 

@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from segflow.postprocess.crf import CRFParams, crf_over_split, crf_over_split_serial
+from segflow.evaluate.crf_split import crf_over_split, crf_over_split_serial
+from segflow.postprocess.crf_params import CRFParams
 from segflow.tune.crf_search import crf_sweep
 from tests.postprocess.scenes import write_scenes
 

@@ -15,7 +15,7 @@ import torch
 from segflow.config import Params
 from segflow.search.loop import split_train
 from segflow.search.outputs import final_genotype, write_outputs
-from segflow.search.run import FAIL_AFTER_EPOCH_ENV, search_distributed, search_local
+from segflow.search.run import search_distributed, search_local
 from segflow.search.supernet import Supernet
 from tests.project import REPO
 from tests.train.conftest import make_shards
@@ -83,16 +83,20 @@ def test_alpha_and_beta_change_only_after_the_warm_up(shards, tmp_path):
 
 
 def _run_search_process(storage: Path, shards: Path, fail_after: int | None):
+    fault = (
+        "import segflow.search.run as r; from tests.faults import crash_after_epoch; "
+        f"r.search_epochs = crash_after_epoch(r.search_epochs, {fail_after}); "
+        if fail_after is not None
+        else ""
+    )
     code = (
         "import sys; from pathlib import Path; "
         "from segflow.config import Params; from segflow.search.run import search_local; "
-        f"p = Params.model_validate({_params(storage).model_dump(mode='json')!r}); "
+        + fault
+        + f"p = Params.model_validate({_params(storage).model_dump(mode='json')!r}); "
         f"search_local(p, Path({str(shards)!r}))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop(FAIL_AFTER_EPOCH_ENV, None)
-    if fail_after is not None:
-        env[FAIL_AFTER_EPOCH_ENV] = str(fail_after)
     return subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
     )
@@ -103,11 +107,11 @@ def test_a_killed_search_resumes_to_the_genotype_of_an_uninterrupted_one(shards,
     whole = search_local(_params(tmp_path / "whole"), shards, echo=lambda line: None)
     killed = _run_search_process(tmp_path / "killed", shards, fail_after=2)
     assert killed.returncode == 1, killed.stderr
-    assert "exiting now" in killed.stdout and "epoch 3/3" not in killed.stdout
+    assert "fault: exiting after epoch 2" in killed.stdout and "epoch 3/3" not in killed.stdout
     resumed = _run_search_process(tmp_path / "killed", shards, fail_after=None)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after epoch 2" in resumed.stdout
-    payload = torch.load(tmp_path / "killed" / "run" / "last.pt", weights_only=False)
+    payload = torch.load(tmp_path / "killed" / "run" / "last.pt", weights_only=True)
     assert payload["epoch"] == 3
     np.testing.assert_array_equal(
         payload["arch_history"][-1]["alpha"], whole.arch_history[-1]["alpha"]

@@ -64,7 +64,7 @@ def test_dvc_repro_searches_then_trains_the_found_network(tmp_path):
     history = project.root / "reports/search/history"
     assert (history / "search_curve.csv").read_text().count("\n") == 3
     assert (history / "beta_epoch_002.png").is_file()
-    checkpoint = torch.load(project.root / "models/best.pt", weights_only=False)
+    checkpoint = torch.load(project.root / "models/best.pt", weights_only=True)
     assert checkpoint["train_params"]["model_options"]["genotype"] == found
 
     again = project.dvc("repro", "train")

@@ -8,16 +8,16 @@ import pytest
 import torch
 
 from segflow.errors import SegflowError
-from segflow.train.distributed import (
-    CHECKPOINT_FILE,
-    FAIL_AFTER_EPOCH_ENV,
-    check_cluster,
-    train_distributed,
-)
-from segflow.train.loop import LAST, fit
+from segflow.train import run
+from segflow.train.distributed import check_cluster
+from segflow.train.loop import fit
+from segflow.train.run import CHECKPOINT_FILE, train_distributed
+from segflow.train.state import LAST
+from tests.faults import crashing_ray_worker, register_by_value
 from tests.train.conftest import tiny_params
 
 pytestmark = pytest.mark.integration
+HEALTH_CHECK_S = 0.5
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -28,7 +28,7 @@ def local_ray(tmp_path_factory):
         "RAY_USAGE_STATS_ENABLED": "0",
         # The controller collects reports every health check; a short interval keeps the
         # crash test's wait (2.5 intervals after the report) short.
-        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(HEALTH_CHECK_S),
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -44,7 +44,7 @@ def local_ray(tmp_path_factory):
 
 
 def model_weights(path) -> dict:
-    return torch.load(path, weights_only=False)["model"]
+    return torch.load(path, weights_only=True)["model"]
 
 
 def assert_same_weights(a: dict, b: dict, atol: float) -> None:
@@ -86,19 +86,22 @@ def test_with_sync_bn_two_workers_of_a_batch_norm_model_step_like_one_process(sh
 def test_a_crashed_worker_resumes_from_the_last_checkpoint_with_its_optimizer_state(
     shards, tmp_path, monkeypatch
 ):
-    monkeypatch.setenv(FAIL_AFTER_EPOCH_ENV, "1")
+    register_by_value()
+    crashing = crashing_ray_worker(
+        run.train_func, "segflow.train.loop", "train_epochs", epoch=1, wait_s=2.5 * HEALTH_CHECK_S
+    )
+    monkeypatch.setattr(run, "train_func", crashing)
     params = tiny_params(tmp_path, epochs=3, max_failures=1, run_name="crash")
     out = train_distributed(params, shards, tmp_path / "work")
 
-    # The hook kills rank 0 after every epoch-1 report: a restart from scratch would crash
+    # The fault kills rank 0 after every epoch-1 report: a restart from scratch would crash
     # again and exhaust max_failures. Finishing means the retry started at epoch 2.
     assert [r["epoch"] for r in out.history] == [1, 2, 3]
     assert out.resumed_from == 1
-    run = tmp_path / "ray_results" / "crash"
-    latest = torch.load(run / "epoch-0003" / CHECKPOINT_FILE, weights_only=False)
+    run_dir = tmp_path / "ray_results" / "crash"
+    latest = torch.load(run_dir / "epoch-0003" / CHECKPOINT_FILE, weights_only=True)
     assert latest["epoch"] == 3
     # Same weights as an uninterrupted run: momentum buffers and the LR schedule survived.
-    monkeypatch.delenv(FAIL_AFTER_EPOCH_ENV)
     fit(tiny_params(epochs=3), shards, tmp_path / "straight", "cpu", echo=None)
     assert_same_weights(latest["model"], model_weights(tmp_path / "straight" / LAST), 1e-6)
 
@@ -116,6 +119,6 @@ def test_rerunning_a_finished_named_run_resumes_it_without_training(shards, tmp_
 
 def test_more_workers_than_the_cluster_has_cpus_is_an_error_before_any_worker(shards):
     with pytest.raises(SegflowError, match="train.num_workers x train.cpus_per_worker = 3 x 1"):
-        check_cluster(tiny_params(num_workers=3))
+        check_cluster(tiny_params(num_workers=3).train, "train")
     with pytest.raises(SegflowError, match="GPUs"):
-        check_cluster(tiny_params(use_gpu=True))
+        check_cluster(tiny_params(use_gpu=True).train, "train")

@@ -103,7 +103,7 @@ def two_node_cluster(monkeypatch):
 DRIVER = """
 import json, sys
 from pathlib import Path
-from segflow.train.distributed import train_distributed
+from segflow.train.run import train_distributed
 from tests.train.conftest import tiny_params
 
 tmp, shards = Path(sys.argv[1]), Path(sys.argv[2])

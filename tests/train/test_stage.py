@@ -14,7 +14,7 @@ import mlflow
 import pytest
 import torch
 
-from segflow.train.loop import load_model
+from segflow.models.checkpoint import load_model
 from tests.project import make_project
 
 pytestmark = pytest.mark.integration

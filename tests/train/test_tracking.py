@@ -10,7 +10,8 @@ from segflow import tracking
 from segflow.data.shards import read_index
 from segflow.evaluate.serving import ServingSpec
 from segflow.lifecycle.registration import log_served_model
-from segflow.train.loop import BEST, fit
+from segflow.train.loop import fit
+from segflow.train.state import BEST
 from tests.train.conftest import NUM_CLASSES, SIZE, tiny_params
 
 

@@ -19,18 +19,9 @@ from segflow.data.loader import make_dataloader
 from segflow.data.shards import read_index
 from segflow.models import build
 from segflow.models.aux import without_aux
+from segflow.models.checkpoint import load_model
 from segflow.train.ema import ModelEMA
-from segflow.train.loop import (
-    LAST,
-    autocast_dtype,
-    build_loss,
-    build_optimizer,
-    cpu_has_bf16,
-    fit,
-    grad_scaler,
-    load_model,
-    validate,
-)
+from segflow.train.loop import build_loss, build_optimizer, fit, validate
 from segflow.train.losses import (
     SegmentationLoss,
     focal_loss,
@@ -38,7 +29,9 @@ from segflow.train.losses import (
     lovasz_softmax,
     median_frequency_weights,
 )
+from segflow.train.precision import autocast_dtype, cpu_has_bf16, grad_scaler
 from segflow.train.schedules import poly_lr
+from segflow.train.state import LAST
 from tests.train.conftest import NUM_CLASSES, tiny_params
 
 SMALL_RESNET = {"backbone": "resnet18", "backbone_options": {"width": 16}}
@@ -159,7 +152,7 @@ def test_ema_trails_the_raw_weights_during_training():
 def test_a_run_with_ema_saves_and_scores_the_average(shards, tmp_path):
     params = tiny_params(epochs=2, ema_decay=0.9)
     state = fit(params, shards, tmp_path, "cpu", echo=None)
-    payload = torch.load(tmp_path / LAST, weights_only=False)
+    payload = torch.load(tmp_path / LAST, weights_only=True)
     assert set(payload["model"]) == set(payload["raw_model"])
     assert any(
         not torch.equal(payload["model"][k], payload["raw_model"][k]) for k in payload["model"]
@@ -281,27 +274,43 @@ def test_an_interrupted_run_with_ema_resumes_to_the_same_average_and_raw_weights
     with pytest.raises(Interrupt):
         fit(params, shards, tmp_path / "resumed", "cpu", echo=crash_in_epoch_3)
     fit(params, shards, tmp_path / "resumed", "cpu", echo=None)
-    straight = torch.load(tmp_path / "straight" / LAST, weights_only=False)
-    resumed = torch.load(tmp_path / "resumed" / LAST, weights_only=False)
+    straight = torch.load(tmp_path / "straight" / LAST, weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / LAST, weights_only=True)
     for key in ("model", "raw_model"):
         for name, value in straight[key].items():
             torch.testing.assert_close(resumed[key][name], value, rtol=0, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize(
-    "options",
-    [
-        {"loss": "focal", "class_weights": "sqrt", "class_weight_max": 2.0, "bf16": True},
-        {"loss": "lovasz", "class_weights": "inverse_log", "head_lr_mult": 10.0},
-    ],
-    ids=["focal_sqrt_bf16", "lovasz_inverse_log_head_lr"],
-)
-def test_new_training_options_train_with_a_finite_loss(shards, tmp_path, options):
-    params = tiny_params(epochs=1, **options)
+def test_focal_sqrt_clip_bf16_and_rare_crops_together_reach_the_loss_and_the_step(shards, tmp_path):
+    params = tiny_params(
+        epochs=1, loss="focal", class_weights="sqrt", class_weight_max=2.0, bf16=True
+    )
     params = params.model_copy(
         update={"loader": params.loader.model_copy(update={"rare_class_crop": 0.5})}
     )
+    loss_fn = build_loss(params.train, read_index(shards))
+    assert loss_fn.kind == "focal" and float(loss_fn.weight.max()) <= 2.0
+    info = read_index(shards)["splits"]["train"]
+    torch.testing.assert_close(loss_fn.weight, frequency_weights(info["class_pixels"], "sqrt", 2.0))
+    assert autocast_dtype(torch.device("cpu"), params.train.bf16) == torch.bfloat16
     state = fit(params, shards, tmp_path, "cpu", echo=None)
+    assert math.isfinite(state.history[0]["train_loss"])
+
+
+def test_lovasz_with_inverse_log_weights_and_a_head_lr_trains_the_heads_ten_times_faster(
+    shards, tmp_path
+):
+    params = tiny_params(
+        epochs=1, model="deeplabv3plus", backbone="resnet18", output_stride=16,
+        model_options={"aspp_channels": 8}, loss="lovasz", class_weights="inverse_log",
+        head_lr_mult=10.0, lr=0.01,
+    )  # fmt: skip
+    assert build_loss(params.train, read_index(shards)).kind == "lovasz"
+    state = fit(params, shards, tmp_path, "cpu", echo=None)
+    body, head = state.optimizer.param_groups
+    # poly decay scales both groups alike: the ratio holds at every step
+    assert head["lr"] == pytest.approx(10 * body["lr"])
+    assert head["initial_lr"] == pytest.approx(0.1) and body["initial_lr"] == pytest.approx(0.01)
     assert math.isfinite(state.history[0]["train_loss"])
 
 

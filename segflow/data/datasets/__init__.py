@@ -11,13 +11,15 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from segflow.config import DATASETS
 from segflow.data.datasets.base import DatasetAdapter
 from segflow.errors import SegflowError
 
 if TYPE_CHECKING:
     from segflow.config import Params
 
-#: name -> (module, class) of each adapter; the names match ``dataset.name`` in params.yaml.
+#: name -> (module, class) of each adapter, one for each of config.DATASETS (the one list of
+#: ``dataset.name`` values; a test checks they agree).
 _ADAPTERS = {
     "synthetic": ("segflow.data.datasets.synthetic", "SyntheticDataset"),
     "camvid": ("segflow.data.datasets.camvid", "CamVidDataset"),
@@ -26,7 +28,6 @@ _ADAPTERS = {
     "ade20k": ("segflow.data.datasets.ade20k", "ADE20KDataset"),
     "folder": ("segflow.data.datasets.folder", "FolderDataset"),
 }
-DATASETS: tuple[str, ...] = tuple(_ADAPTERS)
 
 
 def adapter_class(name: str) -> type[DatasetAdapter]:

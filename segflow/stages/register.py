@@ -1,13 +1,16 @@
-"""The register stage's work: log the evaluation, register the served model, run the gate.
+"""Stage register: models/best.pt + reports/metrics.json + reports/eval/serving.json -> MLflow
+Model Registry, reports/registry.json, reports/gate.md.
+
+Registers the trained model as ``<prefix>-<dataset>`` (alias ``challenger``) with the serving
+spec evaluate scored with, its test metrics and class table, then runs the promotion gate: the
+champion is scored again on the same test images, and ``champion`` moves to the new version
+only if the paired bootstrap interval of the mIoU difference lies above ``register.min_gain``.
 
 The test metrics (as ``test_<name>``) and the evaluation report (artifact path
 ``evaluation/``) are logged to the training run first, so the run in the MLflow UI shows how
-its model scored next to how it trained. The model is registered with the serving spec that
-evaluate scored with (reports/eval/serving.json) and judged by that path's score: with the
-CRF only when crf_tune chose it on val.
-
-The current tracking URI (``$MLFLOW_TRACKING_URI`` or the default store) must be the one
-training logged to; a store that cannot be read stops the stage before anything is written.
+its model scored next to how it trained. The current tracking URI (``$MLFLOW_TRACKING_URI`` or
+the default store) must be the one training logged to; a store that cannot be read stops the
+stage before anything is written.
 """
 
 from __future__ import annotations
@@ -15,20 +18,51 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from segflow import tracking
 from segflow.config import Params
+from segflow.data.shards import read_index, split_hash
 from segflow.errors import SegflowError
 from segflow.evaluate.bootstrap import load_image_counts
-from segflow.evaluate.evaluation import SERVING_FILE, served_miou
-from segflow.io import read_json
-from segflow.lifecycle.gate import run_gate
+from segflow.evaluate.scores import served_miou
+from segflow.io import atomic_path, read_json, write_json
+from segflow.lifecycle.gate import gate_markdown, run_gate
 from segflow.lifecycle.registration import (
     aliases,
     check_run,
     check_store,
     log_evaluation,
     register_model,
-    split_hash,
 )
+from segflow.logs import console
+from segflow.paths import (
+    BEST_MODEL,
+    EVAL_REPORT,
+    GATE_REPORT,
+    IMAGE_COUNTS,
+    METRICS,
+    REGISTRY_RECORD,
+    RUN_INFO,
+    SERVING_SPEC,
+    SHARDS,
+)
+from segflow.run_info import read_run_info
+
+
+def main(params: Params) -> None:
+    import mlflow
+
+    record = register_and_gate(
+        params, BEST_MODEL, RUN_INFO, METRICS, EVAL_REPORT, SERVING_SPEC, IMAGE_COUNTS, SHARDS
+    )
+    with atomic_path(GATE_REPORT) as tmp:
+        tmp.write_text(gate_markdown(record))
+    mlflow.MlflowClient().log_artifact(record["mlflow_run_id"], str(GATE_REPORT), "evaluation")
+    write_json(REGISTRY_RECORD, record)
+    decision = record["decision"]
+    console.print(
+        f"register: {record['name']} v{record['version']} ({', '.join(record['aliases'])}): "
+        f"{decision['decision']}: {decision['reason']}"
+    )
 
 
 def register_and_gate(
@@ -37,28 +71,26 @@ def register_and_gate(
     run_info: Path,
     metrics_path: Path,
     report_dir: Path,
+    serving_path: Path,
     counts_path: Path,
     shard_dir: Path,
 ) -> dict:
     """Register ``model_path`` and run the gate; the record for reports/registry.json."""
     import mlflow
 
-    from segflow.run_info import read_run_info
-    from segflow.tracking import tracking_uri
-
     run = read_run_info(run_info, model_path)  # best.pt must be the run's model
     metrics = read_json(metrics_path, "run the evaluate stage (dvc repro evaluate)")
-    serving = read_json(report_dir / SERVING_FILE, "run the evaluate stage (dvc repro evaluate)")
-    index = read_json(shard_dir / "index.json", "run the shard stage (dvc repro shard)")
+    serving = read_json(serving_path, "run the evaluate stage (dvc repro evaluate)")
+    index = read_index(shard_dir)
     ids, counts = load_image_counts(counts_path, "run the evaluate stage")
     if "mlflow_run_id" not in run:
         raise SegflowError(f"{run_info}: no mlflow_run_id; rerun the train stage")
     crf_applied = bool(metrics.get("crf_applied"))
     if crf_applied != (serving.get("crf") is not None):
-        raise SegflowError(f"{metrics_path} and {report_dir / SERVING_FILE} disagree on the CRF; "
+        raise SegflowError(f"{metrics_path} and {serving_path} disagree on the CRF; "
                            "rerun the evaluate stage")  # fmt: skip
     test_miou = served_miou(metrics)
-    uri = tracking_uri()
+    uri = tracking.tracking_uri()
     check_store(uri)
     mlflow.set_tracking_uri(uri)
     check_run(run["mlflow_run_id"])
@@ -67,7 +99,7 @@ def register_and_gate(
     log_evaluation(run["mlflow_run_id"], metrics, metrics_path, report_dir)
     version = register_model(
         run["mlflow_run_id"], dataset, metrics, test_miou, serving, index.get("classes", []),
-        model_path, test_hash, params.register.model_name_prefix,
+        model_path, test_hash, prefix=params.register.model_name_prefix,
         data_hash=str(index.get("content_hash", "unknown")),
     )  # fmt: skip
     new_counts = counts["crf" if crf_applied else "raw"]

@@ -1,103 +1,60 @@
-"""The crf_tune and evaluate stages' work: predict a split, sweep or apply the CRF, score, report.
+"""Stage evaluate: models/best.pt + test shards + reports/crf_params.json -> reports/metrics.json,
+reports/eval/ (PA, MPA, mIoU, FWIoU, Dice, F-score without and with the tuned CRF at the masks'
+original resolution, the served path's speed, per-class report, serving.json),
+reports/eval_image_counts.npz (each test image's counts, for the promotion gate's bootstrap).
 
-Both stages score at the masks' original resolution, through the served path of
+The test split is scored once, with what crf_tune chose on val, through the served path of
 :mod:`segflow.evaluate.serving` (network at the training scale, logits resized to the original
-size). crf_tune makes every choice on val: it predicts (a capped number of) val images into a
-kept directory of compact probabilities, sweeps the CRF settings over them with Ray Tune, and
-decides whether the served model applies the best setting at all (only if it beats the plain
-prediction on those val images). evaluate scores the test split once with what was chosen,
-still reporting both the figures without and with the CRF, times the served path, and writes
-the metrics file, the report and the serving spec the registered model will carry.
+size); both the figures without and with the CRF are reported, the served path is timed, and
+the serving spec the registered model will carry is written beside the report.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from segflow.config import Params
 from segflow.data.datasets.base import ClassInfo
-from segflow.data.shards import read_index
-from segflow.errors import SegflowError
+from segflow.data.shards import read_index, verify_shards
 from segflow.evaluate.bootstrap import save_image_counts
+from segflow.evaluate.crf_split import crf_over_split
 from segflow.evaluate.metrics import metrics_from_confusion
 from segflow.evaluate.predict_split import predict_split
 from segflow.evaluate.report import QualitativeSample, write_report
+from segflow.evaluate.scores import describe_sizes, flat_metrics
 from segflow.evaluate.serving import Predictor, ServingSpec, load_predictor
 from segflow.evaluate.speed import measure_inference
 from segflow.io import write_json
-from segflow.postprocess.crf import (
-    CRFChoice,
-    CRFParams,
-    crf_over_split,
-    decide_crf,
-    read_crf_choice,
-    refine_labels,
-    write_crf_choice,
+from segflow.logs import console
+from segflow.paths import (
+    BEST_MODEL,
+    CRF_PARAMS,
+    EVAL_REPORT,
+    IMAGE_COUNTS,
+    METRICS,
+    SERVING_SPEC,
+    SHARDS,
 )
+from segflow.postprocess.crf import refine_labels
+from segflow.postprocess.crf_params import CRFChoice, CRFParams, read_crf_choice
 from segflow.postprocess.probs import load_probs
-from segflow.tune.crf_search import crf_sweep
 
-#: Flat metric names of reports/metrics.json -> keys of metrics_from_confusion.
-METRIC_KEYS = {
-    "pa": "pixel_accuracy", "mpa": "mean_accuracy", "miou": "miou", "fwiou": "fwiou",
-    "mdice": "mdice", "mfscore": "mfscore", "mprecision": "mprecision", "mrecall": "mrecall",
-}  # fmt: skip
 SPEED_WARMUP = 2
-#: The serving spec evaluate scored with, inside the report directory (the register stage reads it).
-SERVING_FILE = "serving.json"
 
 
-def tune_crf(
-    params: Params,
-    model_path: str | Path,
-    shard_dir: str | Path,
-    prob_dir: str | Path,
-    storage_path: str | Path,
-    out_path: str | Path,
-) -> CRFChoice:
-    """Predict val into ``prob_dir``, sweep ``params.crf`` over it, decide CRF on or off on
-    those val images and write the choice to ``out_path`` (reports/crf_params.json)."""
-    index = read_index(Path(shard_dir))
-    num_classes = int(index["num_classes"])
-    c = params.crf
-    predictor = load_predictor(
-        model_path, ServingSpec.from_params(params, index.get("resize"), None)
+def main(params: Params) -> None:
+    verify_shards(SHARDS)  # a damaged shard: one line naming it, before any worker starts
+    m = evaluate_split(params, BEST_MODEL, SHARDS, CRF_PARAMS, METRICS, EVAL_REPORT, IMAGE_COUNTS)
+    console.print(
+        f"evaluate: {params.dataset.test_split} at {m['scored_resolution']} (network at "
+        f"{m['network_resolution']}): mIoU {m['miou']}, {m['miou_crf']} with CRF (served: CRF "
+        f"{'on' if m['crf_applied'] else 'off'}), {m['ms_per_image']} ms per image served "
+        f"-> {METRICS}, {EVAL_REPORT}/index.html"
     )
-    pred = predict_split(predictor, shard_dir, "val", prob_dir, num_classes, c.max_images)
-    del predictor  # the sweep's Ray workers need the memory, not the model
-    result = crf_sweep(
-        prob_dir, num_classes, storage_path, space=c.space(), search=c.search,
-        num_samples=c.num_samples, cpus_per_trial=c.cpus_per_trial, seed=params.seed,
-        name=f"crf_tune_{time.strftime('%Y%m%d-%H%M%S')}",
-    )  # fmt: skip
-    without = metrics_from_confusion(pred.confusion)
-    choice = decide_crf(result.best, result.best_metrics, without, len(pred.sample_ids))
-    write_crf_choice(out_path, choice)
-    return choice
-
-
-def flat_metrics(metrics: dict, suffix: str = "") -> dict:
-    """PA, MPA, mIoU, FWIoU, mDice, mFscore, mPrecision, mRecall under short names (``miou``,
-    ``miou_crf``); NaN as null."""
-    out = {}
-    for short, key in METRIC_KEYS.items():
-        value = metrics[key]
-        out[short + suffix] = None if value is None or math.isnan(value) else round(value, 6)
-    return out
-
-
-def describe_sizes(sizes: list[tuple[int, int]]) -> str:
-    """``360x480``, or ``3 sizes, 281x500 to 500x500`` for a split of mixed sizes."""
-    names = [f"{h}x{w}" for h, w in sizes]
-    if len(names) == 1:
-        return names[0]
-    return f"{len(names)} sizes, {names[0]} to {names[-1]}" if names else "none"
 
 
 def evaluate_split(
@@ -165,7 +122,7 @@ def evaluate_split(
         report_dir, classes, before, with_crf.metrics, pred.confusion, with_crf.confusion,
         samples, speed, title=f"segflow evaluation: {params.dataset.name} "
         f"{params.dataset.test_split} ({ev.mode} inference)", protocol=protocol,
-        extra_files={SERVING_FILE: served.spec.to_dict()},
+        extra_files={SERVING_SPEC.name: served.spec.to_dict()},
     )  # fmt: skip
     counts = {"raw": pred.image_counts, "crf": with_crf.image_counts}
     save_image_counts(counts_path, pred.sample_ids, **counts)
@@ -182,15 +139,6 @@ def _val_text(choice: CRFChoice) -> str:
         f"val mIoU {pct(choice.val_miou)} without, {pct(choice.val_miou_crf)} with the best "
         f"setting on {choice.num_images} images: {verdict}"
     )
-
-
-def served_miou(metrics: dict) -> float:
-    """The test mIoU of what the registered model returns (with the CRF when crf_tune chose it)."""
-    key = "miou_crf" if metrics.get("crf_applied") else "miou"
-    value = metrics.get(key)
-    if not isinstance(value, int | float) or not math.isfinite(value):
-        raise SegflowError(f"metrics: {key} is {value!r}; a model without a test score")
-    return float(value)
 
 
 def _samples(

@@ -1,0 +1,139 @@
+"""Training launched: the core loop on Ray Train workers (``train.launcher: ray``) or in this
+process (``local``), each ending with the best checkpoint copied where the stage wants it.
+
+Each Ray worker runs :func:`segflow.train.loop.train_epochs` unchanged: it wraps the model in
+DDP and reads its own part of the shards (the rank-split ``ShardDataset``). After every epoch
+the workers report the epoch's metrics and rank 0 attaches the checkpoint; the launcher
+(:mod:`.distributed`) keeps the best by val mIoU and the latest, and restarts crashed workers
+from the latest. Everything that can be checked before a worker starts is checked once, by the
+stage, in :func:`preflight`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from segflow.config import Params
+from segflow.data.shards import read_index, shard_index_path
+from segflow.errors import SegflowError
+from segflow.io import atomic_path
+from segflow.models.checkpoint import read_checkpoint
+from segflow.train import loop
+from segflow.train.collectives import gather_objects
+from segflow.train.distributed import (
+    Echo,
+    check_workers,
+    default_run_name,
+    echo_line,
+    launch,
+    local_run_dir,
+    report_epoch,
+    resume_payload,
+    worker_context,
+)
+from segflow.train.state import BEST, LAST, checkpoint_extra, checkpoint_payload
+
+#: The checkpoint file inside each of Ray's ``epoch-NNNN`` directories.
+CHECKPOINT_FILE = "checkpoint.pt"
+#: The metric the kept checkpoint is chosen by.
+SCORE = "val_miou"
+
+
+@dataclass
+class TrainOutcome:
+    """What a finished training hands to the stage: history, best checkpoint, where it ran."""
+
+    history: list[dict]
+    best_checkpoint: Path  # a local copy of the best epoch's checkpoint file
+    run_name: str
+    run_path: str
+    node_ids: list[str] = field(default_factory=list)
+    #: Epochs already done when the final attempt started: 0 for a run that never restarted,
+    #: k after a worker crash (FailureConfig) or a resumed named run.
+    resumed_from: int = 0
+
+
+def preflight(params: Params, shard_dir: Path) -> dict:
+    """Check what would otherwise fail inside every worker; returns the shard index."""
+    p = params.train
+    index = read_index(shard_dir)
+    splits = index.get("splits", {})
+    for split in ("train", "val"):
+        if not splits.get(split, {}).get("num_samples"):
+            raise SegflowError(f"{shard_index_path(shard_dir)}: split {split!r} has no samples")
+    check_workers(p, "train", splits["train"]["num_samples"], p.batch_size, "the training samples")
+    loop.build_model(p, int(index["num_classes"]))  # unknown model/option: SegflowError here
+    return index
+
+
+def train_func(config: dict) -> dict:
+    """The per-worker entry point of TorchTrainer: plain PyTorch around ``train_epochs``."""
+    import ray
+
+    params = Params.model_validate(config["params"])
+    shard_dir = Path(config["shard_dir"])
+    rank, world_size, device = worker_context(config, params.train.cpus_per_worker)
+    node_ids = gather_objects(ray.get_runtime_context().get_node_id())
+    resume = resume_payload(CHECKPOINT_FILE)
+    extra = checkpoint_extra(params, read_index(shard_dir))
+
+    def on_epoch(state: loop.TrainState, record: dict, is_best: bool) -> None:
+        payload = checkpoint_payload(state, extra) if rank == 0 else None
+        report_epoch({**record, "is_best": is_best}, state.epoch, payload, CHECKPOINT_FILE)
+
+    if rank == 0 and world_size > 1:
+        echo_line(f"train: {world_size} workers on {len(set(node_ids))} node(s)")
+    state = loop.train_epochs(
+        params, shard_dir, device, on_epoch,
+        rank=rank, world_size=world_size, resume=resume, echo=echo_line,
+    )  # fmt: skip
+    resumed_from = int(resume["epoch"]) if resume is not None else 0
+    return {"history": state.history, "node_ids": node_ids, "resumed_from": resumed_from}
+
+
+def train_distributed(
+    params: Params, shard_dir: str | Path, work_dir: str | Path, echo: Echo = echo_line
+) -> TrainOutcome:
+    """Run :func:`train_func` under the Ray launcher; the best checkpoint is copied into
+    ``work_dir``."""
+    p = params.train
+    shard_dir = Path(shard_dir).resolve()
+    run_name = p.run_name or default_run_name("train")
+    config = {"params": params.model_dump(mode="json"), "shard_dir": str(shard_dir)}
+    run = launch(train_func, config, p, "train", run_name, score=SCORE, echo=echo)
+    local = run.copy(run.best or run.latest, CHECKPOINT_FILE, Path(work_dir) / BEST)
+    history = run.value.get("history")
+    if history is None:  # e.g. a resumed run that had already finished: the checkpoint has it
+        history = run.read(run.latest, CHECKPOINT_FILE)["history"]
+    return TrainOutcome(
+        history, local, run_name, run.path, run.value.get("node_ids", []),
+        run.value.get("resumed_from", 0),
+    )  # fmt: skip
+
+
+def train_local(
+    params: Params, shard_dir: str | Path, work_dir: str | Path, echo: Echo = echo_line
+) -> TrainOutcome:
+    """The same training in this process without Ray (``train.launcher: local``)."""
+    run_name = params.train.run_name or default_run_name("train")
+    run_dir = local_run_dir(params.train, "train", run_name)
+    echo(f"train: local run {run_name!r} in {run_dir}")
+    last = run_dir / LAST
+    resumed_from = int(read_checkpoint(last)["epoch"]) if last.is_file() else 0
+    state = loop.fit(params, shard_dir, run_dir, echo=echo)
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    local = work_dir / BEST
+    with atomic_path(local) as tmp:
+        shutil.copyfile(run_dir / BEST, tmp)
+    return TrainOutcome(state.history, local, run_name, str(run_dir), [], resumed_from)
+
+
+def train(
+    params: Params, shard_dir: str | Path, work_dir: str | Path, echo: Echo = echo_line
+) -> TrainOutcome:
+    """Train with the launcher named in ``train.launcher``."""
+    run = train_distributed if params.train.launcher == "ray" else train_local
+    return run(params, shard_dir, work_dir, echo)

@@ -1,0 +1,67 @@
+"""Fault injection for tests: a process that dies right after an epoch's checkpoint is saved.
+
+Production code carries no test hooks. A test that needs a crash wraps the core loop
+(:func:`segflow.train.loop.train_epochs` or :func:`segflow.search.loop.search_epochs`, both
+``(params, shard_dir, device, on_epoch, **kwargs)``) so that the process exits hard
+(``os._exit(1)``, no clean-up, like a kill) on rank 0 just after ``on_epoch`` of the chosen
+epoch has saved or reported its checkpoint: in this process with ``monkeypatch``, or inside Ray
+Train's worker processes with :func:`crashing_ray_worker`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import time
+from collections.abc import Callable
+
+
+def crash_after_epoch(core: Callable, epoch: int, wait_s: float = 0.0) -> Callable:
+    """``core`` whose process exits with code 1 right after rank 0's ``on_epoch`` of ``epoch``.
+
+    ``wait_s`` sleeps first: Ray Train's controller collects a report only at its next health
+    check, and the crash must land after a checkpoint Ray knows about.
+    """
+
+    def wrapped(params, shard_dir, device, on_epoch, **kwargs):
+        def hook(state, *rest):
+            on_epoch(state, *rest)
+            if state.epoch == epoch and kwargs.get("rank", 0) == 0:
+                time.sleep(wait_s)
+                sys.stdout.write(f"fault: exiting after epoch {epoch}\n")
+                sys.stdout.flush()
+                os._exit(1)
+
+        return core(params, shard_dir, device, hook, **kwargs)
+
+    return wrapped
+
+
+def crashing_ray_worker(
+    worker: Callable[[dict], dict], module: str, name: str, epoch: int, wait_s: float
+) -> Callable[[dict], dict]:
+    """A Ray Train worker function that runs ``worker`` with ``module.name`` (the core loop it
+    calls) replaced by :func:`crash_after_epoch` in the worker's own process.
+
+    Pickled by value (see :func:`register_by_value`), so Ray's workers need not import tests.
+    Every attempt that reaches ``epoch`` crashes: a restart that resumes after it finishes.
+    """
+
+    def run(config: dict) -> dict:
+        target = importlib.import_module(module)
+        original = getattr(target, name)
+        setattr(target, name, crash_after_epoch(original, epoch, wait_s))
+        try:
+            return worker(config)
+        finally:
+            setattr(target, name, original)
+
+    return run
+
+
+def register_by_value() -> None:
+    """Make Ray pickle this module's functions by value (workers do not import tests/)."""
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
