@@ -1,7 +1,7 @@
 """What a segflow log shows: segflow's own lines; the libraries' chatter only when asked.
 
-MLflow announces its database migrations at INFO, advises (UserWarnings) on how segflow's own
-code logs models, and warns that segflow pickles them, which it does on purpose; Ray Train logs
+MLflow announces its database migrations at INFO and advises (UserWarnings) on how segflow's
+own code logs models (segflow logs them "from code", pickle-free, on purpose); Ray Train logs
 every ``ray.train.report`` call as a whole ``TrainingReport(...)`` dict right after segflow's own
 progress line. None of it is something a user can act on, and it buries the lines that are.
 ``segflow -v ...`` or ``SEGFLOW_VERBOSE=1`` (for stage scripts under ``dvc repro``) keeps all
@@ -28,21 +28,6 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 #: Loggers whose INFO lines are library bookkeeping (the database set-up of the sqlite store).
 QUIET_LOGGERS = ("mlflow",)
-#: MLflow's WARNING lines about choices segflow made on purpose, by the logger that emits them
-#: and a part of the message.
-DELIBERATE = {
-    "mlflow.pyfunc": "serialized using CloudPickle",
-}
-
-
-class _DropMessage(logging.Filter):
-    def __init__(self, part: str):
-        super().__init__()
-        self.part = part
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.part not in record.getMessage()
-
 
 def is_verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "").strip().lower() in {"1", "true", "yes"}
@@ -64,10 +49,6 @@ def quiet_libraries(verbose: bool | None = None) -> None:
     # Ray Tune's new output engine prints its experiment box, result paths and a TensorBoard
     # hint whatever RunConfig(verbose=0) says; the legacy engine honours verbose=0.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    for name, part in DELIBERATE.items():
-        logger = logging.getLogger(name)
-        if not any(getattr(f, "part", None) == part for f in logger.filters):
-            logger.addFilter(_DropMessage(part))
     _hide_user_warnings_from("mlflow")
 
 
