@@ -78,6 +78,53 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def iou_of(cm: np.ndarray) -> np.ndarray:
+    """IoU per class straight from the confusion matrix (rows = truth), NaN for an empty union:
+    the numbers every per-class table must show, computed here without segflow's metrics."""
+    cm = cm.astype(np.float64)
+    tp = np.diag(cm)
+    union = cm.sum(0) + cm.sum(1) - tp
+    return np.array([t / u if u else np.nan for t, u in zip(tp, union, strict=True)])
+
+
+def as_percent(x: float) -> str:
+    return "-" if np.isnan(x) else f"{100 * x:.2f}"
+
+
+def md_class_rows(md: str) -> dict[str, list[str]]:
+    """The per-class markdown table: class name -> cells (id, class, IoU, IoU (CRF), ...)."""
+    lines = md.split("## Per class", 1)[1].splitlines()
+    rows = [line for line in lines if line.startswith("| ")][1:]  # [0] is the header
+    cells = [[c.strip() for c in re.split(r"(?<!\\)\|", row.strip())[1:-1]] for row in rows]
+    return {c[1]: c for c in cells}
+
+
+class _Tables(HTMLParser):
+    """The text of every table cell, table by table, row by row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self.in_cell = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self.tables[-1][-1].append("")
+            self.in_cell = True
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.in_cell = False
+
+    def handle_data(self, data):
+        if self.in_cell:
+            self.tables[-1][-1][-1] += data
+
+
 class _Links(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
@@ -87,16 +134,22 @@ class _Links(HTMLParser):
         self.refs += [v for k, v in attrs if k in ("src", "href") and v]
 
 
+PROTOCOL = "Scored once on `test` at the masks' native size & <no> resizing."
+EXTRA = {"protocol.json": {"split": "test", "scales": [0.5, 1.0], "crf": None}}
+
+
 @pytest.fixture
 def report_dir(tmp_path: Path) -> Path:
     before, after, cm_b, cm_a, samples = make_inputs()
     out = tmp_path / "eval"
-    write_report(out, CLASSES, before, after, cm_b, cm_a, samples, SPEED, "test report")
+    write_report(
+        out, CLASSES, before, after, cm_b, cm_a, samples, SPEED, "test <report>", PROTOCOL, EXTRA
+    )
     return out
 
 
-def test_all_report_files_are_written(report_dir: Path):
-    for name in (
+def test_all_report_files_are_written_and_nothing_else(report_dir: Path):
+    expected = {
         "report.md",
         "index.html",
         "confusion_matrix.png",
@@ -108,9 +161,34 @@ def test_all_report_files_are_written(report_dir: Path):
         "confusion_counts.csv",
         "samples/a.png",
         "samples/b.png",
-    ):
-        assert (report_dir / name).is_file(), name
+        "protocol.json",
+    }
+    written = {p.relative_to(report_dir).as_posix() for p in report_dir.rglob("*") if p.is_file()}
+    assert written == expected
     assert not list(report_dir.parent.glob(".eval.*"))  # no temp directory left behind
+
+
+def test_extra_files_are_the_json_they_were_given(report_dir: Path):
+    assert json.loads((report_dir / "protocol.json").read_text()) == EXTRA["protocol.json"]
+
+
+def test_title_and_protocol_open_both_pages_escaped_in_the_html(report_dir: Path):
+    md = (report_dir / "report.md").read_text()
+    assert md.startswith(f"# test <report>\n\n{PROTOCOL}\n\n## Summary")
+    page = (report_dir / "index.html").read_text()
+    assert "<title>test &lt;report&gt;</title>" in page
+    assert "<h1>test &lt;report&gt;</h1>" in page
+    assert "<p>Scored once on <code>test</code> at the masks&#x27; native size &amp; " in page
+
+
+def test_html_tables_hold_the_same_cells_as_the_markdown_tables(report_dir: Path):
+    md = (report_dir / "report.md").read_text()
+    parser = _Tables()
+    parser.feed((report_dir / "index.html").read_text())
+    summary, per_class = parser.tables
+    assert summary[0] == ["metric", "without CRF", "with CRF"] and len(summary) == 1 + 8
+    assert [row[1] for row in per_class[1:]] == [c.name for c in CLASSES]
+    assert {row[1]: row for row in per_class[1:]} == md_class_rows(md)
 
 
 def test_html_is_self_contained_and_references_only_files_that_exist(report_dir: Path):
@@ -124,16 +202,19 @@ def test_html_is_self_contained_and_references_only_files_that_exist(report_dir:
     assert "<style>" in text and "<link" not in text and "<script" not in text
 
 
-def test_markdown_table_has_every_class_with_both_ious(report_dir: Path):
+def test_markdown_table_has_a_row_per_class_with_the_ious_of_the_confusion_matrices(
+    report_dir: Path,
+):
+    _, _, cm_b, cm_a, _ = make_inputs()
     md = (report_dir / "report.md").read_text()
-    rows = {line.split("|")[2].strip(): line for line in md.splitlines() if line.startswith("| ")}
-    for c in CLASSES:
-        assert c.name in rows, c.name
+    rows = md_class_rows(md)
+    assert list(rows) == [c.name for c in CLASSES]
+    for c, iou, iou_crf in zip(CLASSES, iou_of(cm_b), iou_of(cm_a), strict=True):
+        assert rows[c.name][:4] == [str(c.id), c.name, as_percent(iou), as_percent(iou_crf)]
     # bicyclist is absent from truth and prediction: undefined, shown as dashes
-    cells = [c.strip() for c in rows["bicyclist"].strip("|").split("|")]
-    assert cells[2:6] == ["-", "-", "-", "-"]
+    assert rows["bicyclist"][2:6] == ["-", "-", "-", "-"]
     # the CRF column of the example is perfect on road
-    assert [c.strip() for c in rows["road"].strip("|").split("|")][3] == "100.00"
+    assert rows["road"][3] == "100.00"
     for key in ("pixel accuracy (PA)", "mean accuracy (MPA)", "mean IoU (mIoU)", "(FWIoU)"):
         assert key in md
     assert "12.5 ms per image" in md and "321.0 MiB" in md
@@ -185,13 +266,27 @@ def test_figures_decode_and_grow_with_the_crf_panel(report_dir: Path, tmp_path: 
 
 
 def test_iou_tables_hold_both_columns_with_nan_as_empty_or_null(report_dir: Path):
+    _, _, cm_b, cm_a, _ = make_inputs()
     rows = read_csv(report_dir / "per_class_iou.csv")
-    assert [r["class"] for r in rows] == [c.name for c in CLASSES]
-    assert rows[3]["iou"] == "" and rows[3]["iou_crf"] == ""
-    assert float(rows[0]["iou_crf"]) == 1.0
     data = json.loads((report_dir / "per_class_iou.json").read_text())
+    assert [r["class"] for r in rows] == [c.name for c in CLASSES]
+    assert [r["class"] for r in data] == [c.name for c in CLASSES]
+    for row, item, iou, iou_crf in zip(rows, data, iou_of(cm_b), iou_of(cm_a), strict=True):
+        for key, value in (("iou", iou), ("iou_crf", iou_crf)):
+            if np.isnan(value):
+                assert row[key] == "" and item[key] is None, (row, item)
+            else:  # six places in both files
+                assert float(row[key]) == item[key] == round(value, 6), (row, item)
     assert data[3] == {"class": "bicyclist", "iou": None, "iou_crf": None}
-    assert data[0]["iou"] == pytest.approx(float(rows[0]["iou"]))
+    assert float(rows[0]["iou_crf"]) == 1.0
+
+
+def test_iou_tables_without_crf_leave_the_crf_column_empty(tmp_path: Path):
+    before, _, cm_b, _, samples = make_inputs(with_crf=False)
+    write_report(tmp_path / "r", CLASSES, before, None, cm_b, None, samples, {})
+    rows = read_csv(tmp_path / "r" / "per_class_iou.csv")
+    assert [r["iou_crf"] for r in rows] == [""] * len(CLASSES)
+    assert float(rows[0]["iou"]) == round(iou_of(cm_b)[0], 6)
 
 
 def test_confusion_counts_csv_is_exact(report_dir: Path):
@@ -199,15 +294,21 @@ def test_confusion_counts_csv_is_exact(report_dir: Path):
     rows = read_csv(report_dir / "confusion_counts.csv")
     names = [c.name for c in CLASSES]
     got = np.zeros_like(cm_b)
+    got_crf = np.zeros_like(cm_a)
     for r in rows:
-        got[names.index(r["actual"]), names.index(r["predicted"])] = int(r["count"])
+        i, j = names.index(r["actual"]), names.index(r["predicted"])
+        got[i, j] = int(r["count"])
+        got_crf[i, j] = int(r["count_crf"])
+        assert got[i, j] or got_crf[i, j], r  # only pairs seen in either matrix
     np.testing.assert_array_equal(got, cm_b)
-    assert sum(int(r["count_crf"]) for r in rows) == cm_a.sum()
+    np.testing.assert_array_equal(got_crf, cm_a)
 
 
-def test_long_confusion_table_reproduces_the_row_normalised_matrix(report_dir: Path):
-    _, _, cm_b, _, _ = make_inputs()
-    rows = read_csv(report_dir / "confusion.csv")
+@pytest.mark.parametrize("name", ["confusion.csv", "confusion_crf.csv"])
+def test_long_confusion_table_reproduces_the_row_normalised_matrix(report_dir: Path, name: str):
+    _, _, cm_before, cm_after, _ = make_inputs()
+    cm_b = cm_before if name == "confusion.csv" else cm_after
+    rows = read_csv(report_dir / name)
     names = [c.name for c in CLASSES]
     counts = np.zeros(cm_b.shape)
     for r in rows:
