@@ -5,7 +5,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tomllib
 from datetime import UTC, datetime, timedelta
+from fnmatch import fnmatch
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -139,6 +142,31 @@ def test_write_touches_only_stale_files(tmp_path):
     (tmp_path / "crontab").write_text("edited by hand\n")
     assert write(params, tmp_path) == [tmp_path / "crontab"]
     assert stale_files(params, tmp_path) == []
+
+
+def test_every_rendered_file_comes_from_a_template_the_package_ships():
+    from segflow.lifecycle.schedule import FILES
+
+    templates = files("segflow.lifecycle").joinpath("templates")
+    assert sorted(t.name for t in templates.iterdir()) == sorted(FILES)
+    # an installed segflow (not only this checkout) carries them: pyproject's package-data
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    shipped = pyproject["tool"]["setuptools"]["package-data"]["segflow.lifecycle"]
+    for name in FILES:
+        assert any(fnmatch(f"templates/{name}", pattern) for pattern in shipped), name
+
+
+def test_templates_substitute_only_braced_lower_case_names():
+    """Shell and YAML in a template need no escaping; a typo in a placeholder fails loudly."""
+    from segflow.lifecycle.schedule import _Template
+
+    text = 'job=$(kubectl get "$job") $$ ${schedule} $${literal}'
+    expected = 'job=$(kubectl get "$job") $$ 0 3 * * 1 ${literal}'
+    assert _Template(text).substitute({"schedule": "0 3 * * 1"}) == expected
+    with pytest.raises(ValueError, match="Invalid placeholder"):
+        _Template("${HOME}").substitute({})
+    with pytest.raises(KeyError, match="image"):
+        _Template("${image}").substitute({"schedule": "0 3 * * 1"})
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
