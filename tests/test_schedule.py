@@ -252,3 +252,46 @@ def test_the_crontab_line_exits_with_the_exit_code_of_segflow_retrain(tmp_path):
             env={"PATH": "/usr/bin:/bin", **CODE_UNDER_TEST},
         )  # fmt: skip
     assert result.returncode == EXIT_LOCKED, result.stderr
+
+
+def test_the_crontab_line_reads_the_env_file_without_running_it(tmp_path):
+    """Values are taken literally, as systemd's EnvironmentFile= and kubectl take them: a
+    secret such as $(...) stays text, and a line that is no NAME=value pair runs nothing."""
+    import re
+
+    from segflow.lifecycle.schedule import HOST_CHECKOUT, HOST_ENV_FILE
+
+    crontab = render(load_params(REPO / "params.yaml"))["crontab"]
+    shell = re.search(r"^SHELL=(\S+)$", crontab, re.MULTILINE).group(1)
+    command = crontab.splitlines()[-1].split(maxsplit=5)[5]
+    checkout, env_file, seen = tmp_path / "segflow", tmp_path / "retrain.env", tmp_path / "seen"
+    (checkout / ".venv" / "bin").mkdir(parents=True)
+    # a segflow that records the environment it was started with
+    segflow = checkout / ".venv" / "bin" / "segflow"
+    segflow.write_text(f"#!/bin/sh\nenv -0 > {seen}\n")
+    segflow.chmod(0o755)
+    pwned = tmp_path / "pwned"
+    values = {
+        "PLAIN": "http://mlflow.example.internal:5000",
+        "SUBSTITUTION": f"$(touch {pwned})",
+        "BACKTICKS": f"`touch {pwned}`",
+        "SEMICOLON": f"x; touch {pwned}",
+        "VARIABLE": "${HOME}-$PATH",
+        "QUOTED": '"kept as written"',
+        "EQUALS": "a=b=c",
+        "EMPTY": "",
+    }
+    lines = ["# a comment", *(f"{k}={v}" for k, v in values.items()), f"touch {pwned}", ""]
+    env_file.write_text("\n".join(lines) + "LAST=no newline at the end")
+    command = command.replace(HOST_CHECKOUT, str(checkout)).replace(HOST_ENV_FILE, str(env_file))
+
+    result = subprocess.run(
+        [shell, "-c", command], capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert not pwned.exists()
+    environment = dict(item.split("=", 1) for item in seen.read_text().split("\0") if item)
+    for name, value in values.items():
+        assert environment[name] == value, name
+    assert environment["LAST"] == "no newline at the end"
