@@ -134,7 +134,7 @@ def test_raycluster_groups_are_the_ones_the_readme_describes():
     assert gpu["minReplicas"] == 0 and gpu["replicas"] == 0
 
 
-def test_only_the_cluster_kuberay_and_the_retrain_submitter_reach_the_ray_job_api():
+def test_only_kuberay_and_the_retrain_submitter_reach_the_ray_job_api():
     """The job API runs any command unauthenticated: a NetworkPolicy on the head decides."""
     manifest = INFRA / "ray" / "raycluster.yaml"
     cluster = _kind(manifest, "RayCluster")
@@ -144,12 +144,13 @@ def test_only_the_cluster_kuberay_and_the_retrain_submitter_reach_the_ray_job_ap
     assert policy["podSelector"]["matchLabels"] == head
     assert policy["policyTypes"] == ["Ingress"]
     own, job_api = policy["ingress"]
-    assert own == {"from": [{"podSelector": {"matchLabels": {"ray.io/cluster": "segflow"}}}]}
+    assert own["from"] == [{"podSelector": {"matchLabels": {"ray.io/cluster": "segflow"}}}]
     assert job_api["ports"] == [{"port": 8265, "protocol": "TCP"}]
     sources = [peer["podSelector"]["matchLabels"] for peer in job_api["from"]]
     operator = {"app.kubernetes.io/name": "kuberay-operator"}
-    assert operator in sources  # in any namespace:
-    assert job_api["from"][sources.index(operator)]["namespaceSelector"] == {}
+    assert operator in sources  # in the operator's own namespace only
+    namespace = job_api["from"][sources.index(operator)]["namespaceSelector"]
+    assert namespace == {"matchLabels": {"kubernetes.io/metadata.name": "ray-system"}}
 
     # the scheduled retrain's submitter pod carries the label the policy lets through
     config_map = _kind(INFRA / "schedule" / "k8s-retrain.yaml", "ConfigMap")
@@ -190,7 +191,7 @@ def test_mlflow_server_uses_postgres_minio_and_basic_auth():
     assert "--backend-store-uri=postgresql+psycopg2://mlflow@postgres:5432/mlflow" in args
     assert "--artifacts-destination=s3://" in args and "--serve-artifacts" in args
     assert mlflow["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
-    assert mlflow["depends_on"]["createbuckets"]["condition"] == "service_completed_successfully"
+    assert mlflow["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
     for name in ("postgres", "minio", "mlflow"):
         assert "healthcheck" in services[name], name
 
@@ -200,7 +201,10 @@ def test_mlflow_server_uses_postgres_minio_and_basic_auth():
     ini = configparser.ConfigParser()
     ini.read(INFRA / "mlflow" / "basic_auth.ini")
     assert ini["mlflow"]["database_uri"] == "postgresql+psycopg2://mlflow@postgres:5432/mlflow_auth"
-    assert "mlflow_auth" in (INFRA / "mlflow" / "initdb" / "create-auth-db.sql").read_text()
+    assert (
+        "CREATE DATABASE mlflow_auth"
+        in (INFRA / "mlflow" / "initdb" / "10-mlflow-role.sh").read_text()
+    )
     env_example = (INFRA / "mlflow" / ".env.example").read_text()
     compose_text = (INFRA / "mlflow" / "docker-compose.yml").read_text()
     required = set(re.findall(r"\$\{(\w+):\?", compose_text))  # ${VAR:?...}: must be set
@@ -257,7 +261,7 @@ def test_the_stack_refuses_to_start_with_the_placeholder_secrets_of_env_example(
     for name in ("postgres", "minio"):
         condition = services[name]["depends_on"]["check-secrets"]["condition"]
         assert condition == "service_completed_successfully", name
-    for name in ("createbuckets", "mlflow"):
+    for name in ("minio-init", "mlflow"):
         assert "check-secrets" in needs(name), name
 
 

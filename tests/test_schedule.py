@@ -5,7 +5,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tomllib
 from datetime import UTC, datetime, timedelta
+from fnmatch import fnmatch
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -141,6 +144,31 @@ def test_write_touches_only_stale_files(tmp_path):
     assert stale_files(params, tmp_path) == []
 
 
+def test_every_rendered_file_comes_from_a_template_the_package_ships():
+    from segflow.lifecycle.schedule import FILES
+
+    templates = files("segflow.lifecycle").joinpath("templates")
+    assert sorted(t.name for t in templates.iterdir()) == sorted(FILES)
+    # an installed segflow (not only this checkout) carries them: pyproject's package-data
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    shipped = pyproject["tool"]["setuptools"]["package-data"]["segflow.lifecycle"]
+    for name in FILES:
+        assert any(fnmatch(f"templates/{name}", pattern) for pattern in shipped), name
+
+
+def test_templates_substitute_only_braced_lower_case_names():
+    """Shell and YAML in a template need no escaping; a typo in a placeholder fails loudly."""
+    from segflow.lifecycle.schedule import _Template
+
+    text = 'job=$(kubectl get "$job") $$ ${schedule} $${literal}'
+    expected = 'job=$(kubectl get "$job") $$ 0 3 * * 1 ${literal}'
+    assert _Template(text).substitute({"schedule": "0 3 * * 1"}) == expected
+    with pytest.raises(ValueError, match="Invalid placeholder"):
+        _Template("${HOME}").substitute({})
+    with pytest.raises(KeyError, match="image"):
+        _Template("${image}").substitute({"schedule": "0 3 * * 1"})
+
+
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(SEGFLOW), "schedule", *args],
@@ -224,3 +252,46 @@ def test_the_crontab_line_exits_with_the_exit_code_of_segflow_retrain(tmp_path):
             env={"PATH": "/usr/bin:/bin", **CODE_UNDER_TEST},
         )  # fmt: skip
     assert result.returncode == EXIT_LOCKED, result.stderr
+
+
+def test_the_crontab_line_reads_the_env_file_without_running_it(tmp_path):
+    """Values are taken literally, as systemd's EnvironmentFile= and kubectl take them: a
+    secret such as $(...) stays text, and a line that is no NAME=value pair runs nothing."""
+    import re
+
+    from segflow.lifecycle.schedule import HOST_CHECKOUT, HOST_ENV_FILE
+
+    crontab = render(load_params(REPO / "params.yaml"))["crontab"]
+    shell = re.search(r"^SHELL=(\S+)$", crontab, re.MULTILINE).group(1)
+    command = crontab.splitlines()[-1].split(maxsplit=5)[5]
+    checkout, env_file, seen = tmp_path / "segflow", tmp_path / "retrain.env", tmp_path / "seen"
+    (checkout / ".venv" / "bin").mkdir(parents=True)
+    # a segflow that records the environment it was started with
+    segflow = checkout / ".venv" / "bin" / "segflow"
+    segflow.write_text(f"#!/bin/sh\nenv -0 > {seen}\n")
+    segflow.chmod(0o755)
+    pwned = tmp_path / "pwned"
+    values = {
+        "PLAIN": "http://mlflow.example.internal:5000",
+        "SUBSTITUTION": f"$(touch {pwned})",
+        "BACKTICKS": f"`touch {pwned}`",
+        "SEMICOLON": f"x; touch {pwned}",
+        "VARIABLE": "${HOME}-$PATH",
+        "QUOTED": '"kept as written"',
+        "EQUALS": "a=b=c",
+        "EMPTY": "",
+    }
+    lines = ["# a comment", *(f"{k}={v}" for k, v in values.items()), f"touch {pwned}", ""]
+    env_file.write_text("\n".join(lines) + "LAST=no newline at the end")
+    command = command.replace(HOST_CHECKOUT, str(checkout)).replace(HOST_ENV_FILE, str(env_file))
+
+    result = subprocess.run(
+        [shell, "-c", command], capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert not pwned.exists()
+    environment = dict(item.split("=", 1) for item in seen.read_text().split("\0") if item)
+    for name, value in values.items():
+        assert environment[name] == value, name
+    assert environment["LAST"] == "no newline at the end"
