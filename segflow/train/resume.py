@@ -222,5 +222,8 @@ def plan_run(params: Params, index: dict, experiment_id: str, root: str | Path =
         if name and name != params.train.run_name and _inside_storage(params, name):
             remove_run(params, name)
     return RunPlan(
-        with_run_name(params, "train"), chosen.info.run_id if chosen is not None else None, killed, note
+        with_run_name(params, "train"),
+        chosen.info.run_id if chosen is not None else None,
+        killed,
+        note,
     )
