@@ -113,7 +113,7 @@ def shards(
     ),
 ) -> None:
     """Summarise the shards: samples per split and class pixel shares."""
-    from segflow.data.shards import verify_shards
+    from segflow.data.shards import shard_index_path, verify_shards
 
     index = verify_shards(shard_dir, full_hash=verify)
     names = [c["name"] for c in index["classes"]]
@@ -130,7 +130,7 @@ def shards(
         table.add_row(split, str(info["num_samples"]), str(len(info["files"])), share)
     console.print(table)
     if verify:
-        console.print(f"shards: every file matches {shard_dir / 'index.json'} (sha256)")
+        console.print(f"shards: every file matches {shard_index_path(shard_dir)} (sha256)")
 
 
 @app.command()

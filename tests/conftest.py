@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
+
+#: Programs whose start-up alone costs a second or more (an interpreter with segflow's imports,
+#: DVC, a database server): a test that starts one is an integration test.
+HEAVY_PROGRAMS = ("python", "segflow", "dvc", "mlflow", "ray", "initdb", "pg_ctl", "postgres")
 
 
 @pytest.fixture(autouse=True)
@@ -14,3 +21,26 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_start_no_heavy_process(request, monkeypatch):
+    """`make test-fast` runs the tests not marked integration: keep it free of process starts.
+
+    A test without the mark that starts one of :data:`HEAVY_PROGRAMS` fails, naming the program,
+    so a slow test cannot slip into the fast set unmarked.
+    """
+    if request.node.get_closest_marker("integration"):
+        return
+    start = subprocess.Popen.__init__
+
+    def guarded(self, args, *rest, **kwargs):
+        first = args[0] if isinstance(args, list | tuple) else str(args).split()[0]
+        name = Path(str(first)).name
+        if name.startswith(HEAVY_PROGRAMS):
+            raise AssertionError(
+                f"{request.node.nodeid} starts {name}: mark it @pytest.mark.integration"
+            )
+        return start(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)

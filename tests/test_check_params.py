@@ -46,6 +46,7 @@ def failed(result: subprocess.CompletedProcess, *expected: str) -> str:
     return result.stderr
 
 
+@pytest.mark.integration  # starts a segflow/dvc process or a server
 def test_a_model_a_backbone_and_an_option_that_do_not_exist_are_each_named(tmp_path):
     params = {
         "train": {"model": "deeplabv3plus", "backbone": "resnet17"},
@@ -67,6 +68,7 @@ def test_a_model_a_backbone_and_an_option_that_do_not_exist_are_each_named(tmp_p
         ({"name": "camvid"}, camvid.LAYOUT),
     ],
 )
+@pytest.mark.integration  # starts a segflow/dvc process or a server
 def test_a_missing_dataset_root_names_the_path_and_the_layout_expected(tmp_path, dataset, layout):
     root = tmp_path / "nowhere"
     message = failed(
@@ -77,6 +79,7 @@ def test_a_missing_dataset_root_names_the_path_and_the_layout_expected(tmp_path,
     assert len(message.strip().splitlines()) == 1, message
 
 
+@pytest.mark.integration  # starts a segflow/dvc process or a server
 def test_params_that_name_real_things_print_the_resolved_values(tmp_path):
     data = tmp_path / "dataset"
     classes = make_folder_dataset(data)

@@ -6,10 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from segflow.models import list_models
 from tests.project import CODE_UNDER_TEST
 
 SEGFLOW = Path(sys.executable).parent / "segflow"
+
+
+# Every test runs the `segflow` command in its own process.
+pytestmark = pytest.mark.integration
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -325,6 +325,7 @@ def dvc_repo(tmp_path):
     return tmp_path
 
 
+@pytest.mark.integration  # starts a segflow/dvc process or a server
 @pytest.mark.parametrize(("section", "remote"), [("MinIO", "minio"), ("AWS S3", "s3")])
 def test_dvc_reads_the_documented_remote_config(dvc_repo, section, remote):
     snippet = INFRA / "dvc" / f"remote-{remote}.config"

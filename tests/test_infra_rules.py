@@ -446,6 +446,7 @@ def postgres(tmp_path):
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.integration  # starts a segflow/dvc process or a server
 def test_mlflow_database_role_is_no_superuser_and_owns_only_its_two_databases(postgres, tmp_path):
     services = yaml.safe_load(COMPOSE.read_text())["services"]
     superuser = services["postgres"]["environment"]["POSTGRES_USER"]

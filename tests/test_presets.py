@@ -82,6 +82,7 @@ def test_the_written_file_is_the_base_with_the_overlays_comments_and_values(name
             assert block in text
 
 
+@pytest.mark.integration  # starts a segflow/dvc process or a server
 def test_init_writes_the_preset_and_refuses_to_overwrite_without_force(tmp_path):
     done = segflow("init", "--preset", "camvid-cpu", "--dir", str(tmp_path / "proj"))
     assert done.returncode == 0, done.stderr
@@ -114,6 +115,7 @@ def segflow(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.integration  # starts a segflow/dvc process or a server
 def test_an_unknown_preset_lists_the_known_ones(tmp_path):
     done = segflow("init", "--preset", "kitti", "--dir", str(tmp_path))
     assert done.returncode == 1 and "Traceback" not in done.stderr
@@ -124,6 +126,7 @@ def test_an_unknown_preset_lists_the_known_ones(tmp_path):
         preset_text("base")
 
 
+@pytest.mark.integration  # starts a segflow/dvc process or a server
 def test_init_with_root_points_dataset_root_at_the_data_and_keeps_the_comments(tmp_path):
     data = tmp_path / "my data" / "camvid"
     data.mkdir(parents=True)
@@ -137,6 +140,7 @@ def test_init_with_root_points_dataset_root_at_the_data_and_keeps_the_comments(t
     assert len(changed) == 1 and changed[0][0].strip().startswith("root:")
 
 
+@pytest.mark.integration  # starts a segflow/dvc process or a server
 def test_init_with_a_missing_root_writes_nothing(tmp_path):
     done = segflow(
         "init", "--preset", "camvid-cpu", "--root", str(tmp_path / "nope"), "--dir", str(tmp_path)

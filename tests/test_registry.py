@@ -236,6 +236,7 @@ def segflow_cli(
     )  # fmt: skip
 
 
+@pytest.mark.integration  # starts a segflow/dvc process or a server
 def test_predict_command_writes_a_coloured_mask_of_the_input_size(tracking, tmp_path):
     version = register(tracking, "cli", 0.5, HASH_A)
     first_champion(version)
@@ -254,6 +255,7 @@ def test_predict_command_writes_a_coloured_mask_of_the_input_size(tracking, tmp_
         assert (mask[labels == c["id"]] == c["color"]).all()
 
 
+@pytest.mark.integration  # starts a segflow/dvc process or a server
 def test_predict_command_with_an_unknown_model_is_one_error_line_and_exit_1(tracking, tmp_path):
     cv2.imwrite(str(tmp_path / "in.png"), np.zeros((8, 8, 3), np.uint8))
     result = segflow_cli(
@@ -268,6 +270,7 @@ def test_predict_command_with_an_unknown_model_is_one_error_line_and_exit_1(trac
     assert not (tmp_path / "in_mask.png").exists()
 
 
+@pytest.mark.integration  # starts a segflow/dvc process or a server
 def test_predict_against_a_tracking_server_that_is_down_fails_in_seconds(tmp_path):
     cv2.imwrite(str(tmp_path / "in.png"), np.zeros((8, 8, 3), np.uint8))
     with socket.socket() as sock:  # a port nothing listens on
@@ -282,6 +285,7 @@ def test_predict_against_a_tracking_server_that_is_down_fails_in_seconds(tmp_pat
     assert "Connection refused" in result.stderr
 
 
+@pytest.mark.integration  # starts a segflow/dvc process or a server
 def test_register_stage_rescores_the_champion_on_the_same_images_and_records_the_gate(
     tracking, tmp_path
 ):

@@ -180,6 +180,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.integration  # starts a segflow/dvc process or a server
 def test_schedule_check_fails_naming_the_stale_files_after_a_param_change(tmp_path):
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     shutil.copytree(REPO / "infra" / "schedule", tmp_path / "infra" / "schedule")
@@ -202,6 +203,7 @@ def test_schedule_check_fails_naming_the_stale_files_after_a_param_change(tmp_pa
     )
 
 
+@pytest.mark.integration  # starts a segflow/dvc process or a server
 def test_schedule_refuses_a_cron_expression_systemd_cannot_express(tmp_path):
     (tmp_path / "params.yaml").write_text('retrain:\n  schedule: "0 3 1 * 1"\n')
     result = _cli("--out", str(tmp_path / "out"), cwd=tmp_path)
@@ -229,6 +231,7 @@ def test_systemd_accepts_the_service_and_timer_units(tmp_path):
     assert result.returncode == 0 and result.stderr == "", result.stderr
 
 
+@pytest.mark.integration  # starts a segflow/dvc process or a server
 def test_the_crontab_line_exits_with_the_exit_code_of_segflow_retrain(tmp_path):
     """Piped into logger, the line would end with logger's 0; a held lock must end it with 75."""
     import re
@@ -254,6 +257,7 @@ def test_the_crontab_line_exits_with_the_exit_code_of_segflow_retrain(tmp_path):
     assert result.returncode == EXIT_LOCKED, result.stderr
 
 
+@pytest.mark.integration  # starts a segflow/dvc process or a server
 def test_the_crontab_line_reads_the_env_file_without_running_it(tmp_path):
     """Values are taken literally, as systemd's EnvironmentFile= and kubectl take them: a
     secret such as $(...) stays text, and a line that is no NAME=value pair runs nothing."""

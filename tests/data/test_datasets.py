@@ -448,3 +448,12 @@ def test_folder_ignore_values_are_settable_and_other_values_are_errors(tmp_path)
     table["ignore"] = [0, 7]
     mask = _binary_folder(tmp_path, table).read_mask(ref.mask)
     assert set(np.unique(mask[:, :5])) == {IGNORE_INDEX} and set(np.unique(mask[:, 5:])) == {0}
+
+
+def test_every_dataset_name_params_yaml_accepts_has_an_adapter():
+    # config.DATASETS is the one list of dataset.name values; the adapters map each to a class.
+    from segflow.config import DATASETS
+    from segflow.data.datasets import adapter_class
+
+    for name in DATASETS:
+        assert adapter_class(name).__name__.endswith("Dataset"), name
