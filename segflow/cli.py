@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -11,6 +12,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from segflow.errors import SegflowError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: What ``segflow --help`` says first: for a user, one paragraph per line (rich re-wraps them).
 HELP = "\n\n".join(
@@ -152,6 +156,9 @@ def predict(
     from segflow.tracking import tracking_uri as default_uri
 
     require_file(image, "the image to segment")
+    # Header first (dataset.max_pixels' default): a decompression bomb is refused in one line
+    # before any decode and before a model is loaded.
+    rgb = read_rgb(image)
     if tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     # An interactive command: a server that is down is an error in seconds, not after MLflow's
@@ -160,18 +167,30 @@ def predict(
     import mlflow
 
     mlflow.set_tracking_uri(default_uri())
-    rgb = read_rgb(image)
     loaded, classes = load_for_predict(model)
     label_map = loaded.predict(rgb)
     out = out or image.with_name(f"{image.stem}_mask.png")
     mask = colorize(label_map, [ClassInfo.from_dict(c) for c in classes])
-    if not cv2.imwrite(str(out), cv2.cvtColor(mask, cv2.COLOR_RGB2BGR)):
-        raise SegflowError(f"{out}: cannot write the mask")
-    if labels is not None and not cv2.imwrite(str(labels), label_map):
-        raise SegflowError(f"{labels}: cannot write the label map")
+    _write_png(out, cv2.cvtColor(mask, cv2.COLOR_RGB2BGR), "the mask")
+    if labels is not None:
+        _write_png(labels, label_map, "the label map")
     timing = getattr(loaded.unwrap_python_model(), "last_timing", None) or {}
     took = f" in {timing['ms']:.0f} ms (network {timing['ms_network']:.0f} ms)" if timing else ""
     console.print(f"predict: {image} -> {out}" + (f", labels {labels}" if labels else "") + took)
+
+
+def _write_png(path: Path, array: np.ndarray, what: str) -> None:
+    """cv2.imwrite; a path it cannot write (an extension OpenCV has no writer for) is one line."""
+    import cv2
+
+    from segflow.data.images import one_line
+
+    try:
+        ok = cv2.imwrite(str(path), array)
+    except cv2.error as exc:
+        raise SegflowError(f"{path}: cannot write {what} ({one_line(exc)})") from None
+    if not ok:
+        raise SegflowError(f"{path}: cannot write {what}")
 
 
 @app.command()

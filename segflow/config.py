@@ -51,6 +51,15 @@ class DatasetParams(_Section):
     max_ignored_share: float = Field(0.5, ge=0, le=1)
     #: voc: add SBD's train_aug list (ImageSets/Segmentation/train_aug.txt, SegmentationClassAug/).
     voc_train_aug: bool = False
+    #: Every dataset file (image, mask, class table, split list) must resolve inside
+    #: dataset.root: a symlink out of it (to /etc/shadow, to another user's data) is refused,
+    #: because ingest would read it and write its hash and path into the manifest. True allows
+    #: links out, for a root that is a farm of links into a shared store.
+    follow_symlinks_outside_root: bool = False
+    #: Largest image or mask (width x height) that is decoded; the header is read first, so a
+    #: decompression bomb (a small PNG that says 40000x40000) is refused before any decode. At
+    #: most Pillow's own hard limit (2 x PIL.Image.MAX_IMAGE_PIXELS), which refuses larger ones.
+    max_pixels: int = Field(100_000_000, gt=0, le=178_956_970)
 
     def resolved_root(self) -> Path:
         return Path(os.environ.get(DATA_ROOT_ENV) or self.root)

@@ -29,6 +29,7 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 #: Loggers whose INFO lines are library bookkeeping (the database set-up of the sqlite store).
 QUIET_LOGGERS = ("mlflow",)
 
+
 def is_verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "").strip().lower() in {"1", "true", "yes"}
 

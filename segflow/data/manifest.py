@@ -6,6 +6,11 @@ validation (not ingest) decides whether that is fatal, so that one run reports e
 The dataset name and class table (with each class's stored mask values and the values that mean
 "ignore", when the dataset's class table sets them) travel in the Parquet schema metadata, so the
 manifest alone says how to read its masks and what the labels mean.
+
+Two things stop ingest at once, before the file is hashed, because what they point at must not
+land in the manifest or any report: an image or mask that resolves outside the dataset root (a
+symlink to /etc/shadow named like an image), and one whose header says it has more than
+``dataset.max_pixels`` pixels (a decompression bomb, which validate and shard would decode).
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
 from segflow.data.datasets.base import ClassInfo, DatasetAdapter
+from segflow.data.images import check_pixels, header_size
 from segflow.errors import SegflowError
 from segflow.io import atomic_path
 
@@ -62,32 +67,38 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _image_size(path: Path) -> tuple[int | None, int | None]:
-    """(height, width) from the header only; None when it cannot be read."""
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-        return height, width
-    except Exception:  # any unreadable header is reported by validation, by file name
+def _header_size(path: Path, max_pixels: int, what: str) -> tuple[int | None, int | None]:
+    """(height, width) from the header only; None when it cannot be read (validation reports
+    it, by file name); more than ``max_pixels`` stops ingest naming the file and its size."""
+    size = header_size(path, path, max_pixels, what)
+    if size is None:
         return None, None
+    check_pixels(path, *size, max_pixels, what)
+    return size
 
 
 def build_manifest(adapter: DatasetAdapter) -> Manifest:
-    """Collect every sample of ``adapter`` with content hashes and image sizes."""
+    """Collect every sample of ``adapter`` with content hashes and image sizes.
+
+    Each file passes the adapter's root boundary and the pixel limit before it is hashed.
+    """
     rows = []
     for ref in adapter.samples():
-        for p in (ref.image, ref.mask):
-            if not Path(p).is_file():
+        image, mask = Path(ref.image), Path(ref.mask)
+        for p in (image, mask):
+            adapter.inside_root(p)
+            if not p.is_file():
                 raise SegflowError(f"{p}: file listed for sample {ref.id!r} does not exist")
-        height, width = _image_size(ref.image)
+        height, width = _header_size(image, adapter.max_pixels, "image")
+        _header_size(mask, adapter.max_pixels, "mask")
         rows.append(
             {
                 "id": ref.id,
                 "split": ref.split,
-                "image_path": str(Path(ref.image).resolve()),
-                "mask_path": str(Path(ref.mask).resolve()),
-                "image_sha256": sha256_file(ref.image),
-                "mask_sha256": sha256_file(ref.mask),
+                "image_path": str(image.resolve()),
+                "mask_path": str(mask.resolve()),
+                "image_sha256": sha256_file(image),
+                "mask_sha256": sha256_file(mask),
                 "height": height,
                 "width": width,
             }

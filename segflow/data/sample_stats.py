@@ -2,7 +2,8 @@
 
 One row per manifest row (same order), so a failed check can name the sample id and its files.
 A file that does not decode is recorded (``image_error``/``mask_error``), never raised: one run
-must report every bad file, not stop at the first one.
+must report every bad file, not stop at the first one. So is a file whose header says more than
+``dataset.max_pixels`` pixels: the adapter's readers refuse it before decoding.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 
 from segflow.data.datasets.base import IGNORE_INDEX, DatasetAdapter
+from segflow.data.images import one_line
 from segflow.data.manifest import Manifest
 from segflow.errors import SegflowError
 
@@ -117,3 +120,5 @@ def _decode(read, path: Path) -> tuple[np.ndarray | None, str | None]:
     except (SegflowError, OSError) as exc:  # OSError: file gone or unreadable since ingest
         message = str(exc)
         return None, message if str(path) in message else f"{path}: {message}"
+    except cv2.error as exc:  # an adapter's own decode that OpenCV refused: one line, not a crash
+        return None, f"{path}: not decodable ({one_line(exc)})"

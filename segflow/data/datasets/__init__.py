@@ -45,7 +45,9 @@ def open_dataset_by_name(
 
     For ``synthetic`` the root is the output directory (default ``data/synthetic``) and the
     options are the generator's sizes and seed; ``voc`` takes ``train_aug``; ``folder`` takes
-    ``classes_file`` (and then needs no root: the class file's directory is used).
+    ``classes_file`` (and then needs no root: the class file's directory is used). Every adapter
+    takes the reading rules ``follow_symlinks_outside_root`` and ``max_pixels``
+    (:class:`~segflow.data.datasets.base.DatasetAdapter`).
     """
     cls = adapter_class(name)
     if name == "synthetic":
@@ -60,6 +62,10 @@ def open_dataset_by_name(
 def open_dataset(params: Params) -> DatasetAdapter:
     """The adapter that ``params.dataset`` (and ``params.synthetic``) describe."""
     ds = params.dataset
+    rules = {
+        "follow_symlinks_outside_root": ds.follow_symlinks_outside_root,
+        "max_pixels": ds.max_pixels,
+    }
     if ds.name == "synthetic":
         # The synthesize stage generated it into dataset.root; the sizes say which files exist.
         s = params.synthetic
@@ -72,8 +78,9 @@ def open_dataset(params: Params) -> DatasetAdapter:
             height=s.height,
             width=s.width,
             seed=s.seed,
+            **rules,
         )
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = dict(rules)
     if ds.name == "voc":
         options["train_aug"] = ds.voc_train_aug
     if ds.name == "folder" and ds.classes_file:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -117,8 +118,8 @@ class ADE20KDataset(DatasetAdapter):
     name = "ade20k"
     label_lut = ade20k_lut()
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | Path, **rules: Any) -> None:
+        super().__init__(root, **rules)
         self.base = _find_challenge_dir(self.root)
 
     def classes(self) -> list[ClassInfo]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,8 +63,8 @@ class CamVidDataset(DatasetAdapter):
     name = "camvid"
     label_lut = camvid_lut()
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = require_dir(Path(root), LAYOUT)
+    def __init__(self, root: str | Path, **rules: Any) -> None:
+        super().__init__(require_dir(Path(root), LAYOUT), **rules)
         self.splits = [s for s in SPLITS if (self.root / s).is_dir()]
         if not self.splits:
             raise SegflowError(
@@ -100,7 +101,7 @@ class CamVidDataset(DatasetAdapter):
         if not listing.is_file():
             return [(p, mask_dir / p.name) for p in image_dir.glob("*.png")]
         pairs = []
-        for lineno, line in enumerate(listing.read_text().splitlines(), start=1):
+        for lineno, line in enumerate(self.read_text(listing).splitlines(), start=1):
             fields = line.split()
             if not fields:
                 continue

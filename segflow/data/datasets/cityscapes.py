@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -72,8 +73,8 @@ class CityscapesDataset(DatasetAdapter):
     name = "cityscapes"
     label_lut = cityscapes_lut()
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = require_dir(Path(root), LAYOUT)
+    def __init__(self, root: str | Path, **rules: Any) -> None:
+        super().__init__(require_dir(Path(root), LAYOUT), **rules)
         images = self.root / "leftImg8bit"
         if not images.is_dir():
             raise SegflowError(f"{images}: directory not found; expected {LAYOUT}")

@@ -28,8 +28,9 @@ the file. Class ids must be 0..C-1, each once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -53,14 +54,19 @@ SPLIT_ORDER = ("train", "val", "test")
 REQUIRED_KEYS = {"id", "name", "color"}
 
 
-def read_class_table(path: Path) -> tuple[list[ClassInfo], tuple[int, ...]]:
-    """Parse and check a class table: the classes (ids 0..C-1) and the stored ignore values."""
+def read_class_table(
+    path: Path, read_text: Callable[[Path], str] = Path.read_text
+) -> tuple[list[ClassInfo], tuple[int, ...]]:
+    """Parse and check a class table: the classes (ids 0..C-1) and the stored ignore values.
+
+    ``read_text`` reads the file: the adapter's, which refuses a table outside the dataset root.
+    """
     if not path.is_file():
         raise SegflowError(
             f"{path}: class table not found; expected a YAML list of {{id, name, color}}"
         )
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_text(path))
     except yaml.YAMLError as exc:
         raise SegflowError(f"{path}: not valid YAML: {exc}") from None
     ignore = None
@@ -161,23 +167,34 @@ class FolderDataset(DatasetAdapter):
     name = "folder"
 
     def __init__(
-        self, root: str | Path | None = None, classes_file: str | Path | None = None
+        self,
+        root: str | Path | None = None,
+        classes_file: str | Path | None = None,
+        **rules: Any,
     ) -> None:
+        """``classes_file`` (default ``root/classes.yaml``) in a directory inside the root is a
+        dataset file and must resolve inside it; one the user keeps elsewhere (configs/) is
+        theirs, named in params.yaml, and is read where it is.
+        """
         if root is None and classes_file is None:
             raise SegflowError(
                 "dataset.root: required for the folder dataset (or dataset.classes_file)"
             )
-        self.root = require_dir(
-            Path(root) if root is not None else Path(classes_file).parent, LAYOUT
-        )
-        self.classes_file = (
-            Path(classes_file) if classes_file is not None else self.root / "classes.yaml"
+        super().__init__(
+            require_dir(Path(root) if root is not None else Path(classes_file).parent, LAYOUT),
+            **rules,
         )
         self.image_dir, self.mask_dir = self.root / "images", self.root / "masks"
         for folder in (self.image_dir, self.mask_dir):
             if not folder.is_dir():
                 raise SegflowError(f"{folder}: directory not found; expected {LAYOUT}")
-        self._classes, self.ignore_values = read_class_table(self.classes_file)
+        self.classes_file = (
+            Path(classes_file) if classes_file is not None else self.root / "classes.yaml"
+        )
+        in_dataset = self.classes_file.parent.resolve().is_relative_to(self.root.resolve())
+        self._classes, self.ignore_values = read_class_table(
+            self.classes_file, self.read_text if in_dataset else Path.read_text
+        )
         self.label_lut, self.known_values = value_lookup(self._classes, self.ignore_values)
 
     def classes(self) -> list[ClassInfo]:
@@ -245,7 +262,7 @@ class FolderDataset(DatasetAdapter):
                 )
         out = []
         for listing in lists:
-            stems = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+            stems = [line.strip() for line in self.read_text(listing).splitlines() if line.strip()]
             for stem in sorted(set(stems)):
                 if stem not in images:
                     raise SegflowError(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from segflow.data.datasets.base import ClassInfo, DatasetAdapter, SampleRef
 from segflow.data.synthetic import CLASSES, SPLITS, sample_id, write_dataset
@@ -32,14 +33,12 @@ class SyntheticDataset(DatasetAdapter):
         height: int = 96,
         width: int = 128,
         seed: int = 0,
+        **rules: Any,
     ) -> None:
+        super().__init__(out_dir, **rules)
         self.out_dir = Path(out_dir)
         self.counts = {"train": num_train, "val": num_val, "test": num_test}
         self.height, self.width, self.seed = height, width, seed
-
-    @property
-    def root(self) -> Path:
-        return self.out_dir
 
     def prepare(self) -> None:
         """Generate every scene into ``out_dir`` (replacing what was there)."""

@@ -17,13 +17,16 @@ every val id, so no val image leaks into training.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import io
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from segflow.data.datasets.base import ClassInfo, DatasetAdapter, SampleRef, require_dir
+from segflow.data.images import DEFAULT_MAX_PIXELS, checked_bytes
 from segflow.errors import SegflowError
 
 LAYOUT = (
@@ -59,10 +62,14 @@ CLASSES: tuple[ClassInfo, ...] = tuple(
 )
 
 
-def read_index_png(path: Path) -> np.ndarray:
-    """Pixel values of a palette (P) or grayscale (L) PNG, without palette conversion."""
+def read_index_png(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Pixel values of a palette (P) or grayscale (L) PNG, without palette conversion.
+
+    The header is checked against ``max_pixels`` before Pillow decodes a pixel.
+    """
+    data = checked_bytes(path, max_pixels, "mask")
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             if img.mode not in ("P", "L"):
                 raise SegflowError(
                     f"{path}: mask mode is {img.mode}; expected a palette (P) or grayscale (L) "
@@ -83,18 +90,18 @@ def _find_voc2012(root: Path) -> Path:
     raise SegflowError(f"{root}: no JPEGImages/ in it or in {root / 'VOC2012'}; expected {LAYOUT}")
 
 
-def _read_ids(listing: Path) -> list[str]:
+def _read_ids(listing: Path, read_text: Callable[[Path], str]) -> list[str]:
     if not listing.is_file():
         raise SegflowError(f"{listing}: split list not found; expected {LAYOUT}")
     # Some train_aug.txt copies carry "image mask" paths instead of bare ids: keep the stem.
-    return [Path(line.split()[0]).stem for line in listing.read_text().splitlines() if line.strip()]
+    return [Path(line.split()[0]).stem for line in read_text(listing).splitlines() if line.strip()]
 
 
 class VOCDataset(DatasetAdapter):
     name = "voc"
 
-    def __init__(self, root: str | Path, train_aug: bool = False) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | Path, train_aug: bool = False, **rules: Any) -> None:
+        super().__init__(root, **rules)
         self.base = _find_voc2012(self.root)
         self.train_aug = train_aug
 
@@ -102,22 +109,27 @@ class VOCDataset(DatasetAdapter):
         return list(CLASSES)
 
     def read_mask_values(self, path: Path) -> np.ndarray:
-        return read_index_png(path)
+        return read_index_png(path, self.max_pixels)
 
     def _split_ids(self) -> list[tuple[str, Path, list[str], str]]:
         """(split, list file, ids, mask dir name) for train and val."""
         sets = self.base / "ImageSets" / "Segmentation"
-        val = _read_ids(sets / "val.txt")
+        val = _read_ids(sets / "val.txt", self.read_text)
         if self.train_aug:
             val_ids = set(val)
             listing = sets / "train_aug.txt"
-            train = [i for i in _read_ids(listing) if i not in val_ids]
+            train = [i for i in _read_ids(listing, self.read_text) if i not in val_ids]
             return [
                 ("train", listing, train, "SegmentationClassAug"),
                 ("val", sets / "val.txt", val, "SegmentationClass"),
             ]
         return [
-            ("train", sets / "train.txt", _read_ids(sets / "train.txt"), "SegmentationClass"),
+            (
+                "train",
+                sets / "train.txt",
+                _read_ids(sets / "train.txt", self.read_text),
+                "SegmentationClass",
+            ),
             ("val", sets / "val.txt", val, "SegmentationClass"),
         ]
 
