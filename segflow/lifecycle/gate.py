@@ -24,17 +24,17 @@ import numpy as np
 from segflow.config import Params
 from segflow.errors import SegflowError
 from segflow.evaluate.bootstrap import paired_bootstrap
-from segflow.lifecycle.registration import (
-    CHAMPION,
-    champion_version,
-    download_version,
-    serving_of,
-)
+from segflow.lifecycle.registration import CHAMPION, champion_version, fetch_checked
 
 
 def score_version(version, params: Params, shard_dir: str | Path) -> tuple[list[str], np.ndarray]:
     """(sample ids, per-image counts N x 3 x C) of registered ``version`` on the test split,
-    through the version's own serving spec (counts after its CRF when it applies one)."""
+    through the version's own serving spec (counts after its CRF when it applies one).
+
+    The champion's artifacts are checked against their registered sha256
+    (:func:`segflow.lifecycle.registration.fetch_checked`) and its network is built by the
+    installed segflow: a changed artifact is a SegflowError, which :func:`run_gate` records as
+    the reason the champion could not be scored."""
     from segflow.data.shards import read_index
     from segflow.evaluate.crf_split import crf_over_split
     from segflow.evaluate.predict_split import predict_split
@@ -42,10 +42,9 @@ def score_version(version, params: Params, shard_dir: str | Path) -> tuple[list[
 
     num_classes = int(read_index(Path(shard_dir))["num_classes"])
     with tempfile.TemporaryDirectory(prefix="segflow-champion-") as tmp:
-        files = download_version(version, Path(tmp) / "model")
-        uri = f"models:/{version.name}/{version.version}"
-        spec = ServingSpec.from_dict(serving_of(version, files), f"{uri} serving spec")
-        predictor = load_predictor(files["checkpoint"], dataclasses.replace(spec, crf=None))
+        model = fetch_checked(f"models:/{version.name}/{version.version}", Path(tmp) / "model")
+        spec = ServingSpec.from_dict(model.serving, f"{model.source} serving spec")
+        predictor = load_predictor(model.checkpoint, dataclasses.replace(spec, crf=None))
         probs = Path(tmp) / "probs"
         split = params.dataset.test_split
         pred = predict_split(predictor, shard_dir, split, probs, num_classes)
@@ -77,7 +76,8 @@ def decide(
     (N x 3 x C, see evaluate.bootstrap); ``refusal`` says why the champion could not be scored.
     Decisions: ``promoted`` (no champion yet, or the lower bound of the ``confidence`` interval
     of the paired-bootstrap mIoU difference is above ``min_gain``), ``kept`` (not measurably
-    better, or already champion), ``refused`` (the champion cannot be scored on these images).
+    better, or already champion), ``refused`` (the champion cannot be scored on these images,
+    or its artifacts fail their digest check).
     The decision and its figures are recorded as ``gate.*`` tags on ``version`` and returned.
     """
     import mlflow
@@ -98,7 +98,7 @@ def decide(
         verdict, reason = "kept", f"version {version} is already the champion"
     elif old_counts is None:
         verdict = "refused"
-        reason = f"champion v{current.version} cannot be scored on this test split: {refusal}"
+        reason = f"champion v{current.version} cannot be scored: {refusal}"
     else:
         boot = paired_bootstrap(new_counts, old_counts, samples, confidence, seed)
         decision["bootstrap"] = boot.to_dict()

@@ -4,6 +4,12 @@ MLflow runs this file to load the model; the weights come from the checkpoint ar
 with ``torch.load(weights_only=True)``, and everything else from JSON artifacts: the serving
 spec that evaluate scored with (:class:`segflow.evaluate.serving.ServingSpec`) and the class
 table. A model logged this way does exactly what evaluate measured, on a GPU when there is one.
+
+This is for MLflow's own loaders (``mlflow models serve``, ``mlflow.pyfunc.load_model``): they
+import this file and the bundled ``code/segflow`` *from the artifact store*, so whoever can write
+to the store decides what runs there. segflow's own commands never load it: they check the
+artifacts' digests and build the network with the installed segflow
+(:func:`segflow.lifecycle.registration.fetch_checked`).
 """
 
 from __future__ import annotations

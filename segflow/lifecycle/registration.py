@@ -1,19 +1,31 @@
-"""The MLflow Model Registry: register the served model, query aliases, load it back.
+"""The MLflow Model Registry: register the served model, query aliases, load it back checked.
 
 A trained checkpoint becomes a pyfunc model that takes what a user has, an H x W x 3 uint8 RGB
 image, and returns what they want, an H x W uint8 label map, by exactly the path evaluate
 scored (:mod:`segflow.evaluate.serving`). It is logged "from code" (:mod:`.pyfunc_model`) with
 three artifacts: the checkpoint (plain tensors, read with ``weights_only=True``), the serving
-spec and the class table (JSON), so loading a registered model unpickles nothing. It is
-registered as ``segflow-<dataset>`` and gets the alias ``challenger``; ``champion`` moves only
-through :mod:`.gate`. Versions are never deleted or overwritten; decisions are recorded as tags
-on the version they judged, so the registry itself is the audit trail.
+spec and the class table (JSON). It is registered as ``segflow-<dataset>`` and gets the alias
+``challenger``; ``champion`` moves only through :mod:`.gate`. Versions are never deleted or
+overwritten; decisions are recorded as tags on the version they judged, so the registry itself
+is the audit trail.
+
+The artifact store is untrusted input: whoever can write to its bucket can change a file of a
+registered model. So segflow's own commands (``segflow predict``, the gate) never load the
+pyfunc model, which would import ``pyfunc_model.py`` and the bundled ``code/segflow`` from the
+store: :func:`fetch_checked` downloads only the three artifacts, checks each against the sha256
+recorded when it was logged (:data:`DIGEST_TAG`), and the network is built by the *installed*
+segflow from the checked weights. The pyfunc model stays for MLflow's own serving (``mlflow
+models serve``, ``mlflow.pyfunc.load_model``), which runs the stored code: README, "Security
+model".
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +39,14 @@ MODEL_NAME = "segmentation_model"
 TEST_MIOU, TEST_SPLIT_HASH, DATA_HASH = "test_miou", "test_split_hash", "data_hash"
 #: Artifacts of the registered model.
 CHECKPOINT, SERVING, CLASSES = "checkpoint", "serving", "classes"
+ARTIFACTS = (CHECKPOINT, SERVING, CLASSES)
+#: Tag holding an artifact's sha256 (``segflow.sha256.checkpoint``, ...), on the logged model
+#: and on each registered version of it.
+DIGEST_TAG = "segflow.sha256.{}"
+#: The model URIs :func:`fetch_checked` resolves.
+URI_FORMS = (
+    "models:/<name>@<alias>, models:/<name>/<version>, models:/m-<id>, runs:/<run id>/<name>"
+)
 
 
 def registered_name(dataset: str, prefix: str) -> str:
@@ -75,6 +95,15 @@ def _signature():
     return ModelSignature(inputs=None, outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1))]))
 
 
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (a checkpoint can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def log_served_model(
     model_path: str | Path, serving: dict, classes: list[dict], name: str = MODEL_NAME
 ) -> str:
@@ -82,8 +111,17 @@ def log_served_model(
 
     Nothing in it is a pickle: the model class is code (:mod:`.pyfunc_model`, logged "from
     code"), the checkpoint is plain tensors read with ``weights_only=True``, the rest is JSON.
+    Each artifact's sha256 becomes a tag of the logged model (:data:`DIGEST_TAG`), so the run's
+    model (``runs:/<run id>/<name>``) is checked when loaded, like a registered version.
     Returns the model URI.
     """
+    return _log_served_model(model_path, serving, classes, name)[0]
+
+
+def _log_served_model(
+    model_path: str | Path, serving: dict, classes: list[dict], name: str
+) -> tuple[str, dict[str, str]]:
+    """(model URI, digest tags) of the logged model: the digests of the very files uploaded."""
     import mlflow
     import torch
 
@@ -97,6 +135,7 @@ def log_served_model(
             path = Path(tmp) / f"{key}.json"
             path.write_text(json.dumps(value, indent=2) + "\n")
             artifacts[key] = str(path)
+        digests = {DIGEST_TAG.format(key): sha256_file(path) for key, path in artifacts.items()}
         info = mlflow.pyfunc.log_model(
             name=name,
             python_model=str(package / "lifecycle" / "pyfunc_model.py"),
@@ -111,8 +150,9 @@ def log_served_model(
                 "pydantic",
                 "pydensecrf2",
             ],
+            tags=digests,
         )
-    return info.model_uri
+    return info.model_uri, digests
 
 
 def register_model(
@@ -133,7 +173,8 @@ def register_model(
     ``serving`` is the spec evaluate scored with (reports/eval/serving.json); ``test_miou`` the
     score of that path. The version carries, as tags, what the gate and a reader need: the test
     mIoU and the test split's hash, the content hash of the data it was trained on, all
-    metrics, the serving spec and the class table (JSON). Returns the new ``ModelVersion``.
+    metrics, the serving spec and the class table (JSON), and the sha256 of each artifact
+    (:data:`DIGEST_TAG`), which :func:`fetch_checked` requires. Returns the new ``ModelVersion``.
     """
     import mlflow
 
@@ -147,7 +188,7 @@ def register_model(
     name = registered_name(dataset, prefix)
     # Reopening the finished training run attaches the model to the run that made it.
     with mlflow.start_run(run_id=run_id):
-        model_uri = log_served_model(model_path, serving, classes)
+        model_uri, digests = _log_served_model(model_path, serving, classes, MODEL_NAME)
     tags = {
         "dataset": dataset,
         TEST_MIOU: repr(float(test_miou)),
@@ -156,6 +197,7 @@ def register_model(
         "metrics": json.dumps(metrics, sort_keys=True),
         "serving": json.dumps(serving, sort_keys=True),
         "classes": json.dumps(classes),
+        **digests,
     }
     version = mlflow.register_model(model_uri, name, tags=tags)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
@@ -191,19 +233,6 @@ def aliases(name: str, version: str | int) -> list[str]:
     return sorted(mlflow.MlflowClient().get_model_version(name, str(version)).aliases)
 
 
-def download_version(version, dst: str | Path) -> dict[str, Path]:
-    """Download a registered version's model directory; its artifact paths by name."""
-    import mlflow
-    from mlflow.models import Model
-
-    uri = f"models:/{version.name}/{version.version}"
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
-    artifacts = Model.load(str(local)).flavors["python_function"].get("artifacts", {})
-    if CHECKPOINT not in artifacts:
-        raise SegflowError(f"{uri}: no checkpoint artifact; not a segflow model")
-    return {key: local / value["path"] for key, value in artifacts.items()}
-
-
 def serving_of(version, files: dict[str, Path]) -> dict:
     """The serving spec of a registered version: its artifact, or for a version registered
     before specs existed, what its model did (single scale at the image's size, its mean/std
@@ -218,28 +247,163 @@ def serving_of(version, files: dict[str, Path]) -> dict:
             "crf": json.loads(tags.get("crf_params", "null")), "prob_dtype": "uint8"}  # fmt: skip
 
 
-def load_for_predict(model_uri: str):
-    """(pyfunc model, class table) of a registered model; errors a user can cause are
-    SegflowErrors naming the URI."""
-    import mlflow.pyfunc
+@dataclass(frozen=True)
+class CheckedModel:
+    """The artifacts of a segflow model, downloaded and matched against their recorded sha256."""
+
+    #: What was loaded, for messages: ``models:/<name>/<version>`` or ``models:/m-<id>``.
+    source: str
+    #: Local copy of the checkpoint (plain tensors; read it with ``weights_only=True``).
+    checkpoint: Path
+    serving: dict
+    classes: list[dict]
+
+
+def fetch_checked(model_uri: str, dst: str | Path) -> CheckedModel:
+    """Download a model's checkpoint, serving spec and class table into ``dst``, checked.
+
+    The one way segflow loads a logged or registered model (``segflow predict``, the gate):
+    nothing else of the model directory is downloaded, and its code is never imported. Each of
+    the three artifacts must match the sha256 recorded when it was logged (tags
+    ``segflow.sha256.<artifact>``); a changed file is refused in one line naming it.
+
+    URIs (:data:`URI_FORMS`): a registered version (``models:/<name>@<alias>``, resolved to its
+    version first, or ``models:/<name>/<version>``) carries its digests as version tags; a
+    logged model, ``models:/m-<id>`` (``model_uri`` in models/run.json) or the run-relative
+    ``runs:/<run id>/<name>``, carries them as tags of the logged model, which is what MLflow 3
+    resolves a ``runs:/`` URI to (a run can hold several models, each with its own artifacts).
+
+    A model without digests is refused, with a message saying to register it again: it was
+    logged before segflow recorded them, and its artifacts cannot be told from changed ones.
+    Accepting it would make the check optional for anyone who can delete a tag. The digests
+    catch an artifact store changed behind the registry's back (a bucket more jobs can write
+    than the tracking server); whoever controls both can swap a model consistently, but even
+    then no code of theirs runs: the weights are plain tensors and the network is the installed
+    segflow's.
+    """
+    import mlflow
     from mlflow.exceptions import MlflowException
 
     from segflow.tracking import quiet_mlflow
 
     quiet_mlflow()
+    dst = Path(dst)
     try:
-        # No dependency-mismatch warnings: the CLI prints results, and only errors on stderr.
-        model = mlflow.pyfunc.load_model(model_uri, suppress_warnings=True)
+        source, base, tags = _resolve(model_uri)
+        label = model_uri if source == model_uri else f"{model_uri} ({source})"
+        missing = [key for key in ARTIFACTS if DIGEST_TAG.format(key) not in tags]
+        if missing:
+            raise SegflowError(
+                f"{label}: no artifact digests (tag {DIGEST_TAG.format(missing[0])}): it was "
+                "logged before segflow recorded them, so its artifacts cannot be checked; "
+                "register it again (dvc repro register)"
+            )
+
+        def download(path: str, into: Path) -> Path:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{base}/{path}", dst_path=str(into)
+            )
+            return Path(local)
+
+        paths = _artifact_paths(download("MLmodel", dst / "MLmodel"), label)
+        files = {key: download(paths[key], dst / key) for key in ARTIFACTS}
     except (MlflowException, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SegflowError(f"{model_uri}: cannot load the model ({first})") from None
+    for key in ARTIFACTS:
+        tag = DIGEST_TAG.format(key)
+        if sha256_file(files[key]) != tags[tag].strip().lower():
+            raise SegflowError(
+                f"{label}: artifact {key} ({paths[key]}) does not match its recorded sha256 "
+                f"(tag {tag}); refusing a changed artifact"
+            )
+    serving, classes = (
+        _read_json(files[key], f"{label}: artifact {key}") for key in (SERVING, CLASSES)
+    )
+    if not isinstance(serving, dict) or not isinstance(classes, list):
+        raise SegflowError(f"{label}: not a segflow segmentation model (serving spec, class table)")
+    return CheckedModel(source, files[CHECKPOINT], serving, classes)
+
+
+def _resolve(model_uri: str) -> tuple[str, str, dict[str, str]]:
+    """(the model's own URI, the artifact URI its files are under, its tags)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if m := re.fullmatch(r"models:/([^/@]+)@([^/@]+)", model_uri):
+        version = client.get_model_version_by_alias(m[1], m[2])
+    elif m := re.fullmatch(r"models:/([^/@]+)/(\d+)", model_uri):
+        version = client.get_model_version(m[1], m[2])
+    elif m := re.fullmatch(r"models:/(m-[0-9a-f]+)", model_uri):
+        logged = client.get_logged_model(m[1])
+        return model_uri, logged.artifact_location.rstrip("/"), dict(logged.tags)
+    elif m := re.fullmatch(r"runs:/([0-9a-f]+)/([A-Za-z0-9_.-]+)", model_uri):
+        logged = _logged_model_of_run(client, m[1], m[2], model_uri)
+        source = f"models:/{logged.model_id}"
+        return source, logged.artifact_location.rstrip("/"), dict(logged.tags)
+    else:
+        raise SegflowError(f"{model_uri}: not a model URI segflow loads ({URI_FORMS})")
+    source = f"models:/{version.name}/{version.version}"
+    return source, source, dict(version.tags)
+
+
+def _logged_model_of_run(client, run_id: str, name: str, model_uri: str):
+    experiment = client.get_run(run_id).info.experiment_id
+    token = None
+    while True:
+        page = client.search_logged_models(
+            [experiment], filter_string=f"name = '{name}'", page_token=token
+        )
+        found = next((m for m in page if m.source_run_id == run_id), None)
+        if found is not None:
+            return found
+        token = page.token
+        if not token:
+            raise SegflowError(f"{model_uri}: run {run_id} logged no model named {name!r}")
+
+
+def _artifact_paths(mlmodel: Path, label: str) -> dict[str, str]:
+    """Where the MLmodel file says the three artifacts are: relative paths inside the model."""
+    import yaml
+
     try:
-        classes = getattr(model.unwrap_python_model(), "classes", None)
-    except MlflowException:  # another flavour (a plain PyTorch model, say)
-        classes = None
-    if classes is None:
-        raise SegflowError(f"{model_uri}: not a segflow segmentation model (no class table)")
-    return model, classes
+        flavor = yaml.safe_load(mlmodel.read_text())["flavors"]["python_function"]
+        listed = {key: str(value["path"]) for key, value in flavor["artifacts"].items()}
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        raise SegflowError(
+            f"{label}: not a segflow model (its MLmodel lists no artifacts)"
+        ) from None
+    paths = {}
+    for key in ARTIFACTS:
+        path = listed.get(key)
+        if path is None:
+            raise SegflowError(f"{label}: no {key} artifact; not a segflow model")
+        parts = path.split("/")
+        if path.startswith("/") or "\\" in path or ":" in path or ".." in parts or "" in parts:
+            raise SegflowError(
+                f"{label}: MLmodel puts artifact {key} at {path!r}, outside the model"
+            )
+        paths[key] = path
+    return paths
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SegflowError(f"{what}: not JSON ({exc})") from None
+
+
+def load_for_predict(model_uri: str):
+    """(Predictor, class table) of a logged or registered model, checked by
+    :func:`fetch_checked` and built by the installed segflow; errors a user can cause are
+    SegflowErrors naming the URI."""
+    from segflow.evaluate.serving import ServingSpec, load_predictor
+
+    with tempfile.TemporaryDirectory(prefix="segflow-model-") as tmp:
+        model = fetch_checked(model_uri, tmp)
+        spec = ServingSpec.from_dict(model.serving, f"{model.source} serving spec")
+        return load_predictor(model.checkpoint, spec), model.classes
 
 
 def log_evaluation(
