@@ -14,7 +14,6 @@ import torch
 
 from segflow.data.manifest import build_manifest
 from segflow.data.shards import write_shards
-from segflow.errors import SegflowError
 from segflow.evaluate.bootstrap import save_image_counts
 from segflow.evaluate.serving import ServingSpec
 from segflow.postprocess.crf_params import CRFParams, decide_crf, write_crf_choice
@@ -116,19 +115,3 @@ def test_checkpoints_written_by_training_load_with_weights_only(tmp_path):
         assert payload["epoch"] == 1 and payload["num_classes"] == NUM_CLASSES
         assert isinstance(payload["train_params"], dict) and payload["history"]
     assert os.path.getsize(tmp_path / "out" / "best.pt") > 0
-
-
-def test_a_champion_registered_before_serving_specs_is_rescored_as_it_served():
-    from types import SimpleNamespace
-
-    from segflow.lifecycle.registration import serving_of
-
-    crf = CRFParams(w_bilateral=5.0).to_dict()
-    tags = {"mean": "[0.5, 0.5, 0.5]", "std": "[0.2, 0.2, 0.2]", "crf_params": json.dumps(crf)}
-    old = SimpleNamespace(name="segflow-x", version="1", tags=tags)
-    spec = ServingSpec.from_dict(serving_of(old, {}))
-    # What the pickled model of that time did: one pass at the image's size, its CRF.
-    assert spec.mode == "single" and spec.input_size is None and spec.crf == CRFParams(**crf)
-    assert spec.mean == (0.5, 0.5, 0.5)
-    with pytest.raises(SegflowError, match="segflow-x v1: no serving spec"):
-        serving_of(SimpleNamespace(name="segflow-x", version="1", tags={}), {})

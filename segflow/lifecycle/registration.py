@@ -233,20 +233,6 @@ def aliases(name: str, version: str | int) -> list[str]:
     return sorted(mlflow.MlflowClient().get_model_version(name, str(version)).aliases)
 
 
-def serving_of(version, files: dict[str, Path]) -> dict:
-    """The serving spec of a registered version: its artifact, or for a version registered
-    before specs existed, what its model did (single scale at the image's size, its mean/std
-    and CRF tags)."""
-    if SERVING in files:
-        return json.loads(files[SERVING].read_text())
-    tags = version.tags
-    if "mean" not in tags or "std" not in tags:
-        raise SegflowError(f"{version.name} v{version.version}: no serving spec and no mean/std")
-    return {"mode": "single", "options": {}, "mean": json.loads(tags["mean"]),
-            "std": json.loads(tags["std"]), "input_size": None,
-            "crf": json.loads(tags.get("crf_params", "null")), "prob_dtype": "uint8"}  # fmt: skip
-
-
 @dataclass(frozen=True)
 class CheckedModel:
     """The artifacts of a segflow model, downloaded and matched against their recorded sha256."""
