@@ -144,6 +144,9 @@ def predict(
     out: Path = typer.Option(None, help="Coloured mask PNG (default: <image>_mask.png)."),
     labels: Path = typer.Option(None, help="Also write the raw class-id PNG here."),
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: as training)."),
+    params: Path = typer.Option(
+        Path("params.yaml"), help="Project params whose mlflow.* HTTP policy applies, if present."
+    ),
 ) -> None:
     """Segment one image with a registered model; write the mask in the class colours.
 
@@ -153,6 +156,7 @@ def predict(
 
     import cv2
 
+    from segflow.config import MlflowParams, load_params
     from segflow.data.datasets.base import ClassInfo, read_rgb
     from segflow.evaluate.report import colorize
     from segflow.lifecycle.registration import load_for_predict
@@ -164,9 +168,10 @@ def predict(
     rgb = read_rgb(image)
     if tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    # An interactive command: a server that is down is an error in seconds, not after MLflow's
-    # default ~4 minutes of retries (the pipeline stages keep those, to ride out a restart).
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    # The pipeline's HTTP policy (mlflow.* in params.yaml; its defaults outside a project): a
+    # server that is down or hangs is an error within a minute, as in every stage.
+    policy = load_params(params).mlflow if params.is_file() else MlflowParams()
+    os.environ.update(policy.environ())
     import mlflow
 
     mlflow.set_tracking_uri(default_uri())
@@ -231,26 +236,26 @@ def retrain(
 
     Run in the project checkout (where dvc.yaml is). Exit 0: retrained (promoted or kept) or no
     new data; 1: a stage or the gate failed (the champion is untouched); 75: another retrain
-    holds the lock.
+    holds the lock, or another dvc process holds the checkout (recorded as "locked").
     """
     from segflow.lifecycle.retrain import run_retrain
 
     sys.exit(run_retrain(params))
 
 
-PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
-
-
 def user_error(exc: BaseException) -> str | None:
     """The one-line message of an error the user caused, or None for a bug (keeps its traceback).
 
-    A path the user named that is missing, a directory or unreadable surfaces from deep inside a
-    library as an OSError carrying the file name; it is the user's error like a SegflowError.
+    A path the user named that is missing, a directory or unreadable, a full disk or a
+    read-only one surfaces from deep inside a library as an OSError; it is the user's error
+    like a SegflowError, and is said as the stages say it (the path, the rule, what to do).
     """
+    from segflow.stages.runner import os_error_message
+
     if isinstance(exc, SegflowError):
         return str(exc)
-    if isinstance(exc, PATH_ERRORS) and exc.filename is not None:
-        return f"{exc.filename}: {exc.strerror.lower() if exc.strerror else exc}"
+    if isinstance(exc, OSError):
+        return os_error_message(exc)
     return None
 
 

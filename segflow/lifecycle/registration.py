@@ -54,24 +54,6 @@ def registered_name(dataset: str, prefix: str) -> str:
     return f"{prefix}-{dataset}"
 
 
-def check_store(uri: str) -> None:
-    """Fail with one line naming the store when it cannot be read (a corrupt database file, a
-    server that is down): before the register stage writes anything anywhere."""
-    import logging
-
-    import mlflow
-
-    # A new sqlite store announces its table creation and migrations on stderr; the stage's
-    # own lines (and a one-line error) are what the user should see.
-    for name in ("mlflow.store.db.utils", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        mlflow.MlflowClient(uri).search_experiments(max_results=1)
-    except Exception as exc:  # SQLAlchemy, HTTP, OS errors: all mean "not a usable store"
-        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SegflowError(f"MLflow store {uri}: cannot be read ({cause[:300]})") from None
-
-
 def check_run(run_id: str) -> None:
     """The training run must be in the current store (an empty or another store: one line)."""
     import mlflow

@@ -10,12 +10,16 @@ The test metrics (as ``test_<name>``) and the evaluation report (artifact path
 ``evaluation/``) are logged to the training run first, so the run in the MLflow UI shows how
 its model scored next to how it trained. The current tracking URI (``$MLFLOW_TRACKING_URI`` or
 the default store) must be the one training logged to; a store that cannot be read stops the
-stage before anything is written.
+stage before anything is written. Any store failure (a server that is down or does not answer
+within the ``mlflow.*`` policy, a read-only or corrupt sqlite file) is one line naming the
+store, and reports/registry.json and reports/gate.md are replaced only after every MLflow call
+has succeeded.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 from segflow import tracking
@@ -29,7 +33,6 @@ from segflow.lifecycle.gate import gate_markdown, run_gate
 from segflow.lifecycle.registration import (
     aliases,
     check_run,
-    check_store,
     log_evaluation,
     register_model,
 )
@@ -54,9 +57,14 @@ def main(params: Params) -> None:
     record = register_and_gate(
         params, BEST_MODEL, RUN_INFO, METRICS, EVAL_REPORT, SERVING_SPEC, IMAGE_COUNTS, SHARDS
     )
+    report = gate_markdown(record)
+    # Logged from a copy first: a store that fails now leaves both local reports as they were.
+    with tempfile.TemporaryDirectory() as tmp, tracking.store_errors():
+        copy = Path(tmp) / GATE_REPORT.name
+        copy.write_text(report)
+        mlflow.MlflowClient().log_artifact(record["mlflow_run_id"], str(copy), "evaluation")
     with atomic_path(GATE_REPORT) as tmp:
-        tmp.write_text(gate_markdown(record))
-    mlflow.MlflowClient().log_artifact(record["mlflow_run_id"], str(GATE_REPORT), "evaluation")
+        tmp.write_text(report)
     write_json(REGISTRY_RECORD, record)
     decision = record["decision"]
     console.print(
@@ -90,26 +98,28 @@ def register_and_gate(
         raise SegflowError(f"{metrics_path} and {serving_path} disagree on the CRF; "
                            "rerun the evaluate stage")  # fmt: skip
     test_miou = served_miou(metrics)
-    uri = tracking.tracking_uri()
-    check_store(uri)
-    mlflow.set_tracking_uri(uri)
-    check_run(run["mlflow_run_id"])
     dataset = str(index.get("dataset", "unknown"))
     test_hash = split_hash(index, params.dataset.test_split)
-    log_evaluation(run["mlflow_run_id"], metrics, metrics_path, report_dir)
-    version = register_model(
-        run["mlflow_run_id"], dataset, metrics, test_miou, serving, index.get("classes", []),
-        model_path, test_hash, prefix=params.register.model_name_prefix,
-        data_hash=str(index.get("content_hash", "unknown")),
-    )  # fmt: skip
     new_counts = counts["crf" if crf_applied else "raw"]
-    decision = run_gate(version, ids, new_counts, params, shard_dir, test_hash)
+    uri = tracking.tracking_uri()
+    tracking.check_store(uri)
+    mlflow.set_tracking_uri(uri)
+    with tracking.store_errors(uri):  # every MLflow call: a failing store is one line
+        check_run(run["mlflow_run_id"])
+        log_evaluation(run["mlflow_run_id"], metrics, metrics_path, report_dir)
+        version = register_model(
+            run["mlflow_run_id"], dataset, metrics, test_miou, serving, index.get("classes", []),
+            model_path, test_hash, prefix=params.register.model_name_prefix,
+            data_hash=str(index.get("content_hash", "unknown")),
+        )  # fmt: skip
+        decision = run_gate(version, ids, new_counts, params, shard_dir, test_hash)
+        version_aliases = aliases(version.name, version.version)
     decision["test_miou"] = test_miou
     return {
         "name": version.name,
         "version": str(version.version),
         "model_uri": f"models:/{version.name}/{version.version}",
-        "aliases": aliases(version.name, version.version),
+        "aliases": version_aliases,
         "mlflow_run_id": run["mlflow_run_id"],
         "data_hash": str(index.get("content_hash", "unknown")),
         "crf_applied": crf_applied,
