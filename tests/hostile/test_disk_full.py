@@ -143,6 +143,7 @@ def test_an_os_error_a_user_cannot_fix_keeps_its_traceback():
     assert os_error_message(FileNotFoundError(errno.ENOENT, "No such file")) is None  # no path
 
 
+@pytest.mark.integration  # starts the segflow command
 def test_the_segflow_command_says_a_full_disk_in_one_line(tmp_path):
     with tmpfs(tmp_path / "full", "4k") as full:
         result = subprocess.run(
