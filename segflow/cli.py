@@ -250,7 +250,7 @@ def user_error(exc: BaseException) -> str | None:
     read-only one surfaces from deep inside a library as an OSError; it is the user's error
     like a SegflowError, and is said as the stages say it (the path, the rule, what to do).
     """
-    from segflow.stages.runner import os_error_message
+    from segflow.stages.oserror import os_error_message
 
     if isinstance(exc, SegflowError):
         return str(exc)

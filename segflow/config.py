@@ -264,6 +264,14 @@ class TrainParams(RayRunParams):
     deterministic: bool = False
     #: Print a progress line every this many steps (plain lines, readable in a CI log).
     log_every: int = Field(10, gt=0)
+    #: A step whose loss is not finite (nan, inf) is skipped (no weight update: one bad batch
+    #: must not poison the weights); this many in a row mean the run diverged, and training
+    #: stops with an error before any checkpoint of it replaces a good one.
+    nan_patience: int = Field(3, gt=0)
+    #: The train stage's run directories (checkpoints, ~100 MB each) kept in storage_path,
+    #: newest by modification time; older ones are deleted when the stage starts, never the
+    #: run it continues. Runs you named yourself (run_name) are never deleted.
+    keep_runs: int = Field(3, ge=0)
 
     cpus_per_worker: int = Field(2, gt=0)
     experiment: str = Field("segflow", min_length=1)

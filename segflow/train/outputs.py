@@ -5,6 +5,7 @@ metrics and models/run.json, replaced together at the end of a run.
 from __future__ import annotations
 
 import csv
+import math
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +25,14 @@ CURVE_COLUMNS = (
     "epoch_seconds",
     "data_wait_share",
     "peak_memory_mb",
+    "skipped_steps",
 )
+
+
+def finite_or_none(value: object) -> object:
+    """``value``, or None for a float that is not finite: JSON has no NaN (``json.dumps`` writes
+    a bare ``NaN`` that other readers reject), and a learning curve has a gap there."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def write_curve(history: list[dict], path: str | Path) -> None:
@@ -33,7 +41,7 @@ def write_curve(history: list[dict], path: str | Path) -> None:
         writer = csv.DictWriter(f, CURVE_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for record in history:
-            writer.writerow({k: record.get(k, "") for k in CURVE_COLUMNS})
+            writer.writerow({k: finite_or_none(record.get(k, "")) for k in CURVE_COLUMNS})
 
 
 def best_record(history: list[dict]) -> dict:
@@ -44,8 +52,10 @@ def best_record(history: list[dict]) -> dict:
 
 
 def summary(history: list[dict]) -> dict:
+    """The run in a few numbers (reports/train_metrics.json); a value that is not finite is
+    null."""
     best, last = best_record(history), history[-1]
-    return {
+    data = {
         "epochs": last["epoch"],
         "best_epoch": best["epoch"],
         "best_val_miou": best["val_miou"],
@@ -54,6 +64,7 @@ def summary(history: list[dict]) -> dict:
         "final_val_miou": last["val_miou"],
         "images_per_second": sum(r["images_per_second"] for r in history) / len(history),
     }
+    return {key: finite_or_none(value) for key, value in data.items()}
 
 
 def write_metrics(history: list[dict], path: str | Path) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from segflow.stages.runner import os_error_message
+from segflow.stages.oserror import os_error_message
 from segflow.train.outputs import publish
 from tests.project import CODE_UNDER_TEST, Project, make_project
 
