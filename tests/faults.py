@@ -40,26 +40,35 @@ def crash_after_epoch(core: Callable, epoch: int, wait_s: float = 0.0) -> Callab
     return wrapped
 
 
-def crashing_ray_worker(
-    worker: Callable[[dict], dict], module: str, name: str, epoch: int, wait_s: float
-) -> Callable[[dict], dict]:
-    """A Ray Train worker function that runs ``worker`` with ``module.name`` (the core loop it
-    calls) replaced by :func:`crash_after_epoch` in the worker's own process.
+def patched_in_worker(
+    worker: Callable, module: str, name: str, wrap: Callable[[Callable], Callable]
+) -> Callable:
+    """``worker`` (a Ray Train worker function or a Tune trainable) that runs with
+    ``module.name`` replaced by ``wrap(module.name)`` in the worker's own process, and put back
+    after. Pickled by value (see :func:`register_by_value`), so Ray's workers need not import
+    tests/."""
 
-    Pickled by value (see :func:`register_by_value`), so Ray's workers need not import tests.
-    Every attempt that reaches ``epoch`` crashes: a restart that resumes after it finishes.
-    """
-
-    def run(config: dict) -> dict:
+    def run(*args, **kwargs):
         target = importlib.import_module(module)
         original = getattr(target, name)
-        setattr(target, name, crash_after_epoch(original, epoch, wait_s))
+        setattr(target, name, wrap(original))
         try:
-            return worker(config)
+            return worker(*args, **kwargs)
         finally:
             setattr(target, name, original)
 
     return run
+
+
+def crashing_ray_worker(
+    worker: Callable[[dict], dict], module: str, name: str, epoch: int, wait_s: float
+) -> Callable[[dict], dict]:
+    """A Ray Train worker function that runs ``worker`` with ``module.name`` (the core loop it
+    calls) replaced by :func:`crash_after_epoch`: every attempt that reaches ``epoch``
+    crashes, so a restart that resumes after it finishes."""
+    return patched_in_worker(
+        worker, module, name, lambda core: crash_after_epoch(core, epoch, wait_s)
+    )
 
 
 def register_by_value() -> None:

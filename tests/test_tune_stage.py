@@ -165,3 +165,29 @@ def test_with_tune_enabled_dvc_repro_trains_with_the_sweeps_best_values(tmp_path
     run = client.get_run(run_id)
     assert run.data.tags["tune.trial_id"] == best["trial_id"]
     assert float(run.data.params["train.lr"]) == best["train"]["lr"]
+
+
+@pytest.mark.integration
+def test_a_trial_whose_training_diverges_scores_zero_and_the_sweep_goes_on(
+    tmp_path, monkeypatch, own_ray
+):
+    from segflow.tune import train_search
+    from tests.faults import nan_loss_from, patched_in_worker, register_by_value
+
+    register_by_value()
+    diverging = patched_in_worker(
+        train_search._run_trial, "segflow.train.loop", "build_loss",
+        lambda build: nan_loss_from(build, step=1),
+    )  # fmt: skip
+    monkeypatch.setattr(train_search, "_run_trial", diverging)
+    shards = make_shards(tmp_path / "data", train=4, val=2)
+    params = _sweep_params(tmp_path)
+    params = params.model_copy(
+        update={"train": params.train.model_copy(update={"nan_patience": 1})}
+    )
+
+    result = train_sweep(params, shards, tmp_path / "ray_results", num_cpus=2)
+
+    assert len(result.trials) == 3  # none failed the sweep
+    # every trial diverged at its first step: one report, the worst mIoU
+    assert all(row["history"] == [0.0] and row["epochs"] == 1 for row in result.trials)
