@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Annotated, Literal
@@ -114,9 +115,35 @@ class DatasetParams(_Section):
     #: decompression bomb (a small PNG that says 40000x40000) is refused before any decode. At
     #: most Pillow's own hard limit (2 x PIL.Image.MAX_IMAGE_PIXELS), which refuses larger ones.
     max_pixels: int = Field(100_000_000, gt=0, le=178_956_970)
+    #: A regular expression whose first group, searched in a sample's id, is the sample's group:
+    #: what its images share beyond their labels (a video sequence, a patient, a scene, a
+    #: site). CamVid's ids are ``<sequence>_<frame>``: ``^([^_]+)_``. null: no groups.
+    group_pattern: str | None = None
+    #: Groups of train held out as the split ``dev``: a development split that shares no group
+    #: with train. When set, the best epoch, the CRF choice and the promotion gate are decided
+    #: on dev (val is still scored and reported); the test split decides nothing. Needs
+    #: group_pattern.
+    holdout_groups: list[Annotated[str, Field(min_length=1)]] = []
 
     def resolved_root(self) -> Path:
         return Path(os.environ.get(DATA_ROOT_ENV) or self.root)
+
+    @model_validator(mode="after")
+    def _groups(self) -> DatasetParams:
+        if self.group_pattern is not None:
+            try:
+                groups = re.compile(self.group_pattern).groups
+            except re.error as exc:
+                raise ValueError(f"group_pattern: not a regular expression ({exc})") from None
+            if groups < 1:
+                raise ValueError("group_pattern: needs a group, e.g. '^([^_]+)_'")
+        if self.holdout_groups and self.group_pattern is None:
+            raise ValueError("holdout_groups needs group_pattern (how a sample's group is read)")
+        if self.test_split in ("train", "dev"):
+            raise ValueError(
+                f"test_split: {self.test_split!r} is a split segflow trains or decides on"
+            )
+        return self
 
 
 class SyntheticParams(_Section):
@@ -460,18 +487,39 @@ class EvaluateParams(_Section):
 
 
 class RegisterParams(_Section):
-    """The register stage: model name and the promotion gate."""
+    """The register stage: the registered model's name (the gate's settings are ``gate``)."""
 
+    #: Registered model name is ``<prefix>-<dataset.name>``.
+    model_name_prefix: str = Field("segflow", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class GateParams(_Section):
+    """The promotion gate of the register stage: on which split, with how much evidence.
+
+    The gate re-scores the champion on the decision split and compares it with the new model
+    image by image (a paired bootstrap). The decision split is never the test split: a choice
+    made on test, repeated at every retrain, would drift the champion's reported test score up
+    with the number of decisions. The test split is scored and reported for every version.
+    """
+
+    #: The split the gate decides on. auto: ``dev`` (dataset.holdout_groups) when the shards
+    #: have it, else ``val`` (then shared with the best-epoch and CRF choices; and when val is
+    #: also dataset.test_split, the reported split: gate.md and the version's tags say so).
+    #: Naming the test split here is refused.
+    split: str = Field("auto", min_length=1)
+    #: Fewer images than this on the decision split and the gate keeps the champion, saying
+    #: "underpowered": a bootstrap over a handful of images gives a tight-looking interval that
+    #: means nothing. 20 is a floor, not a target; frames of one video are not independent
+    #: either (with groups the bootstrap resamples whole groups).
+    min_images: int = Field(20, ge=1, le=1_000_000)
     #: ``champion`` moves to a new version only if the lower bound of the paired-bootstrap
-    #: interval of (new - champion) test mIoU, both scored on the same test images, exceeds this.
-    #: mIoU lies in [0, 1], so a min_gain of 1 or more could never promote anything.
+    #: interval of (new - champion) mIoU on the decision split exceeds this. mIoU lies in
+    #: [0, 1], so a min_gain of 1 or more could never promote anything.
     min_gain: float = Field(0.0, ge=0, lt=1)
     #: Two-sided confidence of that interval (0.95: the 2.5th percentile is the lower bound).
     confidence: float = Field(0.95, gt=0.5, lt=1)
-    #: Bootstrap resamples of the test images.
+    #: Bootstrap resamples of the decision split's images (or groups).
     bootstrap_samples: int = Field(2000, ge=100, le=1_000_000)
-    #: Registered model name is ``<prefix>-<dataset.name>``.
-    model_name_prefix: str = Field("segflow", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
 
 
 _CRON_FIELD = r"[0-9*/,A-Za-z-]+"
@@ -545,6 +593,7 @@ class Params(_Section):
     search: SearchParams = SearchParams()
     evaluate: EvaluateParams = EvaluateParams()
     register: RegisterParams = RegisterParams()
+    gate: GateParams = GateParams()
     retrain: RetrainParams = RetrainParams()
     mlflow: MlflowParams = MlflowParams()
 
@@ -554,6 +603,12 @@ class Params(_Section):
             raise ValueError(
                 f"dataset.root must be {SYNTHETIC_DIR} for the synthetic dataset "
                 f"(got {self.dataset.root!r}); set dataset.name for a real dataset"
+            )
+        if self.gate.split in (self.dataset.test_split, "train"):
+            raise ValueError(
+                f"gate.split: {self.gate.split!r} is the split the model "
+                + ("is scored on" if self.gate.split != "train" else "trains on")
+                + "; the gate decides on a split of its own (auto: dev, else val)"
             )
         return self
 

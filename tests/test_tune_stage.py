@@ -78,7 +78,7 @@ def test_sweep_finds_the_best_trial_writes_it_and_logs_nested_mlflow_runs(
 
     assert len(result.trials) == 3
     assert all(1 <= row["epochs"] <= 2 for row in result.trials)
-    assert result.best_miou == max(row["val_miou"] for row in result.trials)
+    assert result.best_miou == max(row["selection_miou"] for row in result.trials)
     assert result.best == {"train": result.trials[0]["train"], "loader": result.trials[0]["loader"]}
     assert 0.01 <= result.best["train"]["lr"] <= 0.1
     assert result.best["train"]["batch_size"] in (2, 4)
@@ -87,7 +87,7 @@ def test_sweep_finds_the_best_trial_writes_it_and_logs_nested_mlflow_runs(
     write_best_params(path, sweep_result(result))
     written = yaml.safe_load(path.read_text())
     assert written["enabled"] is True
-    assert written["val_miou"] == pytest.approx(result.best_miou)
+    assert written["selection_miou"] == pytest.approx(result.best_miou)
     assert written["train"] == result.best["train"]
     assert Params.model_validate({"train": written["train"], "loader": written["loader"]})
 
@@ -99,8 +99,8 @@ def test_sweep_finds_the_best_trial_writes_it_and_logs_nested_mlflow_runs(
         filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'",
     )
     assert len(children) == 3
-    assert sorted(c.data.metrics["final_val_miou"] for c in children) == pytest.approx(
-        sorted(row["val_miou"] for row in result.trials)
+    assert sorted(c.data.metrics["final_miou"] for c in children) == pytest.approx(
+        sorted(row["selection_miou"] for row in result.trials)
     )
 
 

@@ -10,9 +10,11 @@
    the newest registered version was trained on. Equal: no new data, nothing is retrained.
 3. Otherwise ``dvc repro``: DVC re-runs only the stages whose inputs changed, through train,
    evaluate and register, where the gate scores the new model and the champion on the same
-   test images and promotes only on a paired-bootstrap interval above ``register.min_gain``.
-4. Append the audit record (time, data hash, code commit, both scores and the interval, the
-   decision, the MLflow run and model version) to reports/retrain_log.jsonl and, as tags, to an
+   images of its decision split (``gate.split``: dev, else val; never test) and promotes only
+   on a paired-bootstrap interval above ``gate.min_gain``.
+4. Append the audit record (time, data hash, code commit, the decision split (name, hash,
+   size), both scores on it and the interval, the decision, the test figures for information,
+   the MLflow run and model version) to reports/retrain_log.jsonl and, as tags, to an
    MLflow run of experiment ``retrain.experiment`` (one run per attempt) and to the training run.
 
 A failing stage stops the flow: the champion alias is only ever moved by the register stage,
@@ -176,9 +178,12 @@ def _champion(name: str) -> str | None:
 
 
 def _gate_fields(registry: dict) -> dict:
-    """The audit fields of the register stage's record: version, scores, interval, decision."""
+    """The audit fields of the register stage's record: version, the decision split (name,
+    hash, size), both scores and the interval on it, the decision, and the test figures for
+    information (they decide nothing)."""
     d = registry["decision"]
     boot = d.get("bootstrap") or {}
+    test = d.get("test") or {}
     return {
         "decision": d["decision"],
         "reason": d["reason"],
@@ -186,16 +191,22 @@ def _gate_fields(registry: dict) -> dict:
         "mlflow_run_id": registry["mlflow_run_id"],
         "champion_before": d.get("champion_before"),
         "champion_after": d.get("champion_after"),
-        "test_split_hash": d.get("test_split_hash"),
-        "new_miou": boot.get("new_miou", d.get("test_miou")),
+        "decision_split": d.get("split"),
+        "decision_split_hash": d.get("split_hash"),
+        "decision_images": d.get("num_images"),
+        "decision_groups": d.get("num_groups"),
+        "new_miou": boot.get("new_miou"),
         "champion_miou": boot.get("old_miou"),
         "miou_diff": boot.get("diff"),
         "ci_low": boot.get("low"),
         "ci_high": boot.get("high"),
         "confidence": boot.get("confidence"),
         "bootstrap_samples": boot.get("samples"),
-        "num_test_images": boot.get("num_images"),
         "min_gain": d.get("min_gain"),
+        "min_images": d.get("min_images"),
+        "test_split_hash": test.get("test_split_hash"),
+        "test_miou": test.get("test_miou", d.get("test_miou")),
+        "champion_test_miou": test.get("champion_test_miou"),
     }
 
 

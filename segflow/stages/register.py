@@ -3,8 +3,10 @@ Model Registry, reports/registry.json, reports/gate.md.
 
 Registers the trained model as ``<prefix>-<dataset>`` (alias ``challenger``) with the serving
 spec evaluate scored with, its test metrics and class table, then runs the promotion gate: the
-champion is scored again on the same test images, and ``champion`` moves to the new version
-only if the paired bootstrap interval of the mIoU difference lies above ``register.min_gain``.
+champion is scored again on the same images of the gate's decision split (``gate.split``: dev,
+else val; never the test split, whose shards this stage does not open), and ``champion`` moves
+to the new version only if the paired bootstrap interval of the mIoU difference lies above
+``gate.min_gain`` (with at least ``gate.min_images`` images).
 
 The test metrics (as ``test_<name>``) and the evaluation report (artifact path
 ``evaluation/``) are logged to the training run first, so the run in the MLflow UI shows how
@@ -24,12 +26,13 @@ from pathlib import Path
 
 from segflow import tracking
 from segflow.config import Params
+from segflow.data.groups import gate_split
 from segflow.data.shards import read_index, split_hash
 from segflow.errors import SegflowError
 from segflow.evaluate.bootstrap import load_image_counts
 from segflow.evaluate.scores import served_miou
 from segflow.io import atomic_path, read_json, write_json
-from segflow.lifecycle.gate import gate_markdown, run_gate
+from segflow.lifecycle.gate import decision_split_of, gate_markdown, run_gate
 from segflow.lifecycle.registration import (
     aliases,
     check_run,
@@ -90,7 +93,13 @@ def register_and_gate(
     metrics = read_json(metrics_path, "run the evaluate stage (dvc repro evaluate)")
     serving = read_json(serving_path, "run the evaluate stage (dvc repro evaluate)")
     index = read_index(shard_dir)
-    ids, counts = load_image_counts(counts_path, "run the evaluate stage")
+    scored = load_image_counts(counts_path, "run the evaluate stage")
+    decision_split = gate_split(params.gate.split, index["splits"])
+    if scored.split != decision_split:
+        raise SegflowError(
+            f"{counts_path}: counts of split {scored.split!r}, but gate.split gives "
+            f"{decision_split!r}; rerun the evaluate stage (dvc repro evaluate)"
+        )
     if "mlflow_run_id" not in run:
         raise SegflowError(f"{run_info}: no mlflow_run_id; rerun the train stage")
     crf_applied = bool(metrics.get("crf_applied"))
@@ -100,7 +109,13 @@ def register_and_gate(
     test_miou = served_miou(metrics)
     dataset = str(index.get("dataset", "unknown"))
     test_hash = split_hash(index, params.dataset.test_split)
-    new_counts = counts["crf" if crf_applied else "raw"]
+    new_counts = scored.counts["crf" if crf_applied else "raw"]
+    split = decision_split_of(
+        decision_split, split_hash(index, decision_split), scored.ids,
+        params.dataset.group_pattern, params.dataset.test_split,
+    )  # fmt: skip
+    test = {"test_split": params.dataset.test_split, "test_split_hash": test_hash,
+            "test_miou": test_miou}  # fmt: skip
     uri = tracking.tracking_uri()
     tracking.check_store(uri)
     mlflow.set_tracking_uri(uri)
@@ -112,7 +127,7 @@ def register_and_gate(
             model_path, test_hash, prefix=params.register.model_name_prefix,
             data_hash=str(index.get("content_hash", "unknown")),
         )  # fmt: skip
-        decision = run_gate(version, ids, new_counts, params, shard_dir, test_hash)
+        decision = run_gate(version, new_counts, split, params, shard_dir, test)
         version_aliases = aliases(version.name, version.version)
     decision["test_miou"] = test_miou
     return {

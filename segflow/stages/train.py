@@ -111,7 +111,9 @@ def main(params: Params) -> None:
         raise SystemExit(EXIT_SIGTERM) from None
     tracking.end_run()
     console.print(
-        f"train: best val mIoU {summary['best_val_miou']:.4f} at epoch {summary['best_epoch']} "
+        f"train: best {summary['selected_on']} mIoU "
+        f"{summary.get('best_dev_miou', summary['best_val_miou']):.4f} at epoch "
+        f"{summary['best_epoch']} "
         f"-> {BEST_MODEL} (MLflow run {run_id})"
     )
 

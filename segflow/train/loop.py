@@ -28,6 +28,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from segflow.config import Params, TrainParams
+from segflow.data.groups import DEV_SPLIT, decision_split
 from segflow.data.loader import make_dataloader, normalize_batch
 from segflow.data.shards import read_index
 from segflow.errors import SegflowError
@@ -357,6 +358,15 @@ def train_epochs(
     val_loader = make_dataloader(
         shard_dir, "val", lp, False, p.batch_size, rank, world_size, params.seed, uint8=True
     )
+    # With a dev split (groups held out of train) the best epoch is chosen on dev, which shares
+    # no scene with train; val is still scored and recorded (segflow.data.groups).
+    selection = decision_split(index["splits"])
+    dev_loader = None
+    if selection == DEV_SPLIT:
+        dev_loader = make_dataloader(
+            shard_dir, DEV_SPLIT, lp, False, p.batch_size, rank, world_size, params.seed,
+            uint8=True,
+        )  # fmt: skip
     # Every rank builds the same initial weights (DDP also broadcasts rank 0's at wrap time).
     torch.manual_seed(params.seed)
     state = make_state(params, num_classes, len(train_loader), device)
@@ -379,7 +389,10 @@ def train_epochs(
     say = echo if (echo is not None and rank == 0) else None
     guard = NonFiniteGuard(p)
     if say and state.epoch > 0:
-        say(f"train: resuming after epoch {state.epoch} (best val mIoU {state.best_miou:.4f})")
+        say(
+            f"train: resuming after epoch {state.epoch} (best {selection} mIoU "
+            f"{state.best_miou:.4f})"
+        )
     for epoch in range(state.epoch, p.epochs):
         started = time.time()  # wall clock: epoch walls include the checkpoint/report after it
         train_loader.dataset.set_epoch(epoch)
@@ -405,10 +418,18 @@ def train_epochs(
         val = validate(
             state.scored_model, val_loader, num_classes, device, p.bf16, is_distributed(), norm
         )
-        # A NaN mIoU (no labelled val pixel) scores nothing: 0 in the record (JSON has no NaN),
+        dev = None
+        if dev_loader is not None:
+            dev = validate(
+                state.scored_model, dev_loader, num_classes, device, p.bf16, is_distributed(),
+                norm,
+            )  # fmt: skip
+        # A NaN mIoU (no labelled pixel) scores nothing: 0 in the record (JSON has no NaN),
         # and never the best epoch.
-        scored = math.isfinite(val["miou"])
-        miou = val["miou"] if scored else 0.0
+        chosen = dev if dev is not None else val
+        scored = math.isfinite(chosen["miou"])
+        miou = chosen["miou"] if scored else 0.0
+        val_miou = val["miou"] if math.isfinite(val["miou"]) else 0.0
         is_best = scored and miou > state.best_miou
         state.epoch = epoch + 1
         state.best_miou = max(state.best_miou, miou) if scored else state.best_miou
@@ -418,9 +439,16 @@ def train_epochs(
             # None (null in JSON, empty in the CSV) when no step of the epoch had a finite loss
             "train_loss": train_loss if math.isfinite(train_loss) else None,
             "skipped_steps": stats.skipped_steps,
-            "val_miou": miou,
+            "val_miou": val_miou,
             "val_pixel_accuracy": val["pixel_accuracy"],
             "val_mean_accuracy": val["mean_accuracy"],
+            **(
+                {"dev_miou": miou, "dev_pixel_accuracy": dev["pixel_accuracy"]}
+                if dev is not None
+                else {}
+            ),
+            # the mIoU the best epoch is chosen by: dev's when there is a dev split, else val's
+            "selection_miou": miou,
             "lr": stats.lr,
             "images_per_second": stats.images_per_second * world_size,
             "epoch_seconds": stats.seconds,
@@ -432,8 +460,9 @@ def train_epochs(
         if say:
             say(
                 f"train: epoch {state.epoch}/{p.epochs} loss {train_loss:.4f} "
-                f"val mIoU {miou:.4f} PA {val['pixel_accuracy']:.4f} "
-                f"images/s {record['images_per_second']:.1f} time {stats.seconds:.1f}s"
+                f"val mIoU {val_miou:.4f} PA {val['pixel_accuracy']:.4f} "
+                + (f"dev mIoU {miou:.4f} " if dev is not None else "")
+                + f"images/s {record['images_per_second']:.1f} time {stats.seconds:.1f}s"
                 + (" (best)" if is_best else "")
             )
         on_epoch(state, record, is_best)

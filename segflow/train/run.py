@@ -44,8 +44,8 @@ from segflow.train.state import BEST, LAST, checkpoint_extra, checkpoint_payload
 
 #: The checkpoint file inside each of Ray's ``epoch-NNNN`` directories.
 CHECKPOINT_FILE = "checkpoint.pt"
-#: The metric the kept checkpoint is chosen by.
-SCORE = "val_miou"
+#: The metric the kept checkpoint is chosen by: dev's mIoU with a dev split, else val's.
+SCORE = "selection_miou"
 
 
 @dataclass

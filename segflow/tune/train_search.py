@@ -115,8 +115,8 @@ def train_sweep(
     """Sweep ``params.tune``'s space on the shards; the trial with the best final val mIoU wins.
 
     Each trial row holds its sampled ``config``, the resulting ``train``/``loader`` values, its
-    final ``val_miou``, ``best_val_miou`` over its epochs and ``epochs`` run (fewer than
-    max_epochs when ASHA stopped it). ``seconds`` is the sweep's wall time.
+    final ``selection_miou`` (dev, else val), ``best_miou`` over its epochs and ``epochs`` run
+    (fewer than max_epochs when ASHA stopped it). ``seconds`` is the sweep's wall time.
     """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -182,7 +182,7 @@ def train_sweep(
                 "config": dict(result.config),
                 **train_values(apply_trial(params, result.config)),
                 METRIC: float(result.metrics[METRIC]),
-                "best_val_miou": max(mious) if mious else float(result.metrics[METRIC]),
+                "best_miou": max(mious) if mious else float(result.metrics[METRIC]),
                 "epochs": int(result.metrics["epoch"]),
                 "history": mious,
             }
