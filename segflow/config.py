@@ -251,6 +251,10 @@ class TrainParams(RayRunParams):
     #: Not num_classes, backbone, output_stride or pretrained (RESERVED_MODEL_OPTIONS).
     model_options: dict[str, int | float | str | bool | list | dict] = {}
     epochs: int = Field(8, gt=0, le=MAX_EPOCHS)
+    #: Train to this many minutes of wall time (null: off, train.epochs as they are): the LR
+    #: decays with the fraction of it spent and the run stops at the last epoch that fits
+    #: (segflow.train.budget); train.epochs is then an upper bound. A year at most (a typo).
+    time_budget_min: float | None = Field(None, gt=0, le=525_600)
     #: Images per step on each worker (the global batch is batch_size x num_workers).
     batch_size: int = Field(8, gt=0, le=MAX_BATCH)
     optimizer: Literal["sgd", "adamw"] = "sgd"

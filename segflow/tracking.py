@@ -258,6 +258,27 @@ def log_history(history: Iterable[dict]) -> None:
             client.log_batch(run_id, metrics=metrics[start : start + 1000])
 
 
+#: The tag of a training run with a time budget: what ended it ("budget" or "epochs").
+BUDGET_STOPPED_BY_TAG = "segflow.budget_stopped_by"
+
+
+def log_budget(summary: dict) -> None:
+    """A time budget's facts on the active run (:meth:`segflow.train.budget.TimeBudget.summary`):
+    its numbers as metrics (``budget_epochs``, ``budget_images_per_second``, ...; those not
+    measured are left out) and what stopped the run as a tag. The budget itself is the param
+    ``train.time_budget_min``."""
+    import mlflow
+
+    metrics = {
+        key: float(value)
+        for key, value in summary.items()
+        if key.startswith("budget_") and isinstance(value, int | float) and value == value
+    }
+    with store_errors():
+        mlflow.log_metrics(metrics)
+        mlflow.set_tag(BUDGET_STOPPED_BY_TAG, summary.get("budget_stopped_by") or "unknown")
+
+
 def end_run(status: str = "FINISHED") -> None:
     """End the active run. Marking a run that failed FAILED is best effort: the error that
     stopped it is the one to report, not a second one from a store that is down too."""

@@ -10,10 +10,16 @@ replaces the stage's outputs together, models/run.json last.
 SIGTERM is a pre-emption (segflow.train.preemption): training stops at its last checkpoint, no
 output is replaced, the MLflow run stays RUNNING (tagged ``segflow.interrupted``) for the next
 run to continue, and the stage exits 143 (128 + SIGTERM, what a shell reports for it).
+
+With ``train.time_budget_min`` the budget counts from this stage's start (segflow.train.budget),
+and the run records what it allowed: metrics ``budget_epochs``, ``budget_images_per_second``,
+``budget_epoch_seconds``, ``budget_spent_min`` and the tag ``segflow.budget_stopped_by``, beside
+the param ``train.time_budget_min``; the log says it in one line.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from segflow import tracking
@@ -45,6 +51,7 @@ EXIT_SIGTERM = 143
 
 
 def main(params: Params) -> None:
+    since = time.time()  # a time budget counts the stage's start-up too
     stop = SigtermStop.install()  # from here on, SIGTERM stops the run at a checkpoint
     verify_shards(SHARDS)  # a damaged shard: one line naming it, before any worker starts
     params = with_searched_genotype(params, GENOTYPE)
@@ -68,11 +75,13 @@ def main(params: Params) -> None:
         mlflow_client().delete_tag(run_id, INTERRUPTED_TAG)  # it runs again
     try:
         with staging(MODELS) as scratch:
-            outcome = train(params, SHARDS, scratch, stop=stop)
+            outcome = train(params, SHARDS, scratch, stop=stop, since=since)
             # The last point to stop at: what follows is bookkeeping of a finished training
             # (seconds), and a run that has replaced models/* must end FINISHED.
             stop.check()
             tracking.log_history(outcome.history)
+            if outcome.budget is not None:
+                tracking.log_budget(outcome.budget)
             # The run's model: the best checkpoint served as evaluate serves it, without the
             # CRF (crf_tune has not chosen one yet); pickle-free, as the registered one.
             serving = ServingSpec.from_params(params, index.get("resize"), None).to_dict()
@@ -110,12 +119,30 @@ def main(params: Params) -> None:
         )
         raise SystemExit(EXIT_SIGTERM) from None
     tracking.end_run()
+    if outcome.budget is not None:
+        console.print(budget_line(outcome.budget))
     console.print(
         f"train: best {summary['selected_on']} mIoU "
         f"{summary.get('best_dev_miou', summary['best_val_miou']):.4f} at epoch "
         f"{summary['best_epoch']} "
         f"-> {BEST_MODEL} (MLflow run {run_id})"
     )
+
+
+def budget_line(budget: dict) -> str:
+    """What the time budget allowed on this machine, in one line: why a run here trained more
+    or fewer epochs than the same params elsewhere."""
+    why = {"budget": "the budget", "epochs": "train.epochs"}.get(budget["budget_stopped_by"], "")
+    line = (
+        f"train: time budget {budget['time_budget_min']:g} min: {budget['budget_epochs']} "
+        f"epoch(s) in {budget['budget_spent_min']:.1f} min"
+    )
+    if budget["budget_epoch_seconds"] == budget["budget_epoch_seconds"]:  # not nan: measured
+        line += (
+            f", {budget['budget_images_per_second']:.1f} images/s, "
+            f"~{budget['budget_epoch_seconds']:.0f} s an epoch with validation"
+        )
+    return line + (f"; stopped by {why}" if why else "")
 
 
 def mlflow_client():

@@ -79,3 +79,17 @@ def gather_objects(value: object) -> list[object]:
     out: list[object] = [None] * dist.get_world_size()
     dist.all_gather_object(out, value)
     return out
+
+
+def rank0_value(value: float, device: torch.device) -> float:
+    """Rank 0's ``value`` on every rank (``value`` itself on one process).
+
+    For readings that differ per rank but must drive one decision on all of them, such as the
+    wall clock a time budget is measured by: each rank's own clock would let one rank stop (or
+    lower its learning rate) a step before another, and the DDP replicas would part.
+    """
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return float(t.item())

@@ -28,14 +28,15 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from segflow.config import Params, TrainParams
-from segflow.data.groups import DEV_SPLIT, decision_split
+from segflow.data.groups import DEV_SPLIT, VAL_SPLIT, decision_split
 from segflow.data.loader import make_dataloader, normalize_batch
 from segflow.data.shards import read_index
 from segflow.errors import SegflowError
 from segflow.evaluate.metrics import ConfusionMatrix
 from segflow.io import atomic_path, remove_killed_writes
 from segflow.models.checkpoint import build_model, default_device, read_checkpoint
-from segflow.train.collectives import any_rank, is_distributed, mean_over_ranks
+from segflow.train.budget import TimeBudget, budget_lr, eta_seconds, format_duration
+from segflow.train.collectives import any_rank, is_distributed, mean_over_ranks, rank0_value
 from segflow.train.ema import ModelEMA
 from segflow.train.losses import (
     SegmentationLoss,
@@ -147,6 +148,19 @@ class NonFiniteGuard:
 
 
 @dataclass
+class StepInfo:
+    """What a progress line reports after a step (:func:`train_one_epoch`'s ``log``)."""
+
+    step: int
+    steps: int
+    loss: float  # the epoch's mean so far over the steps whose loss was finite
+    images_per_second: float  # this rank's
+    lr: float  # of the first parameter group (the backbone's), as the history records it
+    data_share: float  # of the epoch's time so far spent waiting for the loader
+    elapsed: float  # seconds since the epoch started
+
+
+@dataclass
 class EpochStats:
     loss: float  # the mean over the steps whose loss was finite; nan if none was
     images: int
@@ -154,6 +168,7 @@ class EpochStats:
     data_seconds: float  # time spent waiting for the loader: the share a faster loader can save
     lr: float
     skipped_steps: int = 0  # steps whose loss was not finite: no weight update
+    steps: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -191,13 +206,14 @@ def train_one_epoch(
     scheduler: LRScheduler,
     device: torch.device,
     p: TrainParams,
-    log: Callable[[int, float, float], None] | None = None,
+    log: Callable[[StepInfo], None] | None = None,
     norm: Norm | None = None,
     ema: ModelEMA | None = None,
     *,
     epoch: int = 1,
     guard: NonFiniteGuard | None = None,
     should_stop: Callable[[], bool] | None = None,
+    pace: Callable[[int, int], bool] | None = None,
 ) -> EpochStats:
     """One pass over ``loader``; the LR schedule steps per iteration, the EMA per step.
 
@@ -206,6 +222,9 @@ def train_one_epoch(
     keeps diverging. ``should_stop`` is asked before each step; true raises
     :class:`TrainingStopped` there (``epoch`` is the 1-based epoch, for messages). It is for
     one process: DDP ranks would each have to get the same answer at the same step.
+    ``pace(step, steps)`` (a time budget's :meth:`~segflow.train.budget.TimeBudget.step`) is
+    called after each step, before the schedule computes the next LR; true ends the epoch
+    after that step (the budget's deadline), on every rank alike.
     """
     model.train()
     memory_format = torch.channels_last if p.channels_last else torch.contiguous_format
@@ -248,6 +267,7 @@ def train_one_epoch(
             total_loss += value
         else:
             optimizer.zero_grad(set_to_none=True)
+        cut = pace(steps, len(loader)) if pace is not None else False
         with warnings.catch_warnings():
             # per iteration, skipped or not (the schedule's length is fixed); a skipped first
             # step is not the ordering mistake PyTorch warns about
@@ -255,9 +275,17 @@ def train_one_epoch(
             scheduler.step()
         guard.observe(finite, value, epoch, steps)
         images += x.shape[0]
-        if log is not None and steps % p.log_every == 0:
+        if log is not None and (steps % p.log_every == 0 or cut):
+            elapsed = time.perf_counter() - start
             mean = total_loss / finite_steps if finite_steps else math.nan
-            log(steps, mean, images / (time.perf_counter() - start))
+            log(
+                StepInfo(
+                    steps, len(loader), mean, images / elapsed,
+                    optimizer.param_groups[0]["lr"], data_seconds / elapsed, elapsed,
+                )
+            )  # fmt: skip
+        if cut:
+            break
         tick = time.perf_counter()
     return EpochStats(
         loss=total_loss / finite_steps if finite_steps else (math.nan if steps else 0.0),
@@ -266,6 +294,7 @@ def train_one_epoch(
         data_seconds=data_seconds,
         lr=optimizer.param_groups[0]["lr"],
         skipped_steps=steps - finite_steps,
+        steps=steps,
     )
 
 
@@ -309,15 +338,37 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def make_state(
-    params: Params, num_classes: int, iters_per_epoch: int, device: torch.device
+    params: Params,
+    num_classes: int,
+    iters_per_epoch: int,
+    device: torch.device,
+    budget: TimeBudget | None = None,
 ) -> TrainState:
+    """Model, optimizer and LR schedule: poly over ``train.epochs`` epochs, or with a ``budget``
+    poly over the fraction of it spent (:mod:`segflow.train.budget`)."""
     p = params.train
     model = build_model(p, num_classes).to(device)
     if p.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, p)
-    scheduler = poly_lr(optimizer, p.epochs * iters_per_epoch, p.poly_power, p.warmup_iters)
-    return TrainState(model, optimizer, scheduler)
+    if budget is not None:
+        scheduler = budget_lr(optimizer, budget, p.poly_power, p.warmup_iters)
+    else:
+        scheduler = poly_lr(optimizer, p.epochs * iters_per_epoch, p.poly_power, p.warmup_iters)
+    return TrainState(model, optimizer, scheduler, budget=budget)
+
+
+def time_budget(
+    p: TrainParams, device: torch.device, since: float | None = None
+) -> TimeBudget | None:
+    """The run's :class:`~segflow.train.budget.TimeBudget` when ``train.time_budget_min`` is
+    set (None: epochs as usual). ``since`` (a ``time.time()``) is when the stage started: its
+    start-up counts against the budget too. Under DDP every rank reads rank 0's clock."""
+    if p.time_budget_min is None:
+        return None
+    return TimeBudget(
+        p.time_budget_min, p.epochs, since=since, agree=lambda s: rank0_value(s, device)
+    )
 
 
 EpochHook = Callable[[TrainState, dict, bool], None]
@@ -334,6 +385,7 @@ def train_epochs(
     resume: dict | None = None,
     echo: Callable[[str], None] | None = print,
     should_stop: Callable[[], bool] | None = None,
+    budget: TimeBudget | None = None,
 ) -> TrainState:
     """The whole training of one rank: loaders, model, epochs from ``resume`` to the end.
 
@@ -342,9 +394,17 @@ def train_epochs(
     its own part of the shards, and validation sums the ranks' confusion matrices. After each
     epoch ``on_epoch(state, record, is_best)`` persists the state (a file, or a Ray report).
 
+    With a ``budget`` (:func:`time_budget`) the LR decays with the budget spent and the run
+    stops at the last epoch that fits it; ``train.epochs`` is then an upper bound. Without one,
+    the poly schedule runs over ``train.epochs`` epochs.
+
     Never persisted: an epoch that ends with non-finite weights, or one cut short by a
     diverging loss (:class:`TrainingDiverged`) or by ``should_stop`` (:class:`TrainingStopped`,
     asked between steps): the last checkpoint stays the last good one.
+
+    Rank 0 prints (``echo``) a line every ``train.log_every`` steps (loss, LR, images/s, the
+    share of time spent waiting for data, peak memory, the run's ETA), a line when validation
+    starts and one when the epoch ends (its mIoUs and how long validation took).
     """
     p = params.train
     seed_everything(params.seed + rank, p.deterministic)
@@ -369,7 +429,7 @@ def train_epochs(
         )  # fmt: skip
     # Every rank builds the same initial weights (DDP also broadcasts rank 0's at wrap time).
     torch.manual_seed(params.seed)
-    state = make_state(params, num_classes, len(train_loader), device)
+    state = make_state(params, num_classes, len(train_loader), device, budget)
     if resume is not None:
         restore_state(state, resume)
     if p.ema_decay > 0:
@@ -393,26 +453,59 @@ def train_epochs(
             f"train: resuming after epoch {state.epoch} (best {selection} mIoU "
             f"{state.best_miou:.4f})"
         )
+    if say and budget is not None:
+        say(
+            f"train: time budget {budget.minutes:g} min (train.time_budget_min), "
+            f"{budget.seconds - budget.local_spent():.0f} s left: the LR decays with the budget "
+            f"spent; train.epochs ({p.epochs}) is an upper bound"
+        )
+    splits = index["splits"]
+    scored = f"{VAL_SPLIT} ({splits[VAL_SPLIT]['num_samples']} images)" + (
+        f", {DEV_SPLIT} ({splits[DEV_SPLIT]['num_samples']} images)" if dev_loader else ""
+    )
+    past: list[tuple[float, float]] = []  # this process's (training s, validation s) per epoch
     for epoch in range(state.epoch, p.epochs):
+        plan = budget.next_epoch(state.epoch) if budget is not None else None
+        if budget is not None and plan is None:
+            break
         started = time.time()  # wall clock: epoch walls include the checkpoint/report after it
+        epoch_t0 = time.perf_counter()
         train_loader.dataset.set_epoch(epoch)
+        # "3/48" counts against train.epochs; "3/~37" against the epochs a budget's plan allows
+        # (re-estimated every epoch; the first epoch, before any estimate, shows train.epochs).
+        planned = plan is not None and plan.epochs is not None
+        shown = f"~{plan.epochs}" if planned else str(p.epochs)
 
-        def progress(step: int, loss: float, ips: float, epoch: int = epoch) -> None:
-            if say:
-                say(
-                    f"train: epoch {epoch + 1}/{p.epochs} step {step}/{len(train_loader)} "
-                    f"loss {loss:.4f} images/s {ips * world_size:.1f}"
-                )
+        def progress(info: StepInfo, epoch: int = epoch, shown: str = shown) -> None:
+            if not say:
+                return
+            if budget is not None:
+                eta = budget.eta()
+            else:
+                eta = eta_seconds(info.step, info.steps, info.elapsed, p.epochs - epoch - 1, past)
+            say(
+                f"train: epoch {epoch + 1}/{shown} step {info.step}/{info.steps} "
+                f"loss {info.loss:.4f} lr {info.lr:.3g} "
+                f"images/s {info.images_per_second * world_size:.1f} "
+                f"data {100 * info.data_share:.0f}% mem {peak_memory_mb(device):.0f} MiB "
+                f"eta {format_duration(eta)}"
+            )
 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         stats = train_one_epoch(
             state.model, train_loader, loss_fn, state.optimizer, state.scheduler, device, p,
             progress, norm, state.ema, epoch=epoch + 1, guard=guard, should_stop=should_stop,
+            pace=budget.step if budget is not None else None,
         )  # fmt: skip
+        if budget is not None:
+            budget.trained()
         # DDP keeps the replicas equal, so every rank takes the same decision here.
         if not all_finite(state.scored_model):
             raise diverged(p, f"the weights are not finite after epoch {epoch + 1}")
+        if say:
+            say(f"train: epoch {epoch + 1}/{shown} validating on {scored}")
+        val_t0 = time.perf_counter()
         # Validate the plain model: DDP's forward would broadcast buffers, a collective that
         # hangs when ranks hold different numbers of validation images.
         val = validate(
@@ -424,15 +517,16 @@ def train_epochs(
                 state.scored_model, dev_loader, num_classes, device, p.bf16, is_distributed(),
                 norm,
             )  # fmt: skip
+        val_seconds = time.perf_counter() - val_t0
         # A NaN mIoU (no labelled pixel) scores nothing: 0 in the record (JSON has no NaN),
         # and never the best epoch.
         chosen = dev if dev is not None else val
-        scored = math.isfinite(chosen["miou"])
-        miou = chosen["miou"] if scored else 0.0
+        scored_ok = math.isfinite(chosen["miou"])
+        miou = chosen["miou"] if scored_ok else 0.0
         val_miou = val["miou"] if math.isfinite(val["miou"]) else 0.0
-        is_best = scored and miou > state.best_miou
+        is_best = scored_ok and miou > state.best_miou
         state.epoch = epoch + 1
-        state.best_miou = max(state.best_miou, miou) if scored else state.best_miou
+        state.best_miou = max(state.best_miou, miou) if scored_ok else state.best_miou
         train_loss = mean_over_ranks(stats.loss, stats.images, device)
         record = {
             "epoch": state.epoch,
@@ -455,17 +549,40 @@ def train_epochs(
             "data_wait_share": stats.data_seconds / stats.seconds if stats.seconds else 0.0,
             "peak_memory_mb": peak_memory_mb(device),
             "epoch_start_time": started,
+            "validation_seconds": val_seconds,
         }
+        if budget is not None:
+            spent = budget.validated(len(train_loader), record["images_per_second"])
+            # the budget spent when the epoch was scored, and the epochs its plan then allowed
+            record["budget_spent_s"] = spent
+            if plan is not None and plan.epochs is not None:
+                record["budget_epochs"] = plan.epochs
         state.history.append(record)
         if say:
+            cut = "" if stats.steps >= len(train_loader) else f" (cut at step {stats.steps})"
+            spent_note = (
+                f" budget {format_duration(record['budget_spent_s'])}/"
+                f"{format_duration(budget.seconds)}"
+                if budget is not None
+                else ""
+            )
             say(
-                f"train: epoch {state.epoch}/{p.epochs} loss {train_loss:.4f} "
+                f"train: epoch {state.epoch}/{shown} loss {train_loss:.4f} "
                 f"val mIoU {val_miou:.4f} PA {val['pixel_accuracy']:.4f} "
                 + (f"dev mIoU {miou:.4f} " if dev is not None else "")
                 + f"images/s {record['images_per_second']:.1f} time {stats.seconds:.1f}s"
+                + f"{cut} validation {val_seconds:.1f}s{spent_note}"
                 + (" (best)" if is_best else "")
             )
         on_epoch(state, record, is_best)
+        if budget is not None:
+            budget.done()
+        past.append((val_t0 - epoch_t0, time.perf_counter() - val_t0))
+    else:
+        if budget is not None:
+            budget.stopped_by = "epochs"
+    if say and budget is not None and budget.stopped_by is not None:
+        say(budget.stop_reason(state.epoch))
     state.model = unwrap(state.model)
     return state
 
@@ -479,13 +596,16 @@ def fit(
     resume: bool = True,
     echo: Callable[[str], None] | None = print,
     should_stop: Callable[[], bool] | None = None,
+    since: float | None = None,
 ) -> TrainState:
     """Single-process training (no Ray): ``out_dir/last.pt`` every epoch, ``best.pt`` on a new
     best val mIoU, both written atomically.
 
     With ``resume`` an existing ``last.pt`` continues where it stopped (same epoch, optimizer
-    momentum, LR schedule and best metric); a finished run returns at once. ``should_stop``
-    (asked between steps, e.g. after a SIGTERM) ends it with :class:`TrainingStopped`.
+    momentum, LR schedule, best metric and time budget spent); a finished run returns at once.
+    ``should_stop`` (asked between steps, e.g. after a SIGTERM) ends it with
+    :class:`TrainingStopped`. ``train.time_budget_min`` trains to that budget
+    (:func:`time_budget`), counted from ``since`` (a ``time.time()``; None: from this call).
     """
     shard_dir, out_dir = Path(shard_dir), Path(out_dir)
     device = torch.device(device) if device is not None else default_device()
@@ -504,5 +624,6 @@ def fit(
                 shutil.copyfile(last, tmp)
 
     return train_epochs(
-        params, shard_dir, device, on_epoch, resume=payload, echo=echo, should_stop=should_stop
-    )
+        params, shard_dir, device, on_epoch, resume=payload, echo=echo, should_stop=should_stop,
+        budget=time_budget(params.train, device, since),
+    )  # fmt: skip

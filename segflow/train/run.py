@@ -60,6 +60,9 @@ class TrainOutcome:
     #: Epochs already done when the final attempt started: 0 for a run that never restarted,
     #: k after a worker crash (FailureConfig) or a resumed named run.
     resumed_from: int = 0
+    #: With train.time_budget_min: what the budget allowed and why the run ended
+    #: (:meth:`segflow.train.budget.TimeBudget.summary`); None without a budget.
+    budget: dict | None = None
 
 
 def preflight(params: Params, shard_dir: Path) -> dict:
@@ -85,6 +88,7 @@ def train_func(config: dict) -> dict:
     node_ids = gather_objects(ray.get_runtime_context().get_node_id())
     resume = resume_payload(CHECKPOINT_FILE)
     extra = checkpoint_extra(params, read_index(shard_dir))
+    budget = loop.time_budget(params.train, device, config.get("since"))
 
     def on_epoch(state: loop.TrainState, record: dict, is_best: bool) -> None:
         payload = checkpoint_payload(state, extra) if rank == 0 else None
@@ -95,14 +99,19 @@ def train_func(config: dict) -> dict:
     try:
         state = loop.train_epochs(
             params, shard_dir, device, on_epoch,
-            rank=rank, world_size=world_size, resume=resume, echo=echo_line,
+            rank=rank, world_size=world_size, resume=resume, echo=echo_line, budget=budget,
         )  # fmt: skip
     except loop.TrainingDiverged as exc:
         # Every rank stops at the same step (the decision is collective). Returned, not raised:
         # Ray Train would restart the workers from the last checkpoint to diverge again.
         return {"diverged": str(exc)}
     resumed_from = int(resume["epoch"]) if resume is not None else 0
-    return {"history": state.history, "node_ids": node_ids, "resumed_from": resumed_from}
+    return {
+        "history": state.history,
+        "node_ids": node_ids,
+        "resumed_from": resumed_from,
+        "budget": budget.summary(state.epoch) if budget is not None else None,
+    }
 
 
 def train_distributed(
@@ -111,14 +120,19 @@ def train_distributed(
     work_dir: str | Path,
     echo: Echo = echo_line,
     stop: SigtermStop | None = None,
+    since: float | None = None,
 ) -> TrainOutcome:
     """Run :func:`train_func` under the Ray launcher; the best checkpoint is copied into
     ``work_dir``. A ``stop`` request while it runs ends this driver's Ray job (its workers
-    with it) and re-raises."""
+    with it) and re-raises. A time budget counts from ``since`` (the stage's start)."""
     p = params.train
     shard_dir = Path(shard_dir).resolve()
     run_name = p.run_name or default_run_name("train")
-    config = {"params": params.model_dump(mode="json"), "shard_dir": str(shard_dir)}
+    config = {
+        "params": params.model_dump(mode="json"),
+        "shard_dir": str(shard_dir),
+        "since": since,
+    }
     try:
         with stop.interruptible() if stop is not None else nullcontext():
             run = launch(train_func, config, p, "train", run_name, score=SCORE, echo=echo)
@@ -134,7 +148,7 @@ def train_distributed(
         history = run.read(run.latest, CHECKPOINT_FILE)["history"]
     return TrainOutcome(
         history, local, run_name, run.path, run.value.get("node_ids", []),
-        run.value.get("resumed_from", 0),
+        run.value.get("resumed_from", 0), run.value.get("budget"),
     )  # fmt: skip
 
 
@@ -154,15 +168,16 @@ def train_local(
     work_dir: str | Path,
     echo: Echo = echo_line,
     stop: SigtermStop | None = None,
+    since: float | None = None,
 ) -> TrainOutcome:
     """The same training in this process without Ray (``train.launcher: local``); ``stop``
-    is asked between steps."""
+    is asked between steps, and a time budget counts from ``since``."""
     run_name = params.train.run_name or default_run_name("train")
     run_dir = local_run_dir(params.train, "train", run_name)
     echo(f"train: local run {run_name!r} in {run_dir}")
     last = run_dir / LAST
     resumed_from = int(read_checkpoint(last)["epoch"]) if last.is_file() else 0
-    state = loop.fit(params, shard_dir, run_dir, echo=echo, should_stop=stop)
+    state = loop.fit(params, shard_dir, run_dir, echo=echo, should_stop=stop, since=since)
     if not (run_dir / BEST).is_file():
         raise SegflowError(f"train: run {run_name!r}: no epoch had a finite val mIoU")
     work_dir = Path(work_dir)
@@ -170,7 +185,8 @@ def train_local(
     local = work_dir / BEST
     with atomic_path(local) as tmp:
         shutil.copyfile(run_dir / BEST, tmp)
-    return TrainOutcome(state.history, local, run_name, str(run_dir), [], resumed_from)
+    budget = state.budget.summary(state.epoch) if state.budget is not None else None
+    return TrainOutcome(state.history, local, run_name, str(run_dir), [], resumed_from, budget)
 
 
 def train(
@@ -179,7 +195,10 @@ def train(
     work_dir: str | Path,
     echo: Echo = echo_line,
     stop: SigtermStop | None = None,
+    since: float | None = None,
 ) -> TrainOutcome:
-    """Train with the launcher named in ``train.launcher``."""
+    """Train with the launcher named in ``train.launcher``; a time budget
+    (``train.time_budget_min``) counts from ``since``, a ``time.time()`` (None: from the first
+    step's set-up)."""
     run = train_distributed if params.train.launcher == "ray" else train_local
-    return run(params, shard_dir, work_dir, echo, stop)
+    return run(params, shard_dir, work_dir, echo, stop, since)

@@ -1,0 +1,200 @@
+"""Training to a time budget (train.time_budget_min, segflow.train.budget): the run ends at its
+deadline with the LR at its floor, a resumed run spends only what was left, the facts reach the
+log and MLflow, and without a budget nothing changes.
+
+The timing checks hold on a loaded machine too: every bound is stated in the run's own measured
+step, epoch and validation times, not in fixed seconds.
+"""
+
+from __future__ import annotations
+
+import time
+
+import mlflow
+import pytest
+import torch
+
+from segflow import tracking
+from segflow.data.shards import read_index
+from segflow.stages.train import budget_line
+from segflow.train.budget import TimeBudget, budget_factor
+from segflow.train.loop import fit
+from segflow.train.state import LAST
+from tests.train.conftest import make_shards, tiny_params
+
+#: Per-epoch (train loss, LR) of ``tiny_params(epochs=4, warmup_iters=2)`` on the ``shards``
+#: fixture, captured from main's code before the time budget existed (commit 35f225c).
+BEFORE_BUDGET = [
+    (1.1247756481170654, 0.05),
+    (1.1217065453529358, 0.03471265813308035),
+    (1.1166402101516724, 0.018602052900565075),
+    (1.1121993660926819, 0.0),
+]
+#: The epoch bound of the budgeted runs: far more than the budget allows.
+MANY = 2000
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def steps_shards(tmp_path_factory):
+    """16 training images: 8 steps of batch 2 per epoch, so a deadline can fall mid-epoch."""
+    return make_shards(tmp_path_factory.mktemp("budget_shards"), train=16, val=2)
+
+
+def bounds(budget: TimeBudget) -> tuple[float, float, float]:
+    """(longest step, longest validation + checkpoint, longest whole epoch) the run measured."""
+    step = max(c.train_s / max(c.steps, 1) for c in budget.costs)
+    validation = max(c.eval_s for c in budget.costs)
+    epoch = max(c.train_s + c.eval_s for c in budget.costs)
+    return step, validation, epoch
+
+
+def test_the_lr_warms_up_by_steps_and_decays_to_zero_with_the_budget_spent():
+    assert budget_factor(0, 0.0, 0.9, warmup_iters=4) == pytest.approx(0.25)
+    assert budget_factor(3, 0.0, 0.9, warmup_iters=4) == pytest.approx(1.0)
+    assert budget_factor(10, 0.5, power=1.0) == pytest.approx(0.5)  # linear: Li et al.
+    assert budget_factor(10, 0.5, power=0.9) == pytest.approx(0.5**0.9)
+    assert budget_factor(10, 1.0) == 0.0
+    assert budget_factor(10, 1.7) == 0.0  # past the deadline: still the floor
+
+
+def test_without_a_budget_the_loss_curve_and_lr_are_those_before_budgets_existed(shards, tmp_path):
+    state = fit(tiny_params(epochs=4, warmup_iters=2), shards, tmp_path, "cpu", echo=None)
+
+    assert state.budget is None
+    assert [r["train_loss"] for r in state.history] == pytest.approx(
+        [loss for loss, _ in BEFORE_BUDGET], abs=1e-6
+    )
+    assert [r["lr"] for r in state.history] == pytest.approx(
+        [lr for _, lr in BEFORE_BUDGET], abs=1e-9
+    )
+    assert not any(key.startswith("budget") for r in state.history for key in r)
+    assert "budget" not in torch.load(tmp_path / LAST, weights_only=True)
+
+
+def test_a_budget_of_seconds_ends_at_its_deadline_with_the_lr_at_its_floor(steps_shards, tmp_path):
+    minutes = 0.05  # 3 s
+    lines: list[str] = []
+    started = time.time()
+    state = fit(
+        tiny_params(epochs=MANY, time_budget_min=minutes, warmup_iters=4),
+        steps_shards, tmp_path, "cpu", echo=lines.append, since=started,
+    )  # fmt: skip
+    wall = time.time() - started
+
+    budget = state.budget
+    step, validation, epoch = bounds(budget)
+    assert budget.stopped_by == "budget" and 2 <= state.epoch < MANY
+    # The last epoch that fits: another would not have, and the run did not overrun its
+    # deadline by more than one step and its validation.
+    assert minutes * 60 - epoch <= wall <= minutes * 60 + step + validation + 0.25
+    lrs = [r["lr"] for r in state.history]
+    assert lrs[-1] == 0.0  # the floor, at the last epoch's last step
+    assert all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:], strict=False))  # never back up
+    assert 0.0 < lrs[0] < 0.05
+    head = "train: time budget 0.05 min (train.time_budget_min)"
+    assert lines[0].startswith(head)
+    assert lines[-1].startswith(f"{head}: stopping after epoch {state.epoch}: another epoch")
+    # The checkpoint holds the budget: spent time, progress and the measured epochs.
+    saved = torch.load(tmp_path / LAST, weights_only=True)["budget"]
+    assert saved["progress"] == 1.0 and len(saved["costs"]) == state.epoch
+    assert saved["spent"] == pytest.approx(wall, abs=0.5)
+
+
+def test_a_run_that_slows_down_is_cut_at_the_deadline_mid_epoch(steps_shards, tmp_path):
+    minutes, slow_from, pause = 0.05, 1.5, 0.3
+    lines: list[str] = []
+    started = time.time()
+
+    def slow_steps_later(line: str) -> None:
+        # The echo of a step line runs inside the step: from 1.5 s on, every step takes 0.3 s
+        # longer (another job took the machine), so an epoch no longer fits where it was planned.
+        lines.append(line)
+        if " step " in line and time.time() - started > slow_from:
+            time.sleep(pause)
+
+    state = fit(
+        tiny_params(epochs=MANY, time_budget_min=minutes),
+        steps_shards, tmp_path, "cpu", echo=slow_steps_later, since=started,
+    )  # fmt: skip
+    wall = time.time() - started
+
+    budget = state.budget
+    assert not budget.costs[-1].whole  # the deadline ended the last epoch early
+    assert any("(cut at step" in line for line in lines)
+    step, validation, _ = bounds(budget)
+    assert wall <= minutes * 60 + step + validation + 0.25
+    assert state.history[-1]["lr"] == 0.0
+    assert budget.stopped_by == "budget"
+
+
+def test_a_budget_longer_than_the_epochs_need_ends_the_lr_at_the_last_epoch(shards, tmp_path):
+    state = fit(tiny_params(epochs=3, time_budget_min=10.0), shards, tmp_path, "cpu", echo=None)
+
+    assert state.epoch == 3 and state.budget.stopped_by == "epochs"
+    lrs = [r["lr"] for r in state.history]
+    assert lrs[-1] == 0.0 and lrs[0] > lrs[1] > 0.0
+    assert [r["budget_epochs"] for r in state.history[1:]] == [3, 3]
+
+
+def test_a_resumed_run_spends_only_the_budget_left(steps_shards, tmp_path):
+    minutes, crash_at = 0.06, 1.5  # 3.6 s; killed in the epoch running 1.5 s in
+    params = tiny_params(epochs=MANY, time_budget_min=minutes)
+    started = time.time()
+
+    def crash_later(line: str) -> None:
+        if " step " in line and time.time() - started > crash_at:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(params, steps_shards, tmp_path, "cpu", echo=crash_later, since=started)
+    checkpoint = torch.load(tmp_path / LAST, weights_only=True)
+    spent, done = checkpoint["budget"]["spent"], checkpoint["epoch"]
+    lr = checkpoint["history"][-1]["lr"]
+    assert 0.5 < spent <= crash_at + 0.5 and checkpoint["budget"]["progress"] < 1.0
+
+    lines: list[str] = []
+    restarted = time.time()
+    state = fit(params, steps_shards, tmp_path, "cpu", echo=lines.append, since=restarted)
+    wall = time.time() - restarted
+
+    left = minutes * 60 - spent
+    step, validation, epoch = bounds(state.budget)
+    assert left - epoch - 0.25 <= wall <= left + step + validation + 0.25
+    assert lines[0].startswith(f"train: resuming after epoch {done}")
+    assert state.epoch > done and state.budget.stopped_by == "budget"
+    lrs = [r["lr"] for r in state.history[done:]]
+    assert lrs[0] <= lr and lrs[-1] == 0.0  # the schedule went on from where it was
+    assert state.history[-1]["budget_spent_s"] == pytest.approx(minutes * 60, abs=epoch + 0.5)
+
+
+def test_the_budget_and_what_it_allowed_reach_mlflow_and_one_log_line(
+    steps_shards, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    params = tiny_params(epochs=MANY, time_budget_min=0.03, run_name="budgeted")
+    state = fit(params, steps_shards, tmp_path / "out", "cpu", echo=None)
+    summary = state.budget.summary(state.epoch)
+
+    run_id = tracking.start_training_run(params, read_index(steps_shards), root=tmp_path)
+    try:
+        tracking.log_history(state.history)
+        tracking.log_budget(summary)
+    finally:
+        tracking.end_run()
+
+    run = mlflow.MlflowClient(tracking.tracking_uri(tmp_path)).get_run(run_id)
+    assert run.data.params["train.time_budget_min"] == "0.03"
+    assert run.data.metrics["budget_epochs"] == state.epoch
+    assert run.data.metrics["budget_images_per_second"] == pytest.approx(
+        summary["budget_images_per_second"]
+    )
+    assert run.data.metrics["budget_epoch_seconds"] > 0
+    assert run.data.tags[tracking.BUDGET_STOPPED_BY_TAG] == "budget"
+    line = budget_line(summary)
+    assert line.startswith(f"train: time budget 0.03 min: {state.epoch} epoch(s) in ")
+    assert "images/s" in line and line.endswith("stopped by the budget")
