@@ -16,7 +16,10 @@ deadline does worse. This module is that schedule for segflow's epoch loop
   the same stage (Ray's ``max_failures``) counts the time since that checkpoint.
 * **The plan.** Before each epoch, the cost of one epoch (training plus validation and
   checkpoint: the mean of the last :data:`KEEP` whole epochs measured) gives the number of
-  whole epochs that still fit, capped by ``train.epochs``. None left: the run stops there, and
+  whole epochs that still fit, capped by ``train.epochs``, plus a final partial epoch when the
+  time after them, less its validation, is at least :data:`FILL` of an epoch's training (the
+  deadline cuts it: with epochs of minutes, whole epochs alone left up to one of them unused,
+  10% of a 20-minute budget in the first benchmark). Nothing left: the run stops there, and
   the log says so with the images/s that decided it. The plan's *horizon* is the moment its
   last training step should end (its last validation comes after); the learning rate reaches
   its floor there.
@@ -25,16 +28,17 @@ deadline does worse. This module is that schedule for segflow's epoch loop
   (:func:`budget_factor`; ``train.poly_power`` 1 is Li et al.'s linear decay, 0.9 DeepLab's
   poly). After every step ``progress`` moves to the larger of (a) the time spent over the
   horizon and (b) the plan's step count: an epoch with n planned epochs left (itself included)
-  owns 1/n of the progress still to make, spread evenly over its steps. (a) keeps the LR from
-  lagging the clock when epochs get slower; (b) puts the final epoch's last step exactly on the
-  floor, however fast it ran. Progress never goes back. A warm-up counts steps, not time: it is
-  there for the first steps' stability, whatever the budget.
-* **The deadline.** A step after which less time is left than a validation and checkpoint take
-  ends its epoch there, and so the run: a run that slowed down (another job on the machine)
-  still ends at its budget, within one step plus its validation, with its LR at the floor (the
-  horizon is never later than that point). When no whole epoch fits any more but the LR is not
-  yet at its floor (the epochs got slower than planned), one last epoch runs and the deadline
-  ends it.
+  owns 1/n of the progress still to make (n fractional with a partial last epoch), spread
+  evenly over its steps. (a) keeps the LR from lagging the clock when epochs get slower; (b)
+  puts the final epoch's last step exactly on the floor, however fast it ran. Progress never
+  goes back. A warm-up counts steps, not time: it is there for the first steps' stability,
+  whatever the budget.
+* **The deadline.** A step after which another (at the epoch's pace so far) would end later
+  than a validation and checkpoint before the deadline, or after which the LR is at its floor,
+  ends its epoch there, and so the run, with the LR set to its floor: a run that slowed down
+  (another job on the machine) still ends at its budget, within one step plus its validation.
+  When no whole epoch fits any more but the LR is not yet at its floor (the epochs got slower
+  than planned), one last epoch runs and the deadline ends it.
 * **Deterministic enough.** Progress, the measured epoch costs and the time spent are plain
   numbers in the checkpoint (:meth:`TimeBudget.state_dict`); a resumed run continues from the
   same progress with the LR it had. What cannot repeat is the clock itself: two runs of one
@@ -60,6 +64,8 @@ from torch.optim.lr_scheduler import LambdaLR
 #: Whole epochs the cost estimate averages: recent enough to follow a change of load, more than
 #: one so that a single slow epoch does not cut the plan short.
 KEEP = 3
+#: The least part of an epoch worth a final partial epoch (and its validation) at the deadline.
+FILL = 0.25
 
 
 def budget_factor(it: int, progress: float, power: float = 0.9, warmup_iters: int = 0) -> float:
@@ -174,8 +180,10 @@ class TimeBudget:
         left = self.seconds - now
         bound = max(self.max_epochs - done, 1)
         estimate = self.epoch_estimate()
-        if (self.costs and not self.costs[-1].whole) or left <= 0:
-            # The deadline cut the last epoch (its LR at the floor), or the time is gone.
+        if self.costs and (not self.costs[-1].whole or left <= 0):
+            # The deadline cut the last epoch (its LR at the floor), or the time is gone. A run
+            # with no epoch yet trains one whatever is left: one step at least, then the deadline
+            # cuts it (a model, not none).
             self.plan, self.stopped_by = None, "budget"
             return None
         if estimate is None:  # nothing measured yet: the clock alone, towards the whole budget
@@ -183,12 +191,15 @@ class TimeBudget:
             plan = Plan(None, self.seconds, self.progress, 1.0 if final else None, final)
         else:
             train_s, eval_s, _ = estimate
-            n = min(bound, math.floor(left / (train_s + eval_s)))
+            epochs = self.epochs_left(left, train_s, eval_s, bound)
             step_s = train_s / max(1, self._recent()[-1].steps)
-            if n >= 1:
-                horizon = now + n * (train_s + eval_s) - eval_s
-                end = self.progress + (1.0 - self.progress) / n
-                plan = Plan(done + n, horizon, self.progress, end, n == 1)
+            if epochs > 0:
+                started = math.ceil(epochs)  # the last one partial when epochs is fractional
+                horizon = now + epochs * train_s + (started - 1) * eval_s
+                # This epoch's share of the progress left; above 1 for a final partial epoch,
+                # whose steps reach the floor where the deadline cuts it.
+                end = self.progress + (1.0 - self.progress) / epochs
+                plan = Plan(done + started, horizon, self.progress, end, epochs <= 1)
             elif self.progress < 1.0 and left - eval_s > step_s:
                 # Slower than planned: the LR is not at its floor yet. One more epoch, which the
                 # deadline ends; its horizon is that deadline.
@@ -199,6 +210,16 @@ class TimeBudget:
         self.plan = plan
         self._epoch_t0 = now
         return plan
+
+    @staticmethod
+    def epochs_left(left: float, train_s: float, eval_s: float, bound: int) -> float:
+        """Epochs of training that fit in ``left`` seconds, each followed by its validation:
+        the whole ones, plus the part of one more that fits once its validation is paid for
+        when that part is at least :data:`FILL` of an epoch (a partial epoch, which the
+        deadline cuts); at most ``bound``."""
+        whole = math.floor(left / (train_s + eval_s))
+        rest = (left - whole * (train_s + eval_s) - eval_s) / train_s if train_s > 0 else 0.0
+        return float(min(bound, whole + (rest if rest >= FILL else 0.0)))
 
     def step(self, step: int, steps: int) -> bool:
         """Move the progress after training step ``step`` of ``steps``; True: the deadline has
@@ -212,7 +233,14 @@ class TimeBudget:
             progress = max(progress, plan.start + (plan.end - plan.start) * step / steps)
         self.progress = min(1.0, max(self.progress, progress))
         self._steps = step
-        return now >= self.seconds - self._eval_estimate()
+        # Another step at this epoch's pace would end past the deadline less a validation, or
+        # the LR is at its floor (a partial final epoch's further steps would train at LR 0):
+        # this step is the run's last, and the LR from here on is the floor.
+        pace = (now - self._epoch_t0) / step if step > 0 else 0.0
+        if now + pace >= self.seconds - self._eval_estimate() or self.progress >= 1.0:
+            self.progress = 1.0
+            return True
+        return False
 
     def trained(self) -> None:
         """The epoch's training steps have ended; validation starts."""
@@ -257,10 +285,18 @@ class TimeBudget:
         if estimate is None:
             return f"{head}: spent after {epochs} epoch(s)"
         train_s, eval_s, ips = estimate
+        epoch = (
+            f"~{seconds(train_s + eval_s)}: {seconds(train_s)} of training at {ips:.1f} "
+            f"images/s, {seconds(eval_s)} of validation and checkpoint"
+        )
+        if self.costs and not self.costs[-1].whole:
+            return (
+                f"{head}: the deadline ended epoch {epochs} after {self.costs[-1].steps} steps "
+                f"(a whole epoch {epoch}); {seconds(max(left, 0.0))} left"
+            )
         return (
-            f"{head}: stopping after epoch {epochs}: another epoch (~{seconds(train_s + eval_s)}"
-            f": {seconds(train_s)} of training at {ips:.1f} images/s, {seconds(eval_s)} of "
-            f"validation and checkpoint) does not fit in the {seconds(max(left, 0.0))} left"
+            f"{head}: stopping after epoch {epochs}: another epoch ({epoch}) does not fit in "
+            f"the {seconds(max(left, 0.0))} left"
         )
 
     def summary(self, epochs: int) -> dict:

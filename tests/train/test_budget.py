@@ -97,7 +97,13 @@ def test_a_budget_of_seconds_ends_at_its_deadline_with_the_lr_at_its_floor(steps
     assert 0.0 < lrs[0] < 0.05
     head = "train: time budget 0.05 min (train.time_budget_min)"
     assert lines[0].startswith(head)
-    assert lines[-1].startswith(f"{head}: stopping after epoch {state.epoch}: another epoch")
+    # After the whole epochs that fit, a part of one more when at least a quarter of it does.
+    assert lines[-1].startswith(
+        (
+            f"{head}: stopping after epoch {state.epoch}: another epoch",
+            f"{head}: the deadline ended epoch {state.epoch} after",
+        )
+    )
     # The checkpoint holds the budget: spent time, progress and the measured epochs.
     saved = torch.load(tmp_path / LAST, weights_only=True)["budget"]
     assert saved["progress"] == 1.0 and len(saved["costs"]) == state.epoch

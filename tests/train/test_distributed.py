@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from segflow.train.distributed import check_cluster
 from segflow.train.loop import fit
 from segflow.train.run import CHECKPOINT_FILE, train_distributed
 from segflow.train.state import LAST
-from tests.faults import crashing_ray_worker, register_by_value
+from tests.faults import crashing_ray_worker, patched_in_worker, register_by_value
 from tests.train.conftest import tiny_params
 
 pytestmark = pytest.mark.integration
@@ -104,6 +105,42 @@ def test_a_crashed_worker_resumes_from_the_last_checkpoint_with_its_optimizer_st
     # Same weights as an uninterrupted run: momentum buffers and the LR schedule survived.
     fit(tiny_params(epochs=3), shards, tmp_path / "straight", "cpu", echo=None)
     assert_same_weights(latest["model"], model_weights(tmp_path / "straight" / LAST), 1e-6)
+
+
+def clock_ahead_on_rank_1(time_budget):
+    """``segflow.train.loop.time_budget`` whose budget on rank 1 reads its clock 2 s ahead (as
+    if that worker had started earlier): by its own clock it would stop sooner than rank 0."""
+
+    def wrapped(*args, **kwargs):
+        import torch.distributed as dist
+
+        budget = time_budget(*args, **kwargs)
+        if budget is not None and dist.get_rank() == 1:
+            budget._base += 2.0
+        return budget
+
+    return wrapped
+
+
+def test_ddp_ranks_of_a_budgeted_run_stop_together_by_rank_0s_clock(shards, tmp_path, monkeypatch):
+    import ray.cloudpickle
+
+    register_by_value()
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    skewed = patched_in_worker(
+        run.train_func, "segflow.train.loop", "time_budget", clock_ahead_on_rank_1
+    )
+    monkeypatch.setattr(run, "train_func", skewed)
+    params = tiny_params(
+        tmp_path, epochs=2000, batch_size=2, num_workers=2, time_budget_min=0.75, run_name="budget"
+    )
+    # A rank that stopped (or cut an epoch) on its own clock would leave the other waiting in
+    # a collective: the run would hang, not finish.
+    out = train_distributed(params, shards, tmp_path / "work")
+
+    assert out.budget["budget_stopped_by"] == "budget"
+    assert out.budget["budget_epochs"] == len(out.history) >= 2
+    assert out.history[-1]["lr"] == 0.0
 
 
 def test_rerunning_a_finished_named_run_resumes_it_without_training(shards, tmp_path):
