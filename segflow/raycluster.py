@@ -11,7 +11,20 @@ Every worker process of segflow's Ray job is set up the same way (:func:`worker_
   a CRF pool, a notebook) took the CPU from training. Ray reads the config from the
   worker's ``RAY_worker_niceness`` variable, which the job's runtime_env sets to 0 (Ray's job
   supervisor does the same for its own actor); set it in the environment to choose another;
-- without "Exception ignored ... SystemExit: 1" in the stage's log (:func:`worker_process_setup`).
+- without "Exception ignored ... SystemExit: 1" in the stage's log (:func:`worker_process_setup`);
+- without Ray Train's pre-emption watcher (:data:`PREEMPTION_WATCHER_ENV`). Ray Train 2.60 starts
+  one actor per worker group that polls for draining nodes and only logs what it sees (and hands
+  it to ``ray.train.get_preemption_info()``, which segflow does not read: a lost node is a
+  worker failure, restarted from the last checkpoint). Creating it made Ray's C++ core print an
+  ERROR line into every training log (``core_worker.cc ... Actor with class name:
+  'PreemptionWatcher' ... has constructor arguments in the object store and max_restarts > 0``,
+  about a restart that never happens here). ``RAY_BACKEND_LOG_LEVEL`` cannot hide only that line
+  and makes every Ray process print one of its own; not starting the actor removes it. Export
+  ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1`` to have it back.
+
+The driver prints what Ray forwards from the workers: without colour codes around Ray's
+``(pid=...)`` prefixes when its stdout is not a terminal (a CI log, ``| tee``, a file), where
+they would show as ``[36m ... [0m`` (:func:`connect_ray` sets ``RAY_COLOR_PREFIX=0``).
 """
 
 from __future__ import annotations
@@ -27,12 +40,21 @@ from pathlib import Path
 GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"
 #: Ray's config of the niceness its worker processes add to their own (Ray's default: 15).
 WORKER_NICENESS_ENV = "RAY_worker_niceness"
+#: Ray Train's switch of its per-worker-group pre-emption watcher actor (Ray's default: on).
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+#: Ray's switch of the colour codes around the prefixes of forwarded worker lines.
+COLOR_PREFIX_ENV = "RAY_COLOR_PREFIX"
 
 
 def worker_runtime_env() -> dict:
-    """The part of the job's runtime_env that sets up each of its worker processes."""
+    """The part of the job's runtime_env that sets up each of its worker processes (Ray Train's
+    controller, which reads the watcher switch, is one of them). A value exported in the
+    driver's environment wins over segflow's."""
     return {
-        "env_vars": {WORKER_NICENESS_ENV: os.environ.get(WORKER_NICENESS_ENV, "0")},
+        "env_vars": {
+            WORKER_NICENESS_ENV: os.environ.get(WORKER_NICENESS_ENV, "0"),
+            PREEMPTION_WATCHER_ENV: os.environ.get(PREEMPTION_WATCHER_ENV, "0"),
+        },
         "worker_process_setup_hook": f"{__name__}.worker_process_setup",
     }
 
@@ -57,6 +79,13 @@ def worker_process_setup() -> None:
     sys.unraisablehook = hook
 
 
+def _is_terminal(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))
@@ -72,6 +101,9 @@ def connect_ray(num_cpus: int | None = None) -> None:
     import ray  # heavy: only the stages that use Ray pay for it
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network at run time
+    if not _is_terminal(sys.stdout):
+        # Read by the driver each time it prints a forwarded line (ray._private.worker).
+        os.environ.setdefault(COLOR_PREFIX_ENV, "0")
     if ray.is_initialized():
         return
     sigterm = signal.getsignal(signal.SIGTERM)
