@@ -15,30 +15,27 @@ deadline does worse. This module is that schedule for segflow's epoch loop
   between the last checkpoint and a kill is not counted (nothing measured it); a restart inside
   the same stage (Ray's ``max_failures``) counts the time since that checkpoint.
 * **The plan.** Before each epoch, the cost of one epoch (training plus validation and
-  checkpoint: the mean of the last :data:`KEEP` whole epochs measured) gives the number of
-  whole epochs that still fit, capped by ``train.epochs``, plus a final partial epoch when the
-  time after them, less its validation, is at least :data:`FILL` of an epoch's training (the
-  deadline cuts it: with epochs of minutes, whole epochs alone left up to one of them unused,
-  10% of a 20-minute budget in the first benchmark). Nothing left: the run stops there, and
-  the log says so with the images/s that decided it. The plan's *horizon* is the moment its
-  last training step should end (its last validation comes after); the learning rate reaches
-  its floor there.
+  checkpoint: the mean of the last :data:`KEEP` whole epochs measured) says how many epochs
+  still fit. When ``train.epochs`` ends the run before the budget does, the plan's *horizon*
+  is the last step of the last epoch. Otherwise the budget ends it: the horizon is the deadline
+  less a validation, and the deadline cuts the epoch then running, a last, partial epoch (whole
+  epochs alone left up to one of them unused: 10% of a 20-minute budget in the first
+  benchmark). No step and validation left: the run stops, and the log says so with the
+  images/s that decided it. The learning rate reaches its floor at the horizon.
 * **The learning rate** is a pure function of the iteration count (for the warm-up) and of
   ``progress`` in [0, 1]: ``lr x min(1, (it + 1) / warmup_iters) x (1 - progress) ** power``
   (:func:`budget_factor`; ``train.poly_power`` 1 is Li et al.'s linear decay, 0.9 DeepLab's
-  poly). After every step ``progress`` moves to the larger of (a) the time spent over the
-  horizon and (b) the plan's step count: an epoch with n planned epochs left (itself included)
-  owns 1/n of the progress still to make (n fractional with a partial last epoch), spread
-  evenly over its steps. (a) keeps the LR from lagging the clock when epochs get slower; (b)
-  puts the final epoch's last step exactly on the floor, however fast it ran. Progress never
-  goes back. A warm-up counts steps, not time: it is there for the first steps' stability,
-  whatever the budget.
+  poly). After every step ``progress`` moves to the time spent over the horizon: the LR follows
+  the clock, so an estimate that proves wrong (the machine got faster or slower) moves where
+  the epochs end, never the floor off the deadline. When ``train.epochs`` is the limit, the
+  step count counts too (the larger of the two): each of the n epochs left owns 1/n of the
+  progress still to make, spread evenly over its steps, so the last one ends exactly on the
+  floor however fast it ran. Progress never goes back. A warm-up counts steps, not time: it is
+  there for the first steps' stability, whatever the budget.
 * **The deadline.** A step after which another (at the epoch's pace so far) would end later
   than a validation and checkpoint before the deadline, or after which the LR is at its floor,
   ends its epoch there, and so the run, with the LR set to its floor: a run that slowed down
   (another job on the machine) still ends at its budget, within one step plus its validation.
-  When no whole epoch fits any more but the LR is not yet at its floor (the epochs got slower
-  than planned), one last epoch runs and the deadline ends it.
 * **Deterministic enough.** Progress, the measured epoch costs and the time spent are plain
   numbers in the checkpoint (:meth:`TimeBudget.state_dict`); a resumed run continues from the
   same progress with the LR it had. What cannot repeat is the clock itself: two runs of one
@@ -64,8 +61,6 @@ from torch.optim.lr_scheduler import LambdaLR
 #: Whole epochs the cost estimate averages: recent enough to follow a change of load, more than
 #: one so that a single slow epoch does not cut the plan short.
 KEEP = 3
-#: The least part of an epoch worth a final partial epoch (and its validation) at the deadline.
-FILL = 0.25
 
 
 def budget_factor(it: int, progress: float, power: float = 0.9, warmup_iters: int = 0) -> float:
@@ -191,19 +186,22 @@ class TimeBudget:
             plan = Plan(None, self.seconds, self.progress, 1.0 if final else None, final)
         else:
             train_s, eval_s, _ = estimate
-            epochs = self.epochs_left(left, train_s, eval_s, bound)
+            fit = self.epochs_left(left, train_s, eval_s)
             step_s = train_s / max(1, self._recent()[-1].steps)
-            if epochs > 0:
-                started = math.ceil(epochs)  # the last one partial when epochs is fractional
-                horizon = now + epochs * train_s + (started - 1) * eval_s
-                # This epoch's share of the progress left; above 1 for a final partial epoch,
-                # whose steps reach the floor where the deadline cuts it.
-                end = self.progress + (1.0 - self.progress) / epochs
-                plan = Plan(done + started, horizon, self.progress, end, epochs <= 1)
-            elif self.progress < 1.0 and left - eval_s > step_s:
-                # Slower than planned: the LR is not at its floor yet. One more epoch, which the
-                # deadline ends; its horizon is that deadline.
-                plan = Plan(done + 1, self.seconds - eval_s, self.progress, 1.0, True)
+            if fit >= bound:
+                # train.epochs ends the run first: the LR reaches its floor at the last step of
+                # its last epoch, spread evenly over the epochs' steps.
+                horizon = now + bound * (train_s + eval_s) - eval_s
+                end = self.progress + (1.0 - self.progress) / bound
+                plan = Plan(done + bound, horizon, self.progress, end, bound == 1)
+            elif left - eval_s > step_s or self.progress < 1.0:
+                # The budget ends the run: the LR follows the clock to its floor at the deadline
+                # less a validation, where the deadline cuts the epoch then running (the last,
+                # partial one). Clock-led, a machine that gets faster or slower than the
+                # estimate moves only where the epochs end, never the LR's floor off the
+                # deadline. An LR not yet at its floor gets one more step in any case.
+                epochs = done + max(1, math.ceil(fit))
+                plan = Plan(epochs, self.seconds - eval_s, self.progress, None, fit <= 1)
             else:
                 self.plan, self.stopped_by = None, "budget"
                 return None
@@ -212,14 +210,12 @@ class TimeBudget:
         return plan
 
     @staticmethod
-    def epochs_left(left: float, train_s: float, eval_s: float, bound: int) -> float:
+    def epochs_left(left: float, train_s: float, eval_s: float) -> float:
         """Epochs of training that fit in ``left`` seconds, each followed by its validation:
-        the whole ones, plus the part of one more that fits once its validation is paid for
-        when that part is at least :data:`FILL` of an epoch (a partial epoch, which the
-        deadline cuts); at most ``bound``."""
+        the whole ones plus the part of one more that fits once its validation is paid for."""
         whole = math.floor(left / (train_s + eval_s))
-        rest = (left - whole * (train_s + eval_s) - eval_s) / train_s if train_s > 0 else 0.0
-        return float(min(bound, whole + (rest if rest >= FILL else 0.0)))
+        rest = left - whole * (train_s + eval_s) - eval_s
+        return whole + (max(rest, 0.0) / train_s if train_s > 0 else 0.0)
 
     def step(self, step: int, steps: int) -> bool:
         """Move the progress after training step ``step`` of ``steps``; True: the deadline has
@@ -234,10 +230,16 @@ class TimeBudget:
         self.progress = min(1.0, max(self.progress, progress))
         self._steps = step
         # Another step at this epoch's pace would end past the deadline less a validation, or
-        # the LR is at its floor (a partial final epoch's further steps would train at LR 0):
-        # this step is the run's last, and the LR from here on is the floor.
+        # the LR is at its floor (further steps would train at LR 0): this step is the run's
+        # last, and the LR from here on is the floor.
         pace = (now - self._epoch_t0) / step if step > 0 else 0.0
-        if now + pace >= self.seconds - self._eval_estimate() or self.progress >= 1.0:
+        estimate = self.epoch_estimate()
+        if estimate is not None:
+            pace = max(pace, estimate[0] / max(1, self._recent()[-1].steps))
+        eval_s = self._eval_estimate()
+        # After an epoch's last step, its own validation comes before another step.
+        ahead = pace + (eval_s if step >= steps else 0.0)
+        if now + ahead >= self.seconds - eval_s or self.progress >= 1.0:
             self.progress = 1.0
             return True
         return False

@@ -553,10 +553,10 @@ def train_epochs(
         }
         if budget is not None:
             spent = budget.validated(len(train_loader), record["images_per_second"])
-            # the budget spent when the epoch was scored, and the epochs its plan then allowed
+            # the budget spent when the epoch was scored, and the epochs its plan then expected
             record["budget_spent_s"] = spent
             if plan is not None and plan.epochs is not None:
-                record["budget_epochs"] = plan.epochs
+                record["budget_planned_epochs"] = plan.epochs
         state.history.append(record)
         if say:
             cut = "" if stats.steps >= len(train_loader) else f" (cut at step {stats.steps})"

@@ -143,7 +143,7 @@ def test_a_budget_longer_than_the_epochs_need_ends_the_lr_at_the_last_epoch(shar
     assert state.epoch == 3 and state.budget.stopped_by == "epochs"
     lrs = [r["lr"] for r in state.history]
     assert lrs[-1] == 0.0 and lrs[0] > lrs[1] > 0.0
-    assert [r["budget_epochs"] for r in state.history[1:]] == [3, 3]
+    assert [r["budget_planned_epochs"] for r in state.history[1:]] == [3, 3]
 
 
 def test_a_resumed_run_spends_only_the_budget_left(steps_shards, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -114,6 +115,33 @@ def test_dvc_repro_train_writes_the_model_reports_and_an_mlflow_run(trained):
 
     again = project.dvc("repro", "train")
     assert again.returncode == 0 and "didn't change" in again.stdout
+
+
+def test_a_train_stage_with_a_time_budget_logs_and_tracks_what_the_budget_allowed(tmp_path):
+    project = small_project(tmp_path)
+    project.set_params(train={"launcher": "local", "epochs": 500, "time_budget_min": 1.0})
+    out = project.dvc("repro", "train")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    log = out.stdout + out.stderr
+    line = re.search(
+        r"train: time budget 1 min: (\d+) epoch\(s\) in ([\d.]+) min, [\d.]+ images/s, "
+        r"~\d+ s an epoch with validation; stopped by the budget",
+        log,
+    )
+    assert line, log
+    epochs = int(line[1])
+    metrics = json.loads((project.root / "reports" / "train_metrics.json").read_text())
+    assert 2 <= metrics["epochs"] == epochs < 500
+    info = json.loads((project.root / "models" / "run.json").read_text())
+    client = mlflow.MlflowClient(f"sqlite:///{project.root / 'mlruns' / 'mlflow.db'}")
+    run = client.get_run(info["mlflow_run_id"])
+    assert run.data.params["train.time_budget_min"] == "1.0"
+    assert run.data.metrics["budget_epochs"] == epochs
+    assert run.data.metrics["budget_images_per_second"] > 0
+    assert run.data.tags["segflow.budget_stopped_by"] == "budget"
+    # Counted from the stage's start; the last step and its validation may pass the deadline.
+    assert 0.8 < run.data.metrics["budget_spent_min"] < 1.2
 
 
 @pytest.mark.parametrize(
