@@ -16,12 +16,12 @@ deadline does worse. This module is that schedule for segflow's epoch loop
   the same stage (Ray's ``max_failures``) counts the time since that checkpoint.
 * **The plan.** Before each epoch, the cost of one epoch (training plus validation and
   checkpoint: the mean of the last :data:`KEEP` whole epochs measured) says how many epochs
-  still fit. When ``train.epochs`` ends the run before the budget does, the plan's *horizon*
-  is the last step of the last epoch. Otherwise the budget ends it: the horizon is the deadline
-  less a validation, and the deadline cuts the epoch then running, a last, partial epoch (whole
-  epochs alone left up to one of them unused: 10% of a 20-minute budget in the first
-  benchmark). No step and validation left: the run stops, and the log says so with the
-  images/s that decided it. The learning rate reaches its floor at the horizon.
+  still fit. The plan's *horizon*, where the clock puts the LR's floor, is the deadline less a
+  validation. When ``train.epochs`` ends the run before the budget does, the LR reaches its
+  floor at the last step of the last epoch instead. Otherwise the deadline cuts the epoch then
+  running, a last, partial epoch (whole epochs alone left up to one of them unused: 10% of a
+  20-minute budget in the first benchmark). No step and validation left: the run stops, and
+  the log says so with the images/s that decided it.
 * **The learning rate** is a pure function of the iteration count (for the warm-up) and of
   ``progress`` in [0, 1]: ``lr x min(1, (it + 1) / warmup_iters) x (1 - progress) ** power``
   (:func:`budget_factor`; ``train.poly_power`` 1 is Li et al.'s linear decay, 0.9 DeepLab's
@@ -90,10 +90,11 @@ class Plan:
     """The plan made before one epoch."""
 
     epochs: int | None  # the total the budget allows now (None: nothing measured yet)
-    horizon: float  # spent seconds at which the last planned training step should end
+    horizon: float  # spent seconds at which the LR reaches its floor by the clock
     start: float  # progress at this epoch's start
     end: float | None  # progress at its last step by the plan (None: the clock alone)
     final: bool  # the last epoch of the plan
+    finish: float | None = None  # spent seconds at which the plan's last validation ends
 
 
 class TimeBudget:
@@ -190,10 +191,12 @@ class TimeBudget:
             step_s = train_s / max(1, self._recent()[-1].steps)
             if fit >= bound:
                 # train.epochs ends the run first: the LR reaches its floor at the last step of
-                # its last epoch, spread evenly over the epochs' steps.
-                horizon = now + bound * (train_s + eval_s) - eval_s
+                # its last epoch, spread evenly over the epochs' steps (the clock, towards the
+                # deadline, leads only if the epochs get slower than the budget allows).
                 end = self.progress + (1.0 - self.progress) / bound
-                plan = Plan(done + bound, horizon, self.progress, end, bound == 1)
+                finish = now + bound * (train_s + eval_s)
+                plan = Plan(done + bound, self.seconds - eval_s, self.progress, end, bound == 1)
+                plan.finish = finish
             elif left - eval_s > step_s or self.progress < 1.0:
                 # The budget ends the run: the LR follows the clock to its floor at the deadline
                 # less a validation, where the deadline cuts the epoch then running (the last,
@@ -270,9 +273,9 @@ class TimeBudget:
         """Seconds until the run should end: the plan's last validation, else the budget."""
         now = self.local_spent()
         plan = self.plan
-        if plan is None or plan.epochs is None:
+        if plan is None or plan.finish is None:
             return max(0.0, self.seconds - now)
-        return max(0.0, min(self.seconds, plan.horizon + self._eval_estimate()) - now)
+        return max(0.0, min(self.seconds, plan.finish) - now)
 
     def stop_reason(self, epochs: int) -> str:
         """One line on why the run ends after ``epochs`` epochs."""

@@ -88,8 +88,8 @@ def test_a_budget_of_seconds_ends_at_its_deadline_with_the_lr_at_its_floor(steps
     budget = state.budget
     step, validation, epoch = bounds(budget)
     assert budget.stopped_by == "budget" and 2 <= state.epoch < MANY
-    # The last epoch that fits: another would not have, and the run did not overrun its
-    # deadline by more than one step and its validation.
+    # Not short of the deadline by more than an epoch, and not past it by more than one step
+    # and its validation.
     assert minutes * 60 - epoch <= wall <= minutes * 60 + step + validation + 0.25
     lrs = [r["lr"] for r in state.history]
     assert lrs[-1] == 0.0  # the floor, at the last epoch's last step
@@ -97,7 +97,7 @@ def test_a_budget_of_seconds_ends_at_its_deadline_with_the_lr_at_its_floor(steps
     assert 0.0 < lrs[0] < 0.05
     head = "train: time budget 0.05 min (train.time_budget_min)"
     assert lines[0].startswith(head)
-    # After the whole epochs that fit, a part of one more when at least a quarter of it does.
+    # The deadline cuts the epoch then running, or the run ends between two epochs.
     assert lines[-1].startswith(
         (
             f"{head}: stopping after epoch {state.epoch}: another epoch",
