@@ -21,6 +21,7 @@ from pathlib import Path
 from segflow import tracking
 from segflow.config import Params
 from segflow.data.shards import read_index, split_hash
+from segflow.deploy.registered import attach_onnx
 from segflow.errors import SegflowError
 from segflow.evaluate.bootstrap import load_image_counts
 from segflow.evaluate.scores import served_miou
@@ -102,6 +103,8 @@ def register_and_gate(
         model_path, test_hash, prefix=params.register.model_name_prefix,
         data_hash=str(index.get("content_hash", "unknown")),
     )  # fmt: skip
+    # The ONNX export beside the model (onnx/): a deployment takes it from the registry.
+    onnx = attach_onnx(version, model_path, serving, index.get("classes", []))
     new_counts = counts["crf" if crf_applied else "raw"]
     decision = run_gate(version, ids, new_counts, params, shard_dir, test_hash)
     decision["test_miou"] = test_miou
@@ -114,5 +117,6 @@ def register_and_gate(
         "data_hash": str(index.get("content_hash", "unknown")),
         "crf_applied": crf_applied,
         "serving": json.loads(json.dumps(serving)),
+        "onnx": onnx,
         "decision": decision,
     }
