@@ -222,11 +222,12 @@ def predict_many(
     if len(outcome.failed) > 10:
         more = len(outcome.failed) - 10
         console.print(f"failed: ... {more} more in {outcome.manifest}", soft_wrap=True)
-    rate = f"{outcome.images_per_second:.2f} images/s"
+    ran = outcome.written + len(outcome.failed)
+    rate = f" ({outcome.images_per_second:.2f} images/s)" if ran else ""
     console.print(
         f"predict-many: {outcome.total} images: {outcome.written} written, "
         f"{outcome.skipped} already done, {len(outcome.failed)} failed "
-        f"in {outcome.seconds:.1f} s ({rate}); manifest {outcome.manifest}",
+        f"in {outcome.seconds:.1f} s{rate}; manifest {outcome.manifest}",
         highlight=False,
         soft_wrap=True,
     )

@@ -302,7 +302,7 @@ class Segmenter:
         except SegflowError as exc:
             row["reason"] = str(exc)
         except OSError as exc:
-            row["reason"] = f"{exc.filename or path}: {exc.strerror or exc}"
+            row["reason"] = f"{exc.filename or path}: {(exc.strerror or str(exc)).lower()}"
         except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the run
             row["reason"] = f"{path}: {first_line(exc)}"
         row["ms"] = round(1000 * (time.perf_counter() - start), 2)
