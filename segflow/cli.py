@@ -263,7 +263,6 @@ def export(
     path first."""
     from segflow.deploy.export import (
         FORMATS,
-        MODEL_FILE,
         SPEC_FILE,
         export_model,
         is_model_uri,
@@ -288,7 +287,6 @@ def export(
             return
     source = load_source(model, serving)
     target = export_model(source, format, out, argmax)
-    assert target.name == MODEL_FILE[format]
     crf = "; the CRF runs after it, as export.json says" if source.spec.crf is not None else ""
     console.print(
         f"export: {model} -> {target}, {out / SPEC_FILE} ({format}; {source.spec.describe()}"

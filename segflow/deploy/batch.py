@@ -135,7 +135,9 @@ def predict_many(
     """
     from segflow.data.images import DEFAULT_MAX_PIXELS
 
-    items = list_inputs(sources)
+    # Outputs are PNGs too: an --out inside an input folder must not become input next time.
+    outputs = out_dir.resolve()
+    items = [i for i in list_inputs(sources) if not i.path.is_relative_to(outputs)]
     pending, previous = todo(items, out_dir, overlay)
     outcome = Outcome(total=len(items), skipped=len(items) - len(pending))
     outcome.manifest = out_dir / MANIFEST

@@ -267,7 +267,19 @@ def check_agreement(
     worst = 1.0
     for image in check_images(graph):
         served = predictor.probs(image).argmax(axis=0)
-        out = run(image[None])[0]
+        try:
+            out = run(image[None])[0]
+        except Exception as exc:  # a trace that holds one size's branches fails on another
+            hint = (
+                "; the network was traced at one size and branches on its input's size: "
+                "--format onnx exports it"
+                if fmt == "torchscript" and not graph.has_size
+                else ""
+            )
+            raise SegflowError(
+                f"{name}: the {fmt} export fails on a {image.shape[0]}x{image.shape[1]} image "
+                f"({first_line(exc)}){hint}; not written"
+            ) from None
         labels = out if graph.argmax else out.argmax(axis=0)
         share = float((labels == served).mean())
         worst = min(worst, share)

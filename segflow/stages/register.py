@@ -5,6 +5,8 @@ Registers the trained model as ``<prefix>-<dataset>`` (alias ``challenger``) wit
 spec evaluate scored with, its test metrics and class table, then runs the promotion gate: the
 champion is scored again on the same test images, and ``champion`` moves to the new version
 only if the paired bootstrap interval of the mIoU difference lies above ``register.min_gain``.
+Each version also gets its ONNX export beside the model (:mod:`segflow.deploy.registered`); a
+model that cannot be exported is registered all the same, the reason in one line.
 
 The test metrics (as ``test_<name>``) and the evaluation report (artifact path
 ``evaluation/``) are logged to the training run first, so the run in the MLflow UI shows how

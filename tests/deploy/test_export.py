@@ -32,6 +32,9 @@ from segflow.evaluate.serving import ServingSpec, load_predictor
 from segflow.postprocess.crf_params import CRFParams
 from tests.deploy.conftest import HALF
 
+#: Each export takes seconds to tens of seconds: not for `make test-fast`.
+pytestmark = pytest.mark.integration
+
 PARITY = 0.999
 
 
@@ -151,6 +154,12 @@ def test_what_cannot_be_exported_is_one_line_saying_why(trained, tmp_path):
         def forward(self, x):
             return network(x) if x.mean() > 0 else -network(x)
 
+    # U-Net pads its input to a multiple of 16 only when it must: a trace at one size holds
+    # that branch, so TorchScript at the image's own size fails at another; ONNX does not.
+    own_scale = Source("unet.pt", network, ServingSpec(), [], {})
+    refusal = r"unet.pt: the torchscript export fails on a \d+x\d+ image .* its input's size"
+    with pytest.raises(SegflowError, match=refusal + ": --format onnx exports it"):
+        export_model(own_scale, "torchscript", tmp_path)
     with pytest.raises(SegflowError) as caught:
         export_model(Source("odd.pt", DataDependent(), trained.spec, [], {}), "onnx", tmp_path)
     message = str(caught.value)

@@ -19,6 +19,9 @@ from segflow.evaluate.serving import ServingSpec, load_predictor
 from segflow.lifecycle.registration import CHALLENGER, load_for_predict, register_model
 from tests.deploy.conftest import MULTISCALE_FLIP
 
+#: Each export takes seconds to tens of seconds: not for `make test-fast`.
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def store(tmp_path, monkeypatch) -> dict:
