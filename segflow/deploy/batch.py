@@ -29,6 +29,7 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,7 +124,7 @@ def predict_many(
     actors: int | None = None,
     threads: int | None = None,
     max_pixels: int | None = None,
-    load_model=None,
+    load_model: Callable[[], ModelFiles] | None = None,
     progress: bool = True,
 ) -> Outcome:
     """Segment every image of ``sources`` not done yet into ``out_dir``.
@@ -145,6 +146,8 @@ def predict_many(
     start = time.perf_counter()
     try:
         if pending:
+            if model is None and load_model is None:
+                raise SegflowError("predict_many: no model given")
             files = model if model is not None else load_model()
             rows = _run(
                 files, pending, out_dir, overlay, actors, threads,
