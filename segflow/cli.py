@@ -22,7 +22,8 @@ HELP = "\n\n".join(
         "segflow turns a labelled image dataset into a trained, evaluated semantic-segmentation "
         "model in the MLflow registry. `dvc repro` runs the pipeline (ingest, validate, shard, "
         "train, evaluate, register); these commands look at its data and models, segment an "
-        "image with a registered model, and run or schedule retraining.",
+        "image or a folder of them with a registered model, export it to ONNX, and run or "
+        "schedule retraining.",
         "`segflow -v COMMAND` also shows the libraries' own log lines and warnings.",
     ]
 )
@@ -185,6 +186,133 @@ def predict(
     timing = predictor.last_timing
     took = f" in {timing['ms']:.0f} ms (network {timing['ms_network']:.0f} ms)"
     console.print(f"predict: {image} -> {out}" + (f", labels {labels}" if labels else "") + took)
+
+
+@app.command("predict-many")
+def predict_many(
+    inputs: list[str] = typer.Argument(
+        ..., help="Folders, globs ('cams/**/*.jpg', quoted), .txt lists of paths, or images."
+    ),
+    model: str = typer.Option(
+        ..., help="Model URI (models:/segflow-camvid@champion) or a checkpoint (models/best.pt)."
+    ),
+    out: Path = typer.Option(..., help="Output folder: labels/, overlays/, manifest.jsonl."),
+    overlay: bool = typer.Option(False, "--overlay", help="Also write colour overlays."),
+    actors: int = typer.Option(None, help="Actors holding the model (default: 1 per GPU, else 1)."),
+    threads: int = typer.Option(None, help="Torch threads per actor (default: CPUs / actors)."),
+    serving: Path = typer.Option(None, help="Serving spec of a checkpoint file."),
+    max_pixels: int = typer.Option(None, help="Largest image, in pixels (dataset.max_pixels)."),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: as training)."),
+) -> None:
+    """Segment many images on Ray Data; resumable, one manifest row per image.
+
+    Writes <out>/labels/<name>.png (class ids) and with --overlay <out>/overlays/<name>.png.
+    A second run skips what is done. A corrupt, missing or too large image is a failed row of
+    <out>/manifest.jsonl with its reason, and the run goes on; exit code 3 when any failed."""
+    from segflow.deploy.batch import load_model_files
+    from segflow.deploy.batch import predict_many as run
+    from segflow.deploy.export import is_model_uri
+
+    for name, value in (("--max-pixels", max_pixels), ("--actors", actors), ("--threads", threads)):
+        if value is not None and value < 1:
+            raise SegflowError(f"{name} {value}: at least 1")
+    if is_model_uri(model):
+        _use_tracking(tracking_uri)
+    outcome = run(
+        None, inputs, out, overlay=overlay, actors=actors, threads=threads,
+        max_pixels=max_pixels, load_model=lambda: load_model_files(model, serving),
+    )  # fmt: skip
+    for row in outcome.failed[:10]:
+        console.print(f"failed: {escape(str(row['reason']))}", highlight=False, soft_wrap=True)
+    if len(outcome.failed) > 10:
+        more = len(outcome.failed) - 10
+        console.print(f"failed: ... {more} more in {outcome.manifest}", soft_wrap=True)
+    ran = outcome.written + len(outcome.failed)
+    rate = f" ({outcome.images_per_second:.2f} images/s)" if ran else ""
+    console.print(
+        f"predict-many: {outcome.total} images: {outcome.written} written, "
+        f"{outcome.skipped} already done, {len(outcome.failed)} failed "
+        f"in {outcome.seconds:.1f} s{rate}; manifest {outcome.manifest}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if outcome.failed:
+        sys.exit(3)
+
+
+@app.command()
+def export(
+    model: str = typer.Argument(
+        ..., help="Model URI (models:/segflow-camvid@champion, runs:/...) or models/best.pt."
+    ),
+    format: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
+    out: Path = typer.Option(..., help="Folder for the model file and export.json."),
+    argmax: bool = typer.Option(
+        None,
+        "--argmax/--no-argmax",
+        help="Labels out, or probabilities (default: labels, unless the model applies a CRF).",
+    ),
+    serving: Path = typer.Option(
+        None, help="Serving spec of a checkpoint file (default: reports/eval/serving.json)."
+    ),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="Export again even when the registry holds this version's ONNX."
+    ),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: as training)."),
+) -> None:
+    """Export the served model (resize, normalisation, inference mode, argmax) to ONNX or
+    TorchScript, with export.json beside it (input, classes, CRF, source digests).
+
+    A registered version's ONNX export is downloaded and checked against its sha256 (the bytes
+    registered); otherwise the model is exported here and checked against the PyTorch served
+    path first."""
+    from segflow.deploy.export import (
+        FORMATS,
+        SPEC_FILE,
+        export_model,
+        is_model_uri,
+        load_source,
+    )
+
+    if format not in FORMATS:
+        raise SegflowError(f"--format {format}: one of {', '.join(FORMATS)}")
+    if is_model_uri(model):
+        _use_tracking(tracking_uri)
+    if format == "onnx" and is_model_uri(model) and argmax is None and not fresh:
+        from segflow.deploy.registered import fetch_onnx
+
+        target = fetch_onnx(model, out)
+        if target is not None:
+            console.print(
+                f"export: {model} -> {target}, {out / SPEC_FILE} (the registered ONNX export, "
+                "sha256 checked)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            return
+    source = load_source(model, serving)
+    target = export_model(source, format, out, argmax)
+    crf = "; the CRF runs after it, as export.json says" if source.spec.crf is not None else ""
+    console.print(
+        f"export: {model} -> {target}, {out / SPEC_FILE} ({format}; {source.spec.describe()}"
+        f"{crf}; checked against the served path)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _use_tracking(tracking_uri: str | None) -> None:
+    """The MLflow store a model URI resolves in; a server that is down fails in seconds."""
+    import os
+
+    import mlflow
+
+    from segflow.tracking import tracking_uri as default_uri
+
+    if tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    mlflow.set_tracking_uri(default_uri())
 
 
 def _write_png(path: Path, array: np.ndarray, what: str) -> None:

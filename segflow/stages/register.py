@@ -7,6 +7,8 @@ champion is scored again on the same images of the gate's decision split (``gate
 else val; never the test split, whose shards this stage does not open), and ``champion`` moves
 to the new version only if the paired bootstrap interval of the mIoU difference lies above
 ``gate.min_gain`` (with at least ``gate.min_images`` images).
+Each version also gets its ONNX export beside the model (:mod:`segflow.deploy.registered`); a
+model that cannot be exported is registered all the same, the reason in one line.
 
 The test metrics (as ``test_<name>``) and the evaluation report (artifact path
 ``evaluation/``) are logged to the training run first, so the run in the MLflow UI shows how
@@ -28,6 +30,7 @@ from segflow import tracking
 from segflow.config import Params
 from segflow.data.groups import gate_split
 from segflow.data.shards import read_index, split_hash
+from segflow.deploy.registered import attach_onnx
 from segflow.errors import SegflowError
 from segflow.evaluate.bootstrap import load_image_counts
 from segflow.evaluate.scores import served_miou
@@ -127,6 +130,8 @@ def register_and_gate(
             model_path, test_hash, prefix=params.register.model_name_prefix,
             data_hash=str(index.get("content_hash", "unknown")),
         )  # fmt: skip
+        # The ONNX export beside the model (onnx/): a deployment takes it from the registry.
+        onnx = attach_onnx(version, model_path, serving, index.get("classes", []))
         decision = run_gate(version, new_counts, split, params, shard_dir, test)
         version_aliases = aliases(version.name, version.version)
     decision["test_miou"] = test_miou
@@ -139,5 +144,6 @@ def register_and_gate(
         "data_hash": str(index.get("content_hash", "unknown")),
         "crf_applied": crf_applied,
         "serving": json.loads(json.dumps(serving)),
+        "onnx": onnx,
         "decision": decision,
     }
