@@ -37,6 +37,11 @@ MLRUNS = Path("mlruns")
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 #: Record fields that are not metrics: the step itself and a wall-clock timestamp.
 NOT_METRICS = {"epoch", "epoch_start_time"}
+#: MLflow's experiment-kind tag: without it the UI opens an experiment in its GenAI overview
+#: (traces, prompts); ``custom_model_development`` opens the runs table, with their metrics.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+#: The Ray run names segflow gives (segflow.train.distributed.default_run_name).
+_DEFAULT_RUN_NAME = re.compile(r"(train|search)-(\d{8}-\d{6})")
 
 
 def quiet_mlflow() -> None:
@@ -176,9 +181,43 @@ def setup(experiment: str, root: str | Path = ".") -> str:
     with store_errors(uri):
         found = mlflow.get_experiment_by_name(experiment)
         if found is not None:
+            if found.tags.get(EXPERIMENT_KIND_TAG) is None:  # made by an older segflow
+                mlflow.MlflowClient().set_experiment_tag(
+                    found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING
+                )
             return found.experiment_id
         location = None if server else (Path(root) / MLRUNS / "artifacts").resolve().as_uri()
-        return mlflow.create_experiment(experiment, artifact_location=location)
+        return mlflow.create_experiment(
+            experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
+        )
+
+
+def mlflow_run_name(params: Params) -> str:
+    """The MLflow run's name: ``<model>-<backbone>-<time>`` (``deeplabv3plus-resnet18-20261207-
+    131500``) for segflow's own time-stamped run names, so the runs table says which model each
+    run trained; a ``train.run_name`` of the user's own is kept as it is."""
+    name = str(params.train.run_name or "")
+    found = _DEFAULT_RUN_NAME.fullmatch(name)
+    if name and not found:
+        return name
+    stamp = found[2] if found else time.strftime("%Y%m%d-%H%M%S")
+    parts = [params.train.model, params.train.backbone, stamp]
+    return "-".join(str(p) for p in parts if p)
+
+
+def log_dataset_input(index: dict) -> None:
+    """The shards as the active run's training input (MLflow's Datasets column): their
+    dataset name, content hash as the digest, and where they are; no data is uploaded."""
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    from segflow.paths import SHARDS
+
+    digest = str(index.get("content_hash", "unknown"))  # the store keeps 36 characters
+    source = LocalArtifactDatasetSource(str(SHARDS.resolve()))
+    name = f"{index.get('dataset', 'unknown')}-shards"
+    mlflow.log_input(MetaDataset(source, name=name, digest=digest[:36]), context="training")
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, str]:
@@ -225,8 +264,9 @@ def start_training_run(
         if run_id is not None:
             run = mlflow.start_run(run_id=run_id)
         else:
-            run = mlflow.start_run(experiment_id=experiment_id, run_name=params.train.run_name)
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=mlflow_run_name(params))
             mlflow.log_params(flatten(params.model_dump(mode="json")))
+            log_dataset_input(index)
         mlflow.set_tags(
             {
                 "git_commit": git_commit(root),

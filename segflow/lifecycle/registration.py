@@ -31,10 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from segflow.errors import SegflowError
+from segflow.lifecycle.run_card import run_test_metrics, version_description
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-#: Name of the pyfunc model inside the training run.
+#: Name of the pyfunc model inside the training run: its one logged model, the served path
+#: (logged by the register stage, once crf_tune has decided on the CRF).
 MODEL_NAME = "segmentation_model"
+#: The input example logged with the model: a small black RGB image, as the model takes it.
+EXAMPLE_SHAPE = (8, 8, 3)
 #: Version tags: the score, the exact test split it was measured on, the data it trained on.
 TEST_MIOU, TEST_SPLIT_HASH, DATA_HASH = "test_miou", "test_split_hash", "data_hash"
 #: Artifacts of the registered model.
@@ -124,6 +128,7 @@ def _log_served_model(
             artifacts=artifacts,
             code_paths=[str(package)],
             signature=_signature(),
+            input_example=np.zeros(EXAMPLE_SHAPE, np.uint8),
             # Given, not inferred: inference imports the model in a subprocess (slow).
             pip_requirements=[
                 f"torch=={torch.__version__.split('+')[0]}",
@@ -149,6 +154,7 @@ def register_model(
     *,
     prefix: str,
     data_hash: str = "unknown",
+    per_class: list[dict] | None = None,
 ):
     """Log the served model to training run ``run_id``, register it, alias it ``challenger``.
 
@@ -156,7 +162,10 @@ def register_model(
     score of that path. The version carries, as tags, what the gate and a reader need: the test
     mIoU and the test split's hash, the content hash of the data it was trained on, all
     metrics, the serving spec and the class table (JSON), and the sha256 of each artifact
-    (:data:`DIGEST_TAG`), which :func:`fetch_checked` requires. Returns the new ``ModelVersion``.
+    (:data:`DIGEST_TAG`), which :func:`fetch_checked` requires. Its description is the
+    served path's test metrics and ``per_class`` IoU (reports/eval/per_class_iou.json) as
+    markdown tables (:func:`segflow.lifecycle.run_card.version_description`). Returns the new
+    ``ModelVersion``.
     """
     import mlflow
 
@@ -182,6 +191,11 @@ def register_model(
         **digests,
     }
     version = mlflow.register_model(model_uri, name, tags=tags)
+    description = version_description(
+        name, version.version, metrics, per_class, run_id=run_id, dataset=dataset,
+        data_hash=data_hash, test_split_hash=test_split_hash, serving=serving,
+    )  # fmt: skip
+    client.update_model_version(name, version.version, description=description)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     return client.get_model_version(name, version.version)
 
@@ -445,16 +459,51 @@ def load_for_predict(model_uri: str):
         return load_predictor(model.checkpoint, spec), model.classes
 
 
+def per_class_iou(report_dir: Path | None) -> list[dict] | None:
+    """reports/eval/per_class_iou.json (``[{class, iou, iou_crf}]``), None when absent."""
+    path = None if report_dir is None else Path(report_dir) / "per_class_iou.json"
+    if path is None or not path.is_file():
+        return None
+    return _read_json(path, str(path))
+
+
 def log_evaluation(
     run_id: str, metrics: dict, metrics_file: Path, report_dir: Path | None = None
 ) -> None:
-    """Attach the evaluate stage's numbers and report to the training run."""
+    """Attach the evaluate stage's numbers, report and sample images to the training run.
+
+    Metrics are named so the plain name is the served number
+    (:func:`segflow.lifecycle.run_card.run_test_metrics`); the report's sample figures (worst,
+    median, best test image) are logged as images too, so the run's charts show them."""
+    import time
+
     import mlflow
+    from mlflow.entities import Metric
 
     client = mlflow.MlflowClient()
-    for key, value in metrics.items():
-        if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
-            client.log_metric(run_id, f"test_{key}", float(value))
+    now = int(time.time() * 1000)
+    values = run_test_metrics(metrics, per_class_iou(report_dir))
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()])
     client.log_artifact(run_id, str(metrics_file), "evaluation")
     if report_dir is not None and Path(report_dir).is_dir():
         client.log_artifacts(run_id, str(report_dir), "evaluation/report")
+        log_sample_images(run_id, Path(report_dir))
+
+
+def log_sample_images(run_id: str, report_dir: Path) -> None:
+    """The report's sample figures as the run's images ``test_sample_<role>`` (worst, median,
+    best), read from its report_data.json; a report without one logs none."""
+    import cv2
+    import mlflow
+
+    data_file = report_dir / "report_data.json"
+    if not data_file.is_file():
+        return
+    client = mlflow.MlflowClient()
+    for i, sample in enumerate(_read_json(data_file, str(data_file)).get("samples", [])):
+        image = cv2.imread(str(report_dir / sample["path"]), cv2.IMREAD_COLOR)
+        if image is None:
+            continue
+        role = (sample.get("caption") or "").split(" of ", 1)[0] or f"{i}"
+        key = f"test_sample_{re.sub(r'[^A-Za-z0-9_]+', '_', role)}"
+        client.log_image(run_id, cv2.cvtColor(image, cv2.COLOR_BGR2RGB), key=key, step=0)

@@ -19,8 +19,6 @@ from pathlib import Path
 from segflow import tracking
 from segflow.config import Params
 from segflow.data.shards import verify_shards
-from segflow.evaluate.serving import ServingSpec
-from segflow.lifecycle.registration import log_served_model
 from segflow.logs import console
 from segflow.models.genotype import load_genotype
 from segflow.paths import (
@@ -73,15 +71,17 @@ def main(params: Params) -> None:
             # (seconds), and a run that has replaced models/* must end FINISHED.
             stop.check()
             tracking.log_history(outcome.history)
-            # The run's model: the best checkpoint served as evaluate serves it, without the
-            # CRF (crf_tune has not chosen one yet); pickle-free, as the registered one.
-            serving = ServingSpec.from_params(params, index.get("resize"), None).to_dict()
-            classes = index.get("classes", [])
-            model_uri = log_served_model(outcome.best_checkpoint, serving, classes, name="model")
+            # No model is logged here: the run gets one model, the served one (with the CRF
+            # crf_tune decides on later), logged and registered by the register stage.
+            # What the evaluation report's header names (segflow.stages.evaluate):
             run_info = {
                 "mlflow_run_id": run_id,
+                "mlflow_run_name": tracking.mlflow_run_name(params),
                 "mlflow_tracking_uri": tracking.public_uri(tracking.tracking_uri()),
-                "model_uri": model_uri,
+                "model": params.train.model,
+                "backbone": params.train.backbone,
+                "git_commit": tracking.git_commit(),
+                "shards_content_hash": index.get("content_hash"),
                 "ray_run_name": outcome.run_name,
                 "ray_run_path": outcome.run_path,
             }
