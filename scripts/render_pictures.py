@@ -99,7 +99,7 @@ def _test_split(project: Path) -> str:
 
 
 def screenshot_report(project: Path, out: Path, browser: str, max_kb: int) -> Path:
-    """The report page as headless Chromium draws it, 1280 pixels wide, its top 2400."""
+    """The report page as headless Chromium draws it, 1200 pixels wide, its top 1500."""
     page = (project / "reports/eval/index.html").resolve()
     if not page.is_file():
         raise SystemExit(f"{page}: not found; run the evaluate stage")
@@ -107,7 +107,7 @@ def screenshot_report(project: Path, out: Path, browser: str, max_kb: int) -> Pa
         shot = Path(tmp) / "report.png"
         cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                f"--user-data-dir={tmp}/profile", f"--screenshot={shot}",
-               "--window-size=1280,2400", page.as_uri()]  # fmt: skip
+               "--window-size=1200,1500", page.as_uri()]  # fmt: skip
         subprocess.run(cmd, capture_output=True, timeout=120, check=False)
         if not shot.is_file():
             raise SystemExit(f"{browser}: took no screenshot of {page}")
