@@ -3,8 +3,10 @@
 The default store needs nothing running: ``sqlite:///mlruns/mlflow.db`` with artifacts under
 ``mlruns/artifacts``; ``$MLFLOW_TRACKING_URI`` switches to a tracking server. A training run
 records the flattened params.yaml (``train.lr``...), tags for the git commit and the shards'
-content hash and one metric point per epoch. The train stage adds the best model as a
-pickle-free pyfunc model (:func:`segflow.lifecycle.registration.log_served_model`).
+content hash, the shards as its dataset input and one metric point per epoch; it is named after
+its model (:func:`mlflow_run_name`) in an experiment tagged for model training. Its one model,
+the served path, is logged by the register stage
+(:func:`segflow.lifecycle.registration.register_model`).
 
 Logging happens in the driver, from the history the workers report, not in the rank-0 worker:
 the default sqlite store is a file on the driver's machine that workers on other nodes cannot
