@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +35,7 @@ import numpy as np
 
 from segflow.errors import SegflowError
 from segflow.lifecycle.run_card import run_test_metrics, version_description
+from segflow.logs import is_verbose
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 #: Name of the pyfunc model inside the training run: its one logged model, the served path
@@ -122,24 +126,40 @@ def _log_served_model(
             path.write_text(json.dumps(value, indent=2) + "\n")
             artifacts[key] = str(path)
         digests = {DIGEST_TAG.format(key): sha256_file(path) for key, path in artifacts.items()}
-        info = mlflow.pyfunc.log_model(
-            name=name,
-            python_model=str(package / "lifecycle" / "pyfunc_model.py"),
-            artifacts=artifacts,
-            code_paths=[str(package)],
-            signature=_signature(),
-            input_example=np.zeros(EXAMPLE_SHAPE, np.uint8),
-            # Given, not inferred: inference imports the model in a subprocess (slow).
-            pip_requirements=[
-                f"torch=={torch.__version__.split('+')[0]}",
-                "numpy",
-                "opencv-python-headless",
-                "pydantic",
-                "pydensecrf2",
-            ],
-            tags=digests,
-        )
+        # MLflow runs the model on the input example and says so at INFO: hidden unless verbose
+        with _quiet_logger("mlflow.pyfunc"):
+            info = mlflow.pyfunc.log_model(
+                name=name,
+                python_model=str(package / "lifecycle" / "pyfunc_model.py"),
+                artifacts=artifacts,
+                code_paths=[str(package)],
+                signature=_signature(),
+                input_example=np.zeros(EXAMPLE_SHAPE, np.uint8),
+                # Given, not inferred: inference imports the model in a subprocess (slow).
+                pip_requirements=[
+                    f"torch=={torch.__version__.split('+')[0]}",
+                    "numpy",
+                    "opencv-python-headless",
+                    "pydantic",
+                    "pydensecrf2",
+                ],
+                tags=digests,
+            )
     return info.model_uri, digests
+
+
+@contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """``name``'s INFO lines hidden for the block, unless segflow runs verbose: MLflow sets its
+    loggers' levels when it is imported, after segflow's quiet_libraries has run."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    if not is_verbose():
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def register_model(
@@ -504,6 +524,7 @@ def log_sample_images(run_id: str, report_dir: Path) -> None:
         image = cv2.imread(str(report_dir / sample["path"]), cv2.IMREAD_COLOR)
         if image is None:
             continue
-        role = (sample.get("caption") or "").split(" of ", 1)[0] or f"{i}"
+        # "worst of 12 test images: ..." -> worst; "rank 4 (1 = worst) of ..." -> rank_4
+        role = (sample.get("caption") or "").split(" of ", 1)[0].split(" (")[0] or f"{i}"
         key = f"test_sample_{re.sub(r'[^A-Za-z0-9_]+', '_', role)}"
         client.log_image(run_id, cv2.cvtColor(image, cv2.COLOR_BGR2RGB), key=key, step=0)
