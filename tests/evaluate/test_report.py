@@ -517,6 +517,12 @@ def test_samples_are_the_worst_median_and_best_images_by_their_own_miou():
     assert [p.role for p in picks] == ["worst", "median", "best"]
     assert picks[0].caption("f001", "test") == "worst of 6 test images: f001, mIoU 20.00 %"
     assert [p.index for p in pick_samples(mious, 2)] == [2, 3]
+    # more than three: the median stays, the others spread over the ranks between
+    many = [i / 11 for i in range(12)]  # image i has rank i
+    assert [p.rank for p in pick_samples(many, 4)] == [0, 5, 7, 11]
+    roles = [p.role for p in pick_samples(many, 4)]
+    assert roles == ["worst", "median", "rank 8 (1 = worst)", "best"]
+    assert [p.rank for p in pick_samples(many, 5)] == [0, 2, 5, 8, 11]
     assert [p.index for p in pick_samples(mious, 1)] == [4]
     assert pick_samples(mious, 0) == [] and pick_samples([float("nan")], 3) == []
     assert [p.index for p in pick_samples([0.5, 0.5, 0.5], 3)] == [0, 1, 2]  # ties: in order

@@ -6,8 +6,8 @@ mIoU is that of its own confusion counts (the classes present in its truth or pr
 rule of :func:`segflow.evaluate.bootstrap.miou_of_counts`), of the served prediction. An image
 with no scored pixel has no mIoU and is never picked.
 
-With ``evaluate.num_samples_report`` other than 3 the picks are spread evenly over the ranks,
-worst and best included (the median too when the count is odd); ties go to the earlier image,
+With ``evaluate.num_samples_report`` above 3 the others are spread evenly over the ranks in
+between (the worst, the median and the best always among them); ties go to the earlier image,
 so the choice is deterministic.
 """
 
@@ -58,4 +58,9 @@ def pick_samples(mious: Sequence[float], count: int) -> list[PickedSample]:
         ranks = list(range(n))
     else:
         ranks = sorted({k * (n - 1) // (count - 1) for k in range(count)})
+        median = (n - 1) // 2
+        if count >= 3 and median not in ranks:  # the rank nearest the median becomes it
+            inner = ranks[1:-1]
+            nearest = min(inner, key=lambda r: (abs(r - median), r))
+            ranks = sorted({*ranks, median} - {nearest})
     return [PickedSample(order[r], r, n, float(mious[order[r]])) for r in ranks]
