@@ -5,7 +5,7 @@ project runs `dvc repro` with ``MLFLOW_TRACKING_URI`` pointing at it. The server
 the training run exists and started again (same port, same store) only after training has
 written its learning curve, so the driver's history, model, evaluation and registry calls start
 while the server is down or just back. MLflow's HTTP retries must carry them through: the run,
-every per-epoch point, the models and the registered champion all end up on the server, and
+every per-epoch point, the model and the registered champion all end up on the server, and
 nothing in the project's local mlruns/.
 """
 

@@ -205,8 +205,10 @@ def _samples(
 def model_provenance(run_info: Path, model_path: Path, train_metrics: Path) -> Provenance:
     """Who the scored model is, from the train stage's records: models/run.json (which must
     describe ``model_path``) and reports/train_metrics.json (epochs, the epoch kept). A record
-    an older train stage did not write reads "not recorded" in the report."""
-    run = read_run_info(run_info, model_path)
+    that is missing, or a field an older train stage did not write, reads "not recorded" in the
+    report; a run.json that describes another model is an error (the header would name the
+    wrong run)."""
+    run = read_run_info(run_info, model_path) if Path(run_info).is_file() else {}
     hint = "run the train stage (dvc repro train)"
     summary = read_json(train_metrics, hint) if Path(train_metrics).is_file() else {}
     return Provenance(
