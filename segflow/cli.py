@@ -61,24 +61,51 @@ def models(
     num_classes: int = typer.Option(21, help="Classes of the head used for counting."),
     size: int = typer.Option(512, help="Square input size for the GFLOPs count."),
 ) -> None:
-    """List every registered model with its parameter count and GFLOPs."""
+    """List every registered model with its parameter count (and its paper's) and GFLOPs."""
     from segflow.models.summary import summaries
 
-    table = Table(title=f"segflow models ({num_classes} classes, {size}x{size} input)")
+    table = Table(
+        title=f"segflow models ({num_classes} classes, {size}x{size} input)",
+        caption="paper: the count the architecture's paper publishes at its setting "
+        "(sources: segflow.models.summary.PUBLISHED)",
+    )
     table.add_column("model")
     table.add_column("backbone")
     table.add_column("OS", justify="right")
     table.add_column("params (M)", justify="right")
+    table.add_column("paper (M)", justify="right")
     table.add_column("GFLOPs", justify="right")
     for row in summaries(num_classes=num_classes, size=(size, size)):
+        paper = row["paper_params"]
         table.add_row(
             row["name"],
             row["backbone"] or "-",
             str(row["output_stride"] or "-"),
             f"{row['params'] / 1e6:.2f}",
+            f"{paper / 1e6:.4g}" if paper is not None else "-",
             f"{row['gflops']:.1f}",
         )
     console.print(table)
+
+
+@app.command()
+def baseline(
+    name: str = typer.Argument(..., help="patch_classifier or split_and_merge."),
+    params: Path = typer.Option(Path("params.yaml"), help="Params file of the project."),
+    split: str = typer.Option(None, help="Split to score (default: dataset.test_split)."),
+    option: list[str] = typer.Option(
+        [], "--option", "-o", help="Baseline option KEY=VALUE (repeatable), e.g. stride=4."
+    ),
+) -> None:
+    """Train a classical baseline on data/shards, score it like evaluate, log an MLflow run."""
+    from segflow.baselines.run import baseline_main
+
+    run = baseline_main(name, params, split, option)
+    m = run.metrics
+    console.print(
+        f"baseline {name}: {run.split} PA {m['pa']:.4f} MPA {m['mpa']:.4f} mIoU {m['miou']:.4f} "
+        f"FWIoU {m['fwiou']:.4f}, {m['ms_per_image']:.0f} ms per image (MLflow run {run.run_id})"
+    )
 
 
 @app.command()
