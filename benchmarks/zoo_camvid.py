@@ -12,8 +12,9 @@ image and mIoU, every row trained and scored the same way.
   split keeps its native 360x480 copy), or ``--shards`` of an earlier run.
 * Budget, the same for every network: ``--epochs`` epochs of the train stage's core loop
   (``segflow.train.loop.fit``: the loop every Ray Train worker runs) from scratch, batch 8,
-  random 128x160 crops at scale 0.75-1.25 with flips, SGD 0.05 with poly decay, sqrt class
-  weights clipped at 5, gradients clipped at 10, bf16 autocast where the CPU has it
+  random 128x160 crops at scale 0.75-1.25 with flips, SGD 0.05 with poly decay (RefineNet 0.01:
+  its refinement path has no batch norm and diverged at 0.05), sqrt class weights clipped at 5,
+  gradients clipped at 10, bf16 autocast where the CPU has it
   (``train.bf16: auto``), the model after the last epoch scored. Paper-size networks do not fit
   that budget on two cores, so each row names the CPU setting it trained (:data:`ZOO`: narrower
   widths, ResNet-18 trunks, output stride 16); ``segflow models`` lists the paper settings.
@@ -24,8 +25,11 @@ image and mIoU, every row trained and scored the same way.
   logits are resized back), segflow's confusion matrix and metrics; ms per image is the median
   wall time of that whole call. Params and GFLOPs (2 per multiply-accumulate, convolutions and
   matmuls; ``segflow.models.summary``) are of the network as trained, at 360x480.
+* A row that cannot run (an error) or that ``--budget-minutes`` (the whole run's wall time) did
+  not reach stays in the table with the reason instead of numbers.
 
-    nice -n 10 python benchmarks/zoo_camvid.py --dir /tmp/zoo-camvid --epochs 2 --threads 1
+    nice -n 10 python benchmarks/zoo_camvid.py --dir /tmp/zoo-camvid --epochs 1 --threads 1 \
+        --stride1-images 2 --budget-minutes 40
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ from segflow.train.loop import fit
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (360, 480)  # CamVid's native resolution: where GFLOPs are counted and mIoU scored
 SHARD_SIZE = (180, 240)
+#: The CamVid copy beside the main checkout (a worktree's parent is not it): SEGFLOW_CAMVID.
+CAMVID = Path(os.environ.get("SEGFLOW_CAMVID", REPO.parent / "shared" / "datasets" / "camvid"))
 R18 = {"backbone": "resnet18"}
 
 
@@ -71,6 +77,8 @@ class Row:
     options: dict = field(default_factory=dict)
     baseline: str | None = None
     baseline_options: tuple[str, ...] = ()
+    #: The budget's SGD learning rate unless a network does not train at it.
+    lr: float = 0.05
 
 
 #: The table, in the story's order. VGG nets run at a quarter of VGG-16's width (16 channels
@@ -93,8 +101,8 @@ ZOO: tuple[Row, ...] = (
     Row("segnet_basic", "encoder-decoder", "width 32", "segnet_basic", options={"width": 32}),
     Row("segnet", "encoder-decoder", "VGG-16-BN w16", "segnet", options={"width": 16}),
     Row("unet", "encoder-decoder", "width 16", "unet", options={"width": 16}),
-    Row("refinenet", "multi-path", "ResNet-18, 64/128-ch paths", "refinenet", "resnet18",
-        options={"features": 64}),
+    Row("refinenet", "multi-path", "ResNet-18, 64/128-ch paths, LR 0.01", "refinenet",
+        "resnet18", options={"features": 64}, lr=0.01),
     Row("frrn", "full-resolution", "FRRN-B, width 16, residual 16", "frrn",
         options={"width": 16, "residual_channels": 16}),
     Row("gridnet", "full-resolution", "rows 16-32-48-64-80", "gridnet",
@@ -117,11 +125,15 @@ ZOO: tuple[Row, ...] = (
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dir", type=Path, required=True, help="work directory (shards, runs)")
-    p.add_argument("--camvid", type=Path, default=REPO.parent / "shared" / "datasets" / "camvid")
+    p.add_argument("--camvid", type=Path, default=CAMVID, help="CamVid root (SEGFLOW_CAMVID)")
     p.add_argument("--shards", type=Path, help="CamVid shards of an earlier run (180x240)")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", default="", help="comma-separated row labels (default: all)")
+    p.add_argument(
+        "--budget-minutes", type=float,
+        help="wall-time budget of the whole run: rows not started by then are listed as not run",
+    )  # fmt: skip
     p.add_argument(
         "--stride1-images", type=int, default=3,
         help="val images to time the patch classifier at stride 1 on (0: skip)",
@@ -161,7 +173,7 @@ def budget_params(camvid: Path, epochs: int, row: Row) -> Params:
                 "model_options": row.options,
                 "epochs": epochs,
                 "batch_size": 8,
-                "lr": 0.05,
+                "lr": row.lr,
                 "warmup_iters": 10,
                 "class_weights": "sqrt",
                 "class_weight_max": 5.0,
@@ -252,6 +264,11 @@ def run_row(row: Row, args: argparse.Namespace, shards: Path, num_classes: int) 
     }
 
 
+def not_run(row: Row, reason: str) -> dict:
+    """The row of a model the budget did not reach or that failed: in the table, with why."""
+    return {"label": row.label, "era": row.era, "setting": row.setting, "not_run": reason}
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| era | model | CPU setting | params (M) | GFLOPs @360x480 | ms/image | mIoU | PA "
@@ -259,6 +276,9 @@ def markdown(rows: list[dict]) -> str:
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        if "not_run" in r:
+            lines.append(f"| {r['era']} | {r['label']} | {r['setting']} | {r['not_run']} |||||")
+            continue
         params = f"{r['params_m']:.2f}" if r["params_m"] else "-"
         gflops = f"{r['gflops_360x480']:.1f}" if r["gflops_360x480"] is not None else "-"
         lines.append(
@@ -282,7 +302,14 @@ def main(argv: list[str] | None = None) -> None:
     for row in ZOO:
         if only and row.label not in only:
             continue
-        result = run_row(row, args, shards, num_classes)
+        spent = (time.time() - started) / 60
+        if args.budget_minutes is not None and spent >= args.budget_minutes:
+            result = not_run(row, f"not run: the {args.budget_minutes:g}-minute budget was spent")
+        else:
+            try:
+                result = run_row(row, args, shards, num_classes)
+            except Exception as e:  # a row that cannot run says so; the table goes on
+                result = not_run(row, f"failed: {type(e).__name__}: {str(e).splitlines()[0]}")
         rows.append(result)
         print(json.dumps(result), flush=True)
         (args.dir / "results.json").write_text(json.dumps(rows, indent=1))

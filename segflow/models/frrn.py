@@ -15,7 +15,8 @@ FRRUs at 1/2 with 96 channels, four at 1/4 with 192, two at 1/8 with 384 and two
 384 (FRRN-B: two more at 1/32 with 384). Decoder: two FRRUs at 1/8 with 192 (FRRN-B first two
 at 1/16 with 192), two at 1/4 with 192 and two at 1/2 with 96. Then the streams are
 concatenated, a 1x1 conv brings them to 48 channels, three RUs and a 1x1 classifier follow.
-Unpooling copies each value into its 2x2 block (nearest neighbour).
+Unpooling (of the pooling stream, and of each FRRU's residual update) copies each value into its
+block: nearest neighbour, the simplest reading of the paper's "unpooling".
 
 Published sizes (the parameter counts the paper lists with its Cityscapes results, 19 classes):
 **FRRN-A 17.7 M, FRRN-B 24.8 M parameters**. Built here with 19 classes: 17.71 M and 24.72 M.

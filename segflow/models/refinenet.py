@@ -29,6 +29,11 @@ resnet18/34 for smaller models), always at output stride 32: RefineNet exists to
 ``features`` is the width of the finer paths (256; the stride-32 path has twice that), so small
 test models shrink it. Sizes need no padding: every fusion resizes the coarser map to the finer
 one, so odd inputs work.
+
+Training: the refinement path has no batch norm (each RCU and pooling link adds into a running
+sum), so it wants a smaller learning rate than BN heads. From scratch on CamVid, SGD at 0.05
+diverged in the first epoch (loss 2.3 -> 3.5) and 0.01 trained (benchmarks/RESULTS.md, "The zoo
+on CamVid"); the paper fine-tunes an ImageNet-pretrained ResNet instead.
 """
 
 from __future__ import annotations
