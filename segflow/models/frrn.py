@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from segflow.errors import SegflowError
 from segflow.models.registry import check_options, register_model
+from segflow.models.segnet import conv_bn
 from segflow.models.upsample import pad_to_multiple
 
 # (FRRUs, channels as a multiple of ``width``) per stage; each encoder stage pools by 2 first,
@@ -50,16 +51,6 @@ DECODER = {
     "A": [(2, 4), (2, 4), (2, 2)],
     "B": [(2, 4), (2, 4), (2, 4), (2, 2)],
 }
-
-
-def conv_bn(in_ch: int, out_ch: int, kernel_size: int = 3, relu: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [
-        nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_ch),
-    ]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
 
 
 class ResidualUnit(nn.Module):
