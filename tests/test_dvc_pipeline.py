@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from segflow.data.validate import MASK_VALUES_RULE
 from tests.data.helpers import make_folder_dataset
 from tests.project import CAMVID, make_project
 
@@ -63,7 +64,7 @@ def test_a_change_in_the_dataset_reruns_ingest_and_bad_data_keeps_the_earlier_sh
     cv2.imwrite(str(mask_path), mask)
     failed = project.dvc("repro", "shard")
     assert failed.returncode != 0
-    assert "mask values within class ids + 255" in failed.stdout + failed.stderr
+    assert MASK_VALUES_RULE in failed.stdout + failed.stderr
     assert project.digest("data/shards") == shards
     assert project.digest("data/manifest.parquet") != manifest  # it describes the new data
 
