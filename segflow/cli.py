@@ -252,7 +252,9 @@ def predict(
     labels: Path = typer.Option(None, help="Also write the raw class-id PNG here."),
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: as training)."),
     params: Path = typer.Option(
-        Path("params.yaml"), help="Project params whose mlflow.* HTTP policy applies, if present."
+        Path("params.yaml"),
+        help="Project params: the dataset whose champion is the default model, and the "
+        "mlflow.* HTTP policy (if present).",
     ),
 ) -> None:
     """Segment one image with a registered model; write the mask in the class colours.
