@@ -4,17 +4,24 @@ One schema for the whole file keeps params flat and discoverable: every key a st
 declared here with its type, default and bounds. Unknown keys are errors (a typo in params.yaml
 must not be silently ignored), and every error names the field, e.g.
 ``params.yaml: loader.crop_height: Input should be greater than 0``.
+
+Every float is finite (``.inf`` or ``.nan`` in params.yaml is an error, in lists and tuples
+too: a learning rate of ``.inf`` trains a NaN model that would otherwise be registered), and
+sizes, rates and counts have upper bounds where a value past them can only be a typo or an
+overflow: the ``MAX_*`` constants below, each far above any published setting.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from segflow.errors import SegflowError
 
@@ -30,9 +37,57 @@ SYNTHETIC_DIR = "data/synthetic"
 #: name that could climb out of it (``..``, ``a/../..``, an absolute path) must never parse.
 RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
+#: Pixels of an image side: a resize, crop or sliding window. 8K is 4x Cityscapes' 2048 and
+#: above common aerial tiles; a typo such as 10**6 would allocate terabytes before failing.
+MAX_SIDE = 8192
+#: Image rescaling factors (loader augmentation, multi-scale evaluation): DeepLab uses 0.5-2.0;
+#: 8x of an 8K side is already a 64K one.
+MAX_SCALE = 8.0
+#: Learning rates: SGD on segmentation uses 1e-3..0.1 (DeepLab v3+ 0.007, x10 on the head);
+#: a rate past 10 diverges on the first steps and trains a NaN model.
+MAX_LR = 10.0
+#: Weight decay: 1e-5..5e-2 in practice (AdamW's 0.05); 1 would shrink every weight to 0.
+MAX_WEIGHT_DECAY = 1.0
+#: Epochs of a run: Cityscapes' 80k iterations are ~215 epochs, small medical sets ~1000.
+MAX_EPOCHS = 10_000
+#: Images per step on one worker: 1024 small crops fit a large GPU; more is a typo.
+MAX_BATCH = 1024
+#: Model options the model builder takes as its own arguments (segflow.models.registry.build):
+#: in ``model_options`` they would collide with the values of ``train.*`` and the dataset's.
+RESERVED_MODEL_OPTIONS = ("num_classes", "backbone", "output_stride", "pretrained")
+
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: .inf and .nan are not numbers a user means (checked for every float,
+    # also inside tuples and lists; model_options' free-form values by _check_model_options).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _check_model_options(options: dict, where: str) -> None:
+    """No option the builder takes itself, no non-finite number anywhere in the values.
+
+    ``where`` prefixes the option's name in the message (``train.model_options.``): a rule that
+    names its own field is printed as it is by :func:`parse_params`.
+    """
+
+    def non_finite(value: object) -> bool:
+        if isinstance(value, float):
+            return not math.isfinite(value)
+        if isinstance(value, list):
+            return any(non_finite(v) for v in value)
+        if isinstance(value, dict):
+            return any(non_finite(v) for v in value.values())
+        return False
+
+    for name, value in options.items():
+        if name in RESERVED_MODEL_OPTIONS:
+            source = "the dataset's class count" if name == "num_classes" else f"train.{name}"
+            raise ValueError(
+                f"{where}{name}: segflow passes {name} to the model itself (from {source}); "
+                f"remove it from model_options"
+            )
+        if non_finite(value):
+            raise ValueError(f"{where}{name}: numbers must be finite (got {value!r})")
 
 
 class DatasetParams(_Section):
@@ -43,8 +98,9 @@ class DatasetParams(_Section):
     root: str = "data/synthetic"
     #: Which split the evaluate stage scores (a CamVid copy without test/: use val).
     test_split: str = "test"
-    #: folder datasets: YAML file with the class table (list of {id, name, color}; optionally
-    #: each class's stored mask value(s), ``value: 255``, and the ignore values).
+    #: folder datasets: YAML file with the class table (``classes:`` a list of {id, name,
+    #: color}; optionally each class's stored mask value(s), ``value: 255``, and ``ignore:``
+    #: beside it); None: ``<root>/classes.yaml``.
     classes_file: str | None = None
     #: validate fails when more than this share of a split's mask pixels is ignored (255 after
     #: the value mapping): usually masks whose values the class table does not map (0/255).
@@ -60,19 +116,46 @@ class DatasetParams(_Section):
     #: decompression bomb (a small PNG that says 40000x40000) is refused before any decode. At
     #: most Pillow's own hard limit (2 x PIL.Image.MAX_IMAGE_PIXELS), which refuses larger ones.
     max_pixels: int = Field(100_000_000, gt=0, le=178_956_970)
+    #: A regular expression whose first group, searched in a sample's id, is the sample's group:
+    #: what its images share beyond their labels (a video sequence, a patient, a scene, a
+    #: site). CamVid's ids are ``<sequence>_<frame>``: ``^([^_]+)_``. null: no groups.
+    group_pattern: str | None = None
+    #: Groups of train held out as the split ``dev``: a development split that shares no group
+    #: with train. When set, the best epoch, the CRF choice and the promotion gate are decided
+    #: on dev (val is still scored and reported); the test split decides nothing. Needs
+    #: group_pattern.
+    holdout_groups: list[Annotated[str, Field(min_length=1)]] = []
 
     def resolved_root(self) -> Path:
         return Path(os.environ.get(DATA_ROOT_ENV) or self.root)
+
+    @model_validator(mode="after")
+    def _groups(self) -> DatasetParams:
+        if self.group_pattern is not None:
+            try:
+                groups = re.compile(self.group_pattern).groups
+            except re.error as exc:
+                raise ValueError(f"group_pattern: not a regular expression ({exc})") from None
+            if groups < 1:
+                raise ValueError("group_pattern: needs a group, e.g. '^([^_]+)_'")
+        if self.holdout_groups and self.group_pattern is None:
+            raise ValueError("holdout_groups needs group_pattern (how a sample's group is read)")
+        if self.test_split in ("train", "dev"):
+            raise ValueError(
+                f"test_split: {self.test_split!r} is a split segflow trains or decides on"
+            )
+        return self
 
 
 class SyntheticParams(_Section):
     """Size of the embedded street-scene dataset that ingest generates deterministically."""
 
-    num_train: int = Field(48, gt=0)
-    num_val: int = Field(12, gt=0)
-    num_test: int = Field(12, gt=0)
-    height: int = Field(96, ge=32)
-    width: int = Field(128, ge=32)
+    #: A demo dataset: beyond 100k images per split, use a real dataset.
+    num_train: int = Field(48, gt=0, le=100_000)
+    num_val: int = Field(12, gt=0, le=100_000)
+    num_test: int = Field(12, gt=0, le=100_000)
+    height: int = Field(96, ge=32, le=MAX_SIDE)
+    width: int = Field(128, ge=32, le=MAX_SIDE)
     seed: int = 0
 
 
@@ -80,8 +163,8 @@ class ShardParams(_Section):
     #: Upper bound on the rows in one .arrow file; bounds the memory a reader maps at once.
     rows_per_shard: int = Field(64, gt=0)
     #: Optional resize to a training scale before encoding (masks use nearest neighbour).
-    resize_height: int | None = Field(None, gt=0)
-    resize_width: int | None = Field(None, gt=0)
+    resize_height: int | None = Field(None, gt=0, le=MAX_SIDE)
+    resize_width: int | None = Field(None, gt=0, le=MAX_SIDE)
     #: Image encoding inside the shards: png is lossless, jpg is smaller and faster to decode.
     image_codec: Literal["png", "jpg"] = "png"
     jpeg_quality: int = Field(95, ge=1, le=100)
@@ -93,20 +176,28 @@ class ShardParams(_Section):
         return self
 
 
+_Unit = Annotated[float, Field(ge=0, le=1)]
+_Std = Annotated[float, Field(gt=0, le=1)]
+
+
 class LoaderParams(_Section):
-    crop_height: int = Field(96, gt=0)
-    crop_width: int = Field(128, gt=0)
-    scale_min: float = Field(0.5, gt=0)
-    scale_max: float = Field(2.0, gt=0)
+    crop_height: int = Field(96, gt=0, le=MAX_SIDE)
+    crop_width: int = Field(128, gt=0, le=MAX_SIDE)
+    scale_min: float = Field(0.5, gt=0, le=MAX_SCALE)
+    scale_max: float = Field(2.0, gt=0, le=MAX_SCALE)
     hflip: float = Field(0.5, ge=0, le=1)
     #: Share of training crops placed on a pixel of a rare class: a class present in the image,
     #: drawn with weight 1 / sqrt(its share of the train pixels); 0: every crop uniform.
     rare_class_crop: float = Field(0.0, ge=0, le=1)
     #: Strength of brightness/contrast/saturation jitter (0 switches it off).
     color_jitter: float = Field(0.2, ge=0, le=1)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    num_workers: int = Field(0, ge=0)
+    #: Per-channel (RGB) normalisation of pixels scaled to [0, 1]: the mean lies in [0, 1]; the
+    #: std divides, so 0 is a division by zero, and above 1 (the widest spread of [0, 1] data is
+    #: 0.5) it can only be a value meant for 0-255 pixels.
+    mean: tuple[_Unit, _Unit, _Unit] = (0.485, 0.456, 0.406)
+    std: tuple[_Std, _Std, _Std] = (0.229, 0.224, 0.225)
+    #: DataLoader processes per training worker; each holds a copy of the loader's state.
+    num_workers: int = Field(0, ge=0, le=256)
 
     @model_validator(mode="after")
     def _scale_order(self) -> LoaderParams:
@@ -158,20 +249,22 @@ class TrainParams(RayRunParams):
     pretrained: str | None = None
     #: Extra constructor options of the model, e.g. {width: 16} for a small U-Net or
     #: {aspp_channels: 64} for a narrow DeepLab head.
+    #: Not num_classes, backbone, output_stride or pretrained (RESERVED_MODEL_OPTIONS).
     model_options: dict[str, int | float | str | bool | list | dict] = {}
-    epochs: int = Field(8, gt=0)
+    epochs: int = Field(8, gt=0, le=MAX_EPOCHS)
     #: Images per step on each worker (the global batch is batch_size x num_workers).
-    batch_size: int = Field(8, gt=0)
+    batch_size: int = Field(8, gt=0, le=MAX_BATCH)
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.01, gt=0)
+    lr: float = Field(0.01, gt=0, le=MAX_LR)
     momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
-    poly_power: float = Field(0.9, ge=0)
-    warmup_iters: int = Field(0, ge=0)
+    weight_decay: float = Field(1e-4, ge=0, le=MAX_WEIGHT_DECAY)
+    #: The poly schedule's (1 - t)^power; DeepLab's 0.9; above 10 the LR is ~0 after a few %.
+    poly_power: float = Field(0.9, ge=0, le=10)
+    warmup_iters: int = Field(0, ge=0, le=10_000_000)
     #: ce | ohem (hard pixels only) | focal (Lin et al.) | lovasz (Lovasz-softmax, IoU surrogate).
     loss: Literal["ce", "ohem", "focal", "lovasz"] = "ce"
     #: focal's gamma: (1 - p_true)^gamma scales each pixel's CE; 0 is plain CE.
-    focal_gamma: float = Field(2.0, ge=0)
+    focal_gamma: float = Field(2.0, ge=0, le=10)
     #: median_frequency (SegNet); inverse_log (ENet) and sqrt are gentler on the large classes.
     class_weights: Literal["none", "median_frequency", "inverse_log", "sqrt"] = "none"
     #: Clip every class weight at this value; 0: no clip.
@@ -186,7 +279,7 @@ class TrainParams(RayRunParams):
     #: bf16); false: fp32.
     bf16: Literal["auto"] | bool = "auto"
     #: LR of everything outside the backbone (heads, decoders) = lr x this; 10 is DeepLab's.
-    head_lr_mult: float = Field(1.0, gt=0)
+    head_lr_mult: float = Field(1.0, gt=0, le=100)
     #: EMA of the weights, updated every step with this decay (e.g. 0.999); 0: off. When on,
     #: the average is validated and saved as the model.
     ema_decay: float = Field(0.0, ge=0, lt=1)
@@ -199,9 +292,22 @@ class TrainParams(RayRunParams):
     deterministic: bool = False
     #: Print a progress line every this many steps (plain lines, readable in a CI log).
     log_every: int = Field(10, gt=0)
+    #: A step whose loss is not finite (nan, inf) is skipped (no weight update: one bad batch
+    #: must not poison the weights); this many in a row mean the run diverged, and training
+    #: stops with an error before any checkpoint of it replaces a good one.
+    nan_patience: int = Field(3, gt=0)
+    #: The train stage's run directories (checkpoints, ~100 MB each) kept in storage_path,
+    #: newest by modification time; older ones are deleted when the stage starts, never the
+    #: run it continues. Runs you named yourself (run_name) are never deleted.
+    keep_runs: int = Field(3, ge=0)
 
     cpus_per_worker: int = Field(2, gt=0)
     experiment: str = Field("segflow", min_length=1)
+
+    @model_validator(mode="after")
+    def _model_options(self) -> TrainParams:
+        _check_model_options(self.model_options, "train.model_options.")
+        return self
 
 
 class CRFTuneParams(_Section):
@@ -216,7 +322,7 @@ class CRFTuneParams(_Section):
 
     search: Literal["grid", "optuna"] = "grid"
     #: Optuna trials (a grid runs each point once).
-    num_samples: int = Field(8, gt=0)
+    num_samples: int = Field(8, gt=0, le=10_000)
     w_gauss: float | Annotated[list[float], Field(min_length=1)] = 3.0
     sigma_gamma: float | Annotated[list[float], Field(min_length=1)] = 3.0
     w_bilateral: float | Annotated[list[float], Field(min_length=1)] = [3.0, 5.0]
@@ -256,9 +362,24 @@ class TuneModelChoice(_Section):
     output_stride: int | None = None
     model_options: dict[str, int | float | str | bool | list | dict] = {}
 
+    @field_validator("model_options")
+    @classmethod
+    def _model_options(cls, value: dict) -> dict:
+        _check_model_options(value, "")
+        return value
 
-_Range = Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=2, max_length=2)]
-_Crop = Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=2, max_length=2)]
+
+def _range(high: float) -> object:
+    """[low, high] of a log-uniform sweep, both in (0, ``high``]."""
+    bounded = Annotated[float, Field(gt=0, le=high)]
+    return Annotated[list[bounded], Field(min_length=2, max_length=2)]
+
+
+_LrRange = _range(MAX_LR)
+_DecayRange = _range(MAX_WEIGHT_DECAY)
+_Side = Annotated[int, Field(gt=0, le=MAX_SIDE)]
+_Batch = Annotated[int, Field(gt=0, le=MAX_BATCH)]
+_Crop = Annotated[list[_Side], Field(min_length=2, max_length=2)]
 
 
 class TuneParams(_Section):
@@ -270,18 +391,19 @@ class TuneParams(_Section):
     """
 
     enabled: bool = False
-    num_samples: int = Field(8, gt=0)
+    num_samples: int = Field(8, gt=0, le=10_000)
     #: Epochs per trial (ASHA's max_t); the LR schedule spans these epochs.
-    max_epochs: int = Field(4, gt=0)
+    max_epochs: int = Field(4, gt=0, le=MAX_EPOCHS)
     grace_period: int = Field(1, gt=0)
-    reduction_factor: float = Field(2, gt=1)
+    #: ASHA keeps 1/reduction_factor of the trials at each rung (2-4 in practice).
+    reduction_factor: float = Field(2, gt=1, le=100)
     search: Literal["optuna", "random"] = "optuna"
     cpus_per_trial: float = Field(2, gt=0)
     gpus_per_trial: float = Field(0, ge=0)
     #: [low, high], sampled log-uniformly.
-    lr: _Range = [0.005, 0.1]
-    weight_decay: _Range = [1e-5, 1e-3]
-    batch_size: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)] = [4, 8]
+    lr: _LrRange = [0.005, 0.1]
+    weight_decay: _DecayRange = [1e-5, 1e-3]
+    batch_size: Annotated[list[_Batch], Field(min_length=1)] = [4, 8]
     #: [height, width] choices; empty: the loader's crop.
     crops: list[_Crop] = []
     #: Architecture choices; empty: the train stage's model.
@@ -308,28 +430,28 @@ class SearchParams(RayRunParams):
     """
 
     enabled: bool = False
-    #: L, network layers (paper 12).
-    layers: int = Field(4, gt=0)
-    #: F, filters per block at stride 4 (paper 8 in search).
-    filter_multiplier: int = Field(2, gt=0)
+    #: L, network layers (paper 12; the supernet's memory grows with L x B).
+    layers: int = Field(4, gt=0, le=64)
+    #: F, filters per block at stride 4 (paper 8 in search, 20-64 when retraining).
+    filter_multiplier: int = Field(2, gt=0, le=256)
     #: B, blocks per cell (paper 5).
-    blocks: int = Field(3, gt=0)
+    blocks: int = Field(3, gt=0, le=16)
     #: Epochs of the search (paper 40); alpha and beta are updated from warmup_epochs on (20).
-    epochs: int = Field(4, gt=0)
+    epochs: int = Field(4, gt=0, le=MAX_EPOCHS)
     warmup_epochs: int = Field(2, ge=0)
     #: Images per step on each worker, from trainA and from trainB (paper 2 per GPU).
-    batch_size: int = Field(4, gt=0)
+    batch_size: int = Field(4, gt=0, le=MAX_BATCH)
     #: Search crop (paper 321 x 321).
-    crop_height: int = Field(48, gt=0)
-    crop_width: int = Field(64, gt=0)
+    crop_height: int = Field(48, gt=0, le=MAX_SIDE)
+    crop_width: int = Field(64, gt=0, le=MAX_SIDE)
     #: Network weights: SGD, momentum, cosine LR from lr to lr_min (paper 0.025 -> 0.001).
-    lr: float = Field(0.025, gt=0)
+    lr: float = Field(0.025, gt=0, le=MAX_LR)
     lr_min: float = Field(0.001, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(3e-4, ge=0)
+    weight_decay: float = Field(3e-4, ge=0, le=MAX_WEIGHT_DECAY)
     #: Architecture (alpha, beta): Adam (paper 3e-3, weight decay 1e-3).
-    arch_lr: float = Field(3e-3, gt=0)
-    arch_weight_decay: float = Field(1e-3, ge=0)
+    arch_lr: float = Field(3e-3, gt=0, le=MAX_LR)
+    arch_weight_decay: float = Field(1e-3, ge=0, le=MAX_WEIGHT_DECAY)
     experiment: str = Field("segflow-search", min_length=1)
 
     @model_validator(mode="after")
@@ -341,6 +463,9 @@ class SearchParams(RayRunParams):
         return self
 
 
+_Scale = Annotated[float, Field(gt=0, le=MAX_SCALE)]
+
+
 class EvaluateParams(_Section):
     """Inference mode of the crf_tune and evaluate stages, and what the report shows."""
 
@@ -348,32 +473,54 @@ class EvaluateParams(_Section):
     #: sliding: a crop-sized window slid over the image.
     mode: Literal["single", "multiscale", "sliding"] = "single"
     #: multiscale: the scales averaged (DeepLab's aug test uses 0.5-1.75).
-    scales: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)] = [0.75, 1.0, 1.25]
+    scales: Annotated[list[_Scale], Field(min_length=1)] = [0.75, 1.0, 1.25]
     #: multiscale: add horizontally flipped copies.
     flip: bool = True
     #: sliding: window size; null takes the training crop (loader.crop_height/crop_width).
-    crop_height: int | None = Field(None, gt=0)
-    crop_width: int | None = Field(None, gt=0)
+    crop_height: int | None = Field(None, gt=0, le=MAX_SIDE)
+    crop_width: int | None = Field(None, gt=0, le=MAX_SIDE)
     #: sliding: share of a window that overlaps the next one.
     overlap: float = Field(1 / 3, ge=0, lt=1)
     #: Qualitative sample figures in the report (image | truth | prediction | with CRF).
-    num_samples_report: int = Field(4, ge=0)
+    num_samples_report: int = Field(4, ge=0, le=1000)
     #: Timed inference calls (after 2 warm-up calls) for ms per image and peak memory.
-    speed_repeats: int = Field(10, gt=0)
+    speed_repeats: int = Field(10, gt=0, le=10_000)
 
 
 class RegisterParams(_Section):
-    """The register stage: model name and the promotion gate."""
+    """The register stage: the registered model's name (the gate's settings are ``gate``)."""
 
-    #: ``champion`` moves to a new version only if the lower bound of the paired-bootstrap
-    #: interval of (new - champion) test mIoU, both scored on the same test images, exceeds this.
-    min_gain: float = Field(0.0, ge=0)
-    #: Two-sided confidence of that interval (0.95: the 2.5th percentile is the lower bound).
-    confidence: float = Field(0.95, gt=0.5, lt=1)
-    #: Bootstrap resamples of the test images.
-    bootstrap_samples: int = Field(2000, ge=100)
     #: Registered model name is ``<prefix>-<dataset.name>``.
     model_name_prefix: str = Field("segflow", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class GateParams(_Section):
+    """The promotion gate of the register stage: on which split, with how much evidence.
+
+    The gate re-scores the champion on the decision split and compares it with the new model
+    image by image (a paired bootstrap). The decision split is never the test split: a choice
+    made on test, repeated at every retrain, would drift the champion's reported test score up
+    with the number of decisions. The test split is scored and reported for every version.
+    """
+
+    #: The split the gate decides on. auto: ``dev`` (dataset.holdout_groups) when the shards
+    #: have it, else ``val`` (then shared with the best-epoch and CRF choices; and when val is
+    #: also dataset.test_split, the reported split: gate.md and the version's tags say so).
+    #: Naming the test split here is refused.
+    split: str = Field("auto", min_length=1)
+    #: Fewer images than this on the decision split and the gate keeps the champion, saying
+    #: "underpowered": a bootstrap over a handful of images gives a tight-looking interval that
+    #: means nothing. 20 is a floor, not a target; frames of one video are not independent
+    #: either (with groups the bootstrap resamples whole groups).
+    min_images: int = Field(20, ge=1, le=1_000_000)
+    #: ``champion`` moves to a new version only if the lower bound of the paired-bootstrap
+    #: interval of (new - champion) mIoU on the decision split exceeds this. mIoU lies in
+    #: [0, 1], so a min_gain of 1 or more could never promote anything.
+    min_gain: float = Field(0.0, ge=0, lt=1)
+    #: Two-sided confidence of that interval (0.95: the 2.5th percentile is the lower bound).
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    #: Bootstrap resamples of the decision split's images (or groups).
+    bootstrap_samples: int = Field(2000, ge=100, le=1_000_000)
 
 
 _CRON_FIELD = r"[0-9*/,A-Za-z-]+"
@@ -395,6 +542,41 @@ class RetrainParams(_Section):
     experiment: str = Field("segflow-retrain", min_length=1)
 
 
+class MlflowParams(_Section):
+    """How every stage and command talks to an MLflow tracking server: one bounded HTTP policy.
+
+    The stages (train, search, tune, register), ``segflow retrain`` and ``segflow predict`` put
+    these into MLflow's own settings (:meth:`environ`) before their first MLflow call, replacing
+    any exported value, so each reads the same policy from params.yaml. MLflow's defaults (7
+    retries, 120 s per request) make a server that refuses connections an error after ~4
+    minutes and one that accepts but never answers an error after ~20. The wait is bounded by
+    (urllib3's backoff: 0, then 2, 4, 8... x ``http_backoff_factor`` s, plus up to 1 s each):
+
+    - connection refused: ``http_backoff_factor`` x (2^``http_retries`` - 2) s, about 5 s with
+      the defaults;
+    - no answer: (``http_retries`` + 1) x ``http_timeout_s`` s more, about 35 s with them.
+
+    A tracking server that restarts during a run needs more retries to be waited out (e.g. 5
+    retries: ~60 s); big checkpoints over a slow artifact proxy a longer timeout. The default
+    sqlite store makes no HTTP calls.
+    """
+
+    #: Retries of a failed request (refused, timed out, 429/5xx answers); MLflow allows <= 10.
+    http_retries: int = Field(2, ge=0, le=10)
+    #: Seconds to connect, and to wait for each answer (an upload's answer included).
+    http_timeout_s: int = Field(10, gt=0, le=600)
+    #: Exponential backoff between retries (MLflow reads an integer, at most 120).
+    http_backoff_factor: int = Field(2, ge=0, le=120)
+
+    def environ(self) -> dict[str, str]:
+        """MLflow's environment variables for this policy (it reads them at every request)."""
+        return {
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.http_retries),
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(self.http_timeout_s),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(self.http_backoff_factor),
+        }
+
+
 # pydantic warns that the field name "register" shadows ``ABCMeta.register`` of the model
 # class; only class-level access sees that method, instances read the field as usual.
 warnings.filterwarnings("ignore", message='Field name "register" in "Params"', category=UserWarning)
@@ -412,7 +594,9 @@ class Params(_Section):
     search: SearchParams = SearchParams()
     evaluate: EvaluateParams = EvaluateParams()
     register: RegisterParams = RegisterParams()
+    gate: GateParams = GateParams()
     retrain: RetrainParams = RetrainParams()
+    mlflow: MlflowParams = MlflowParams()
 
     @model_validator(mode="after")
     def _synthetic_root(self) -> Params:
@@ -420,6 +604,12 @@ class Params(_Section):
             raise ValueError(
                 f"dataset.root must be {SYNTHETIC_DIR} for the synthetic dataset "
                 f"(got {self.dataset.root!r}); set dataset.name for a real dataset"
+            )
+        if self.gate.split in (self.dataset.test_split, "train"):
+            raise ValueError(
+                f"gate.split: {self.gate.split!r} is the split the model "
+                + ("is scored on" if self.gate.split != "train" else "trains on")
+                + "; the gate decides on a split of its own (auto: dev, else val)"
             )
         return self
 

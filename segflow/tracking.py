@@ -10,18 +10,28 @@ Logging happens in the driver, from the history the workers report, not in the r
 the default sqlite store is a file on the driver's machine that workers on other nodes cannot
 reach, and a worker restarted by FailureConfig would log its epochs twice; the history in the
 checkpoints is exactly one record per completed epoch, however many restarts it took.
+
+A store that fails (a server that is down or never answers, a read-only or corrupt sqlite
+file) is one line naming it, without credentials (:func:`store_errors`); how long a server is
+waited for is the ``mlflow.*`` HTTP policy of params.yaml, which the stage runner and the CLI
+put into MLflow's environment before the first call (:class:`segflow.config.MlflowParams`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from segflow.config import Params
+from segflow.errors import SegflowError
+from segflow.logs import is_verbose
 
 MLRUNS = Path("mlruns")
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
@@ -63,6 +73,112 @@ def public_uri(uri: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def _store_failures() -> tuple[type[BaseException], ...]:
+    """What a failing store raises: MLflow's own error (an HTTP call after its retries, a
+    store it cannot open), SQLAlchemy's (a sqlite file that is read-only, locked or corrupt,
+    raised past MLflow), and requests' (an artifact transfer outside MLflow's wrapper)."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return (MlflowException, SQLAlchemyError, RequestException)
+
+
+#: user:password@ in a URL inside a library's message (the host of a credentialed URI).
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def store_failure(exc: BaseException, uri: str, doing: str | None = None) -> str:
+    """``MLflow store <uri>: [<doing>: ]<why>``, one line, the URI in its public form.
+
+    Why is the root cause when it is a known one (refused, no answer in time, host unknown),
+    else the first line of the innermost error (sqlite's "attempt to write a readonly
+    database" under MLflow's and SQLAlchemy's wrappers) with any credentials removed.
+    """
+    causes = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in causes:
+        causes.append(seen)
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    names = {type(c).__name__ for c in causes}
+    if any(isinstance(c, ConnectionRefusedError) for c in causes):
+        why = "connection refused: is the tracking server running, at this address?"
+    elif names & {"ReadTimeoutError", "ConnectTimeoutError", "ReadTimeout", "ConnectTimeout"}:
+        timeout = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")
+        tries = int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")) + 1
+        why = (
+            f"no answer within {timeout} s in {tries} {'try' if tries == 1 else 'tries'}; "
+            "if the server is only slow, raise mlflow.http_timeout_s in params.yaml"
+        )
+    elif names & {"NameResolutionError", "gaierror"}:
+        why = "host name not found"
+    else:
+        lines = next((str(c).strip().splitlines() for c in reversed(causes) if str(c).strip()), [])
+        why = _CREDENTIALS.sub("", lines[0] if lines else type(exc).__name__)[:300]
+    return f"MLflow store {public_uri(uri)}: " + (f"{doing}: {why}" if doing else why)
+
+
+#: Loggers that print the traceback of an error MLflow then raises (the sqlite store's
+#: "SQLAlchemy database error"): store_errors says it once, in one line.
+_RAISING_LOGGERS = ("mlflow.store.db.utils",)
+
+
+@contextmanager
+def store_errors(uri: str | None = None, doing: str | None = None) -> Iterator[None]:
+    """Run MLflow calls; a failing store (``uri``, default the current one) is one SegflowError.
+
+    Nothing else is caught: a bug keeps its traceback. ``segflow -v`` / SEGFLOW_VERBOSE=1 also
+    shows what MLflow logs about the failure.
+    """
+    loggers = [] if is_verbose() else [logging.getLogger(name) for name in _RAISING_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, SegflowError) or not isinstance(exc, _store_failures()):
+            raise
+        import mlflow
+
+        uri = uri or mlflow.get_tracking_uri()
+        raise SegflowError(store_failure(exc, uri, doing)) from None
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+#: Loggers of a new sqlite store's set-up: "Creating initial MLflow database tables...",
+#: "Updating database tables" and alembic's migration steps.
+_STORE_SETUP_LOGGERS = ("mlflow.store.db.utils", "alembic")
+
+
+def quiet_store_setup() -> None:
+    """No INFO lines from the set-up of a new sqlite store (unless ``segflow -v``).
+
+    The first command that opens ``mlruns/mlflow.db`` (a stage, ``segflow predict`` in a fresh
+    directory) makes MLflow create its tables and announce it. Importing mlflow resets its
+    loggers to INFO (``MLFLOW_LOGGING_LEVEL``'s default), after segflow.logs has quietened them,
+    so this runs after the import, right before the store is opened.
+    """
+    if is_verbose():
+        return
+    for name in _STORE_SETUP_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def check_store(uri: str) -> None:
+    """Read ``uri`` once: a store that is down, hangs or is corrupt is one line naming it,
+    before a stage writes anything anywhere."""
+    import mlflow
+
+    # A new sqlite store announces its table creation and migrations on stderr; the stage's
+    # own lines (and a one-line error) are what the user should see.
+    quiet_store_setup()
+    with store_errors(uri, "cannot be read"):
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+
+
 def setup(experiment: str, root: str | Path = ".") -> str:
     """Point MLflow at the store and make sure ``experiment`` exists; returns its id.
 
@@ -72,13 +188,16 @@ def setup(experiment: str, root: str | Path = ".") -> str:
     import mlflow
 
     quiet_mlflow()
+    quiet_store_setup()
     server = os.environ.get("MLFLOW_TRACKING_URI")  # read first: set_tracking_uri exports it
-    mlflow.set_tracking_uri(tracking_uri(root))
-    found = mlflow.get_experiment_by_name(experiment)
-    if found is not None:
-        return found.experiment_id
-    location = None if server else (Path(root) / MLRUNS / "artifacts").resolve().as_uri()
-    return mlflow.create_experiment(experiment, artifact_location=location)
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    with store_errors(uri):
+        found = mlflow.get_experiment_by_name(experiment)
+        if found is not None:
+            return found.experiment_id
+        location = None if server else (Path(root) / MLRUNS / "artifacts").resolve().as_uri()
+        return mlflow.create_experiment(experiment, artifact_location=location)
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, str]:
@@ -121,20 +240,21 @@ def start_training_run(
     import mlflow
 
     experiment_id = setup(params.train.experiment, root)
-    if run_id is not None:
-        run = mlflow.start_run(run_id=run_id)
-    else:
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=params.train.run_name)
-        mlflow.log_params(flatten(params.model_dump(mode="json")))
-    mlflow.set_tags(
-        {
-            "git_commit": git_commit(root),
-            "shards_content_hash": index.get("content_hash", "unknown"),
-            "dataset": index.get("dataset", "unknown"),
-            "stage": "train",
-            **(tags or {}),
-        }
-    )
+    with store_errors():
+        if run_id is not None:
+            run = mlflow.start_run(run_id=run_id)
+        else:
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=params.train.run_name)
+            mlflow.log_params(flatten(params.model_dump(mode="json")))
+        mlflow.set_tags(
+            {
+                "git_commit": git_commit(root),
+                "shards_content_hash": index.get("content_hash", "unknown"),
+                "dataset": index.get("dataset", "unknown"),
+                "stage": "train",
+                **(tags or {}),
+            }
+        )
     return run.info.run_id
 
 
@@ -152,12 +272,21 @@ def log_history(history: Iterable[dict]) -> None:
     ]
     client = mlflow.MlflowClient()
     run_id = mlflow.active_run().info.run_id
-    for start in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics
-        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+    with store_errors():
+        for start in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics
+            client.log_batch(run_id, metrics=metrics[start : start + 1000])
 
 
 def end_run(status: str = "FINISHED") -> None:
+    """End the active run. Marking a run that failed FAILED is best effort: the error that
+    stopped it is the one to report, not a second one from a store that is down too."""
     import mlflow
 
-    if mlflow.active_run() is not None:
-        mlflow.end_run(status=status)
+    if mlflow.active_run() is None:
+        return
+    try:
+        with store_errors():
+            mlflow.end_run(status=status)
+    except SegflowError:
+        if status == "FINISHED":
+            raise

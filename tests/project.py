@@ -30,6 +30,7 @@ class Project:
         self.root = root
         self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
         self.env.pop("SEGFLOW_DATA_ROOT", None)
+        self.env["DVC_NO_ANALYTICS"] = "1"  # `dvc init` would start its analytics daemon
 
     def set_params(self, **sections: dict) -> None:
         """Update sections of params.yaml, e.g. ``set_params(dataset={"name": "folder"})``."""

@@ -38,7 +38,7 @@ def test_dvc_repro_runs_every_stage_scores_with_and_without_crf_and_reruns_nothi
     crf = json.loads((root / "reports/crf_params.json").read_text())
     assert crf["params"]["w_bilateral"] in (3.0, 5.0)  # a point of the declared grid
     assert crf["params"]["sigma_alpha"] == 30.0
-    assert sorted(p.name for p in (root / "data/probs/val").glob("*.npz")) == [
+    assert sorted(p.name for p in (root / "data/probs/decision").glob("*.npz")) == [
         "val_0000.npz",
         "val_0001.npz",
         "val_0002.npz",

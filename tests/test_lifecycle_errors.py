@@ -14,7 +14,7 @@ import torch
 
 from segflow.data.manifest import build_manifest
 from segflow.data.shards import write_shards
-from segflow.evaluate.bootstrap import save_image_counts
+from segflow.evaluate.bootstrap import ImageCounts, save_image_counts
 from segflow.evaluate.serving import ServingSpec
 from segflow.postprocess.crf_params import CRFParams, decide_crf, write_crf_choice
 from tests.project import Project
@@ -37,7 +37,10 @@ def evaluated_project(tmp_path: Path) -> Project:
     (reports / "eval" / "serving.json").write_text(json.dumps(ServingSpec().to_dict()))
     (reports / "metrics.json").write_text(json.dumps({"miou": 0.4, "crf_applied": False}))
     counts = torch.zeros(2, 3, NUM_CLASSES, dtype=torch.int64).numpy()
-    save_image_counts(reports / "eval_image_counts.npz", ["test_000", "test_001"], raw=counts)
+    save_image_counts(
+        reports / "eval_image_counts.npz",
+        ImageCounts("val", ["val_000", "val_001"], {"raw": counts}),
+    )
     write_crf_choice(reports / "crf_params.json", decide_crf(CRFParams(), {}, {}, 0))
     (reports / "registry.json").write_text('{"version": "1"}\n')
     (reports / "gate.md").write_text("# Promotion gate: v1\n")

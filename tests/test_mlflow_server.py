@@ -173,12 +173,13 @@ def test_pipeline_logs_and_registers_over_http_through_a_server_restart(
         train=TRAIN,
         crf={"w_bilateral": 3.0, "sigma_alpha": 30.0, "sigma_beta": 3.0},  # one CRF trial
         evaluate={"num_samples_report": 2, "speed_repeats": 2},
+        # The HTTP policy of a deployment whose server may restart under running stages: the
+        # default (2 retries, ~5 s) gives up on a server that is down; 5 retries with backoff
+        # 1 wait 0, 2, 4, 8, 16 s (~30 s) and do not idle long after it is back. The retries
+        # themselves are MLflow's, as a user gets them with these params.
+        mlflow={"http_retries": 5, "http_backoff_factor": 1},
     )
     project.env["MLFLOW_TRACKING_URI"] = server.url
-    # MLflow's default retries (7, waiting 0, 4, 8, 16... s: ~4 min in all) ride out the
-    # restart too, but often idle ~8 s after the server is back; backoff 1 (0, 2, 4, 8... s)
-    # keeps CI fast. The retries themselves are MLflow's, as a user gets them.
-    project.env["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
     root = project.root
     staged = root / "models" / STAGING / "best.pt"
     client = MlflowClient(tracking_uri=server.url)

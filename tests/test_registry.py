@@ -25,11 +25,11 @@ from segflow.config import TrainParams
 from segflow.data.manifest import build_manifest
 from segflow.data.shards import write_shards
 from segflow.errors import SegflowError
-from segflow.evaluate.bootstrap import image_counts, save_image_counts
+from segflow.evaluate.bootstrap import ImageCounts, image_counts, save_image_counts
 from segflow.evaluate.crf_split import crf_over_split_serial
 from segflow.evaluate.predict_split import predict_split
 from segflow.evaluate.serving import ServingSpec, load_predictor
-from segflow.lifecycle.gate import decide
+from segflow.lifecycle.gate import DecisionSplit, decide, gate_markdown
 from segflow.lifecycle.registration import (
     CHALLENGER,
     CHAMPION,
@@ -51,6 +51,8 @@ CLASSES = [
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SERVING = ServingSpec(mean=MEAN, std=STD).to_dict()
 HASH_A, HASH_B = "a" * 64, "b" * 64
+#: The gate's decision split of these tests: 12 val images, no groups.
+VAL12 = DecisionSplit("val", HASH_A, [f"val_{i:03d}" for i in range(12)], None)
 
 
 def write_checkpoint(path: Path) -> Path:
@@ -131,21 +133,21 @@ def counts(accuracy: float, images: int = 12, seed: int = 0) -> np.ndarray:
 
 def first_champion(version) -> dict:
     """Promote the first version of a name (no champion: no scores needed)."""
-    return decide(version.name, version.version, counts(0.5), None, None, None, 0.0)
+    return decide(version.name, version.version, counts(0.5), None, None, None, VAL12, 0.0)
 
 
 def test_gate_promotes_only_when_the_bootstrap_interval_clears_min_gain(tracking):
     name = registered_name("gate", "segflow")
     client = mlflow.MlflowClient()
-    scores = {}  # version -> its per-image counts on the (one) test split
+    scores = {}  # version -> its per-image counts on the (one) decision split
 
     def gate(version, accuracy, min_gain=0.0, seed=0):
         scores[str(version.version)] = counts(accuracy, seed=seed)
         current = champion_version(name)
         old = scores[str(current.version)] if current is not None else None
         return decide(
-            name, version.version, scores[str(version.version)], current, old, None, min_gain,
-            0.95, 1000, 0, HASH_A,
+            name, version.version, scores[str(version.version)], current, old, None, VAL12,
+            min_gain, 12, 0.95, 1000, 0,
         )  # fmt: skip
 
     v1 = register(tracking, "gate", 0.50, HASH_A)
@@ -172,12 +174,14 @@ def test_gate_promotes_only_when_the_bootstrap_interval_clears_min_gain(tracking
     better = gate(v5, 0.90, seed=4)
     assert better["decision"] == "promoted" and better["champion_before"] == str(v1.version)
     assert better["bootstrap"]["low"] > 0 and champion_of(name) == str(v5.version)
-    assert "on the same 12 images" in better["reason"]
+    assert "on the same 12 val images" in better["reason"]
 
     v6 = register(tracking, "gate", 0.95, HASH_B)
 
-    refusal = "the model predicts 5 classes, the test split has 3"
-    other = decide(name, v6.version, counts(0.99), champion_version(name), None, refusal, 0.0)
+    refusal = "the model predicts 5 classes, the val split has 3"
+    other = decide(
+        name, v6.version, counts(0.99), champion_version(name), None, refusal, VAL12, 0.0
+    )
     assert other["decision"] == "refused" and "predicts 5 classes" in other["reason"]
     assert champion_of(name) == str(v5.version)
 
@@ -292,7 +296,7 @@ def test_register_stage_rescores_the_champion_on_the_same_images_and_records_the
     """pipelines/register.py in a throw-away project with real test shards: the model's
     per-image counts (as the evaluate stage writes them) -> registry.json, gate.md, tags."""
     root = tmp_path / "project"
-    adapter = BandsAdapter(tmp_path / "raw", {"train": 2, "test": 4})
+    adapter = BandsAdapter(tmp_path / "raw", {"train": 2, "val": 4, "test": 4})
     shards = root / "data" / "shards"
     write_shards(build_manifest(adapter), adapter, shards, rows_per_shard=8, workers=1)
     (root / "models").mkdir(parents=True)
@@ -301,16 +305,23 @@ def test_register_stage_rescores_the_champion_on_the_same_images_and_records_the
     (root / "models" / "run.json").write_text(json.dumps({"mlflow_run_id": tracking["run_id"]}))
     (root / "reports" / "eval" / "report.md").write_text("# evaluation\n")
     (root / "reports" / "eval" / "serving.json").write_text(json.dumps(SERVING))
-    (root / "params.yaml").write_text("register:\n  min_gain: 0.01\n  bootstrap_samples: 500\n")
-    # What the evaluate stage writes: the model's counts without and with a CRF.
+    (root / "params.yaml").write_text(
+        "gate:\n  min_gain: 0.01\n  bootstrap_samples: 500\n  min_images: 4\n"
+    )
+    # What the evaluate stage writes: the model's counts on the gate's split (val here),
+    # without and with a CRF.
     predictor = load_predictor(root / "models" / "best.pt", ServingSpec(mean=MEAN, std=STD))
-    pred = predict_split(predictor, shards, "test", tmp_path / "probs", 3)
+    pred = predict_split(predictor, shards, "val", tmp_path / "probs", 3)
     crf = CRFParams(w_bilateral=4.0, sigma_alpha=30.0, iterations=2)
     refined = crf_over_split_serial(tmp_path / "probs", crf, 3)
+    both = {"raw": pred.image_counts, "crf": refined.image_counts}
     save_image_counts(
-        root / "reports" / "eval_image_counts.npz", pred.sample_ids,
-        raw=pred.image_counts, crf=refined.image_counts,
-    )  # fmt: skip
+        root / "reports" / "eval_image_counts.npz", ImageCounts("val", pred.sample_ids, both)
+    )
+    # The gate never reads the test split: its shards are gone before the register stage runs
+    # (index.json, which names the split's hash, stays).
+    for shard in (shards / "test").glob("*.arrow"):
+        shard.unlink()
     metrics = {"miou": 0.42, "pa": 0.8, "crf_applied": False}
     (root / "reports" / "metrics.json").write_text(json.dumps(metrics))
 
@@ -345,8 +356,11 @@ def test_register_stage_rescores_the_champion_on_the_same_images_and_records_the
     assert gate["decision"] == "kept" and gate["champion_after"] == "1"
     assert gate["bootstrap"]["diff"] == gate["bootstrap"]["low"] == gate["bootstrap"]["high"] == 0
     assert gate["bootstrap"]["num_images"] == 4 and gate["bootstrap"]["samples"] == 500
+    assert gate["split"] == "val" and gate["num_images"] == 4 and not gate["split_is_test"]
     report = (root / "reports" / "gate.md").read_text()
-    assert "**kept**" in report and "| champion v1 mIoU |" in report
+    assert "**kept**" in report and "| champion v1 mIoU on val |" in report
+    assert "Decided on the split `val` (4 images" in report
+    assert "| new model v2 | 0.4200 |" in report  # the test figure, for information
     assert "95% interval of the difference | [+0.0000, +0.0000]" in report
 
     # A CRF that crf_tune chose on val: the model serves it and is judged with its with-CRF
@@ -368,3 +382,64 @@ def test_registering_a_run_missing_from_the_store_names_the_run_and_the_store(tr
             "0123abcd", "missing", {"miou": 0.5}, 0.5, SERVING, CLASSES, tracking["checkpoint"],
             HASH_A, prefix="segflow",
         )  # fmt: skip
+
+
+def test_too_few_images_keep_the_champion_and_say_underpowered(tracking):
+    name = registered_name("power", "segflow")
+    five = DecisionSplit("val", HASH_A, [f"val_{i}" for i in range(5)], None)
+    v1 = register(tracking, "power", 0.5, HASH_A)
+    decide(name, v1.version, counts(0.5, images=5), None, None, None, five, 0.0)
+    v2 = register(tracking, "power", 0.9, HASH_A)
+    # far better, but on five images: not evidence enough
+    clear = decide(
+        name, v2.version, counts(0.95, images=5), champion_version(name),
+        counts(0.3, images=5, seed=1), None, five, 0.0, 20,
+    )  # fmt: skip
+    assert clear["decision"] == "underpowered" and clear["bootstrap"] is None
+    assert "5 val images: fewer than gate.min_images 20" in clear["reason"]
+    assert champion_of(name) == str(v1.version)
+    tags = mlflow.MlflowClient().get_model_version(name, v2.version).tags
+    assert tags["gate.decision"] == "underpowered" and tags["gate.num_images"] == "5"
+    # one group is no more evidence than one image, however many frames it holds
+    one_seq = DecisionSplit("dev", HASH_A, [f"s1_{i}" for i in range(30)], ["s1"] * 30)
+    v3 = register(tracking, "power", 0.9, HASH_A)
+    single = decide(
+        name, v3.version, counts(0.95, images=30), champion_version(name),
+        counts(0.3, images=30, seed=1), None, one_seq, 0.0, 20,
+    )  # fmt: skip
+    assert single["decision"] == "underpowered" and single["num_groups"] == 1
+
+
+def test_the_version_tags_and_gate_md_name_the_decision_split_and_say_when_it_is_the_test_split(
+    tracking,
+):
+    name = registered_name("named", "segflow")
+    v1 = register(tracking, "named", 0.5, HASH_A)
+    decide(name, v1.version, counts(0.5), None, None, None, VAL12, 0.0)
+    v2 = register(tracking, "named", 0.9, HASH_A)
+    dev = DecisionSplit("dev", HASH_B, VAL12.ids, ["a"] * 6 + ["b"] * 6)
+    d = decide(
+        name, v2.version, counts(0.9, seed=2), champion_version(name), counts(0.5, seed=3),
+        None, dev, 0.0, 12, test={"test_miou": 0.61, "test_split_hash": HASH_A},
+    )  # fmt: skip
+    tags = mlflow.MlflowClient().get_model_version(name, v2.version).tags
+    assert (tags["gate.split"], tags["gate.split_hash"], tags["gate.num_groups"]) == (
+        "dev",
+        HASH_B,
+        "2",
+    )
+    assert tags["gate.split_is_test"] == "false" and d["bootstrap"]["num_groups"] == 2
+    text = gate_markdown({"name": name, "version": "2", "decision": d})
+    assert "Decided on the split `dev` (12 images in 2 groups" in text
+    assert "the test split decides nothing" in text and "| new model v2 | 0.6100 |" in text
+    # test_split: val and no dev split: the only case the gate decides on the reported split
+    v3 = register(tracking, "named", 0.9, HASH_A)
+    on_test = DecisionSplit("val", HASH_A, VAL12.ids, None, is_test=True)
+    d3 = decide(
+        name, v3.version, counts(0.9), champion_version(name), counts(0.5), None, on_test, 0.0, 12
+    )
+    assert mlflow.MlflowClient().get_model_version(name, v3.version).tags[
+        "gate.split_is_test"] == "true"  # fmt: skip
+    assert "is also the reported test split" in gate_markdown(
+        {"name": name, "version": "3", "decision": d3}
+    )

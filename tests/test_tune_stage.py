@@ -78,7 +78,7 @@ def test_sweep_finds_the_best_trial_writes_it_and_logs_nested_mlflow_runs(
 
     assert len(result.trials) == 3
     assert all(1 <= row["epochs"] <= 2 for row in result.trials)
-    assert result.best_miou == max(row["val_miou"] for row in result.trials)
+    assert result.best_miou == max(row["selection_miou"] for row in result.trials)
     assert result.best == {"train": result.trials[0]["train"], "loader": result.trials[0]["loader"]}
     assert 0.01 <= result.best["train"]["lr"] <= 0.1
     assert result.best["train"]["batch_size"] in (2, 4)
@@ -87,7 +87,7 @@ def test_sweep_finds_the_best_trial_writes_it_and_logs_nested_mlflow_runs(
     write_best_params(path, sweep_result(result))
     written = yaml.safe_load(path.read_text())
     assert written["enabled"] is True
-    assert written["val_miou"] == pytest.approx(result.best_miou)
+    assert written["selection_miou"] == pytest.approx(result.best_miou)
     assert written["train"] == result.best["train"]
     assert Params.model_validate({"train": written["train"], "loader": written["loader"]})
 
@@ -99,8 +99,8 @@ def test_sweep_finds_the_best_trial_writes_it_and_logs_nested_mlflow_runs(
         filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'",
     )
     assert len(children) == 3
-    assert sorted(c.data.metrics["final_val_miou"] for c in children) == pytest.approx(
-        sorted(row["val_miou"] for row in result.trials)
+    assert sorted(c.data.metrics["final_miou"] for c in children) == pytest.approx(
+        sorted(row["selection_miou"] for row in result.trials)
     )
 
 
@@ -165,3 +165,29 @@ def test_with_tune_enabled_dvc_repro_trains_with_the_sweeps_best_values(tmp_path
     run = client.get_run(run_id)
     assert run.data.tags["tune.trial_id"] == best["trial_id"]
     assert float(run.data.params["train.lr"]) == best["train"]["lr"]
+
+
+@pytest.mark.integration
+def test_a_trial_whose_training_diverges_scores_zero_and_the_sweep_goes_on(
+    tmp_path, monkeypatch, own_ray
+):
+    from segflow.tune import train_search
+    from tests.faults import nan_loss_from, patched_in_worker, register_by_value
+
+    register_by_value()
+    diverging = patched_in_worker(
+        train_search._run_trial, "segflow.train.loop", "build_loss",
+        lambda build: nan_loss_from(build, step=1),
+    )  # fmt: skip
+    monkeypatch.setattr(train_search, "_run_trial", diverging)
+    shards = make_shards(tmp_path / "data", train=4, val=2)
+    params = _sweep_params(tmp_path)
+    params = params.model_copy(
+        update={"train": params.train.model_copy(update={"nan_patience": 1})}
+    )
+
+    result = train_sweep(params, shards, tmp_path / "ray_results", num_cpus=2)
+
+    assert len(result.trials) == 3  # none failed the sweep
+    # every trial diverged at its first step: one report, the worst mIoU
+    assert all(row["history"] == [0.0] and row["epochs"] == 1 for row in result.trials)

@@ -28,6 +28,7 @@ runs on the original image.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -337,5 +338,9 @@ def _write_shard(path: Path, rows: list[tuple]) -> None:
         ],
         schema=SCHEMA,
     )
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
-        writer.write_batch(batch)
+    try:
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
+            writer.write_batch(batch)
+    except OSError as exc:  # Arrow's error (a full disk...) names no file: say which one
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise OSError(exc.errno, reason, str(path)) from exc

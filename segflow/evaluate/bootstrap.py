@@ -1,11 +1,17 @@
-"""Paired bootstrap over test images: is the new model's mIoU really above the champion's?
+"""Paired bootstrap over the gate's images: is the new model's mIoU really above the champion's?
 
-A test split of a few hundred images gives an mIoU that moves by a point or more when other
+A split of a few hundred images gives an mIoU that moves by a point or more when other
 images of the same kind are drawn, so "0.612 beats 0.608" says nothing by itself. Both models
 are scored on the *same* images, and those images are resampled with replacement: each resample
 gives both models' mIoU on the same draw, and their difference. The percentile interval of that
 difference at ``confidence`` is what the promotion gate reads; pairing cancels the variation
 that comes from which images happen to be hard, which is most of it.
+
+When the images come in groups (frames of one video sequence, slices of one patient), images of
+a group are not independent draws: resampling images would treat 100 near-identical frames as
+100 pieces of evidence and give a tight-looking interval. With ``groups`` the bootstrap
+resamples whole groups: a group's images are summed into one unit first, which gives exactly
+the same statistic on every draw (mIoU sums counts) with the group as the unit of evidence.
 
 The statistic is the dataset-level mIoU of :func:`segflow.evaluate.metrics.metrics_from_confusion`
 (intersections and unions summed over the drawn images, then IoU per class, classes with an
@@ -16,7 +22,8 @@ sums them with the multiplicity each image got, which is one matrix product per 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +82,8 @@ class PairedBootstrap:
     samples: int
     num_images: int
     seed: int
+    #: Groups resampled (None: the images were the unit).
+    num_groups: int | None = None
 
     def to_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -86,8 +95,10 @@ def paired_bootstrap(
     samples: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    groups: Sequence[str] | None = None,
 ) -> PairedBootstrap:
-    """Interval of mIoU(new) - mIoU(old) over ``samples`` resamples of the images.
+    """Interval of mIoU(new) - mIoU(old) over ``samples`` resamples of the images (or, with
+    ``groups``, one group name per image, of the groups).
 
     ``new`` and ``old`` are ``(N, 3, C)`` per-image counts of the same N images in the same
     order. Deterministic for a given ``seed``.
@@ -98,13 +109,22 @@ def paired_bootstrap(
             f"paired bootstrap: per-image counts of shapes {new.shape} and {old.shape}; "
             "both models must be scored on the same images and classes, (N, 3, C)"
         )
-    n = new.shape[0]
-    if n == 0:
-        raise SegflowError("paired bootstrap: no test images")
+    num_images = new.shape[0]
+    if num_images == 0:
+        raise SegflowError("paired bootstrap: no images")
     if not 0.5 < confidence < 1:
         raise SegflowError(f"paired bootstrap: confidence {confidence} must be in (0.5, 1)")
+    num_groups = None
+    if groups is not None:
+        if len(groups) != num_images:
+            raise SegflowError(
+                f"paired bootstrap: {len(groups)} group names for {num_images} images"
+            )
+        new, old = sum_by_group(new, groups), sum_by_group(old, groups)
+        num_groups = new.shape[0]
+    n = new.shape[0]
     rng = np.random.default_rng(seed)
-    # weights[b, i]: how often image i is drawn in resample b (a multinomial draw of n images).
+    # weights[b, i]: how often unit i is drawn in resample b (a multinomial draw of n units).
     weights = rng.multinomial(n, np.full(n, 1.0 / n), size=samples).astype(np.float64)
     flat_new, flat_old = new.reshape(n, -1), old.reshape(n, -1)
     diffs = miou_of_counts((weights @ flat_new).reshape(samples, 3, -1)) - miou_of_counts(
@@ -122,26 +142,51 @@ def paired_bootstrap(
         high=float(high),
         confidence=float(confidence),
         samples=int(samples),
-        num_images=int(n),
+        num_images=int(num_images),
         seed=int(seed),
+        num_groups=num_groups,
     )
 
 
-def save_image_counts(path: str | Path, ids: list[str], **counts: np.ndarray) -> None:
-    """Write per-image counts (``raw=..., crf=...``, each ``(N, 3, C)``) with the sample ids."""
+def sum_by_group(counts: np.ndarray, groups: Sequence[str]) -> np.ndarray:
+    """``(G, 3, C)``: the images' counts summed per group, groups in order of first appearance."""
+    order: dict[str, int] = {}
+    index = np.array([order.setdefault(g, len(order)) for g in groups])
+    out = np.zeros((len(order), *counts.shape[1:]), dtype=np.int64)
+    np.add.at(out, index, counts)
+    return out
+
+
+@dataclass
+class ImageCounts:
+    """Per-image counts of one split (the gate's decision split), as the evaluate stage wrote
+    them for the register stage: ``counts["raw"]`` (plain argmax) and ``counts["crf"]`` (after
+    the served CRF, when crf_tune chose it), each ``(N, 3, C)``, ids in the same order."""
+
+    split: str
+    ids: list[str]
+    counts: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def save_image_counts(path: str | Path, counts: ImageCounts) -> None:
+    """Write :class:`ImageCounts` (one .npz, atomically)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, ids=np.asarray(ids, dtype=str), **counts)
+        np.savez_compressed(
+            f, split=np.asarray(counts.split), ids=np.asarray(counts.ids, dtype=str),
+            **counts.counts,
+        )  # fmt: skip
 
 
-def load_image_counts(path: str | Path, hint: str) -> tuple[list[str], dict[str, np.ndarray]]:
-    """``(ids, {name: counts})`` of :func:`save_image_counts`; missing is a SegflowError."""
+def load_image_counts(path: str | Path, hint: str) -> ImageCounts:
+    """What :func:`save_image_counts` wrote; missing or unreadable is a SegflowError + ``hint``."""
     path = Path(path)
     if not path.is_file():
         raise SegflowError(f"{path}: per-image counts not found; {hint}")
     try:
         with np.load(path, allow_pickle=False) as data:
+            split = str(data["split"])
             ids = [str(i) for i in data["ids"]]
-            counts = {k: data[k] for k in data.files if k != "ids"}
+            counts = {k: data[k] for k in data.files if k not in ("ids", "split")}
     except (OSError, ValueError, KeyError) as exc:
         raise SegflowError(f"{path}: unreadable per-image counts ({exc}); {hint}") from None
-    return ids, counts
+    return ImageCounts(split, ids, counts)

@@ -25,7 +25,7 @@ import hashlib
 import json
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,24 +52,6 @@ URI_FORMS = (
 def registered_name(dataset: str, prefix: str) -> str:
     """``<register.model_name_prefix>-<dataset>``: the registry name of a dataset's models."""
     return f"{prefix}-{dataset}"
-
-
-def check_store(uri: str) -> None:
-    """Fail with one line naming the store when it cannot be read (a corrupt database file, a
-    server that is down): before the register stage writes anything anywhere."""
-    import logging
-
-    import mlflow
-
-    # A new sqlite store announces its table creation and migrations on stderr; the stage's
-    # own lines (and a one-line error) are what the user should see.
-    for name in ("mlflow.store.db.utils", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        mlflow.MlflowClient(uri).search_experiments(max_results=1)
-    except Exception as exc:  # SQLAlchemy, HTTP, OS errors: all mean "not a usable store"
-        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SegflowError(f"MLflow store {uri}: cannot be read ({cause[:300]})") from None
 
 
 def check_run(run_id: str) -> None:
@@ -243,6 +225,8 @@ class CheckedModel:
     checkpoint: Path
     serving: dict
     classes: list[dict]
+    #: The recorded sha256 each artifact matched (checkpoint, serving, classes).
+    digests: dict[str, str] = field(default_factory=dict)
 
 
 def fetch_checked(model_uri: str, dst: str | Path) -> CheckedModel:
@@ -308,7 +292,76 @@ def fetch_checked(model_uri: str, dst: str | Path) -> CheckedModel:
     )
     if not isinstance(serving, dict) or not isinstance(classes, list):
         raise SegflowError(f"{label}: not a segflow segmentation model (serving spec, class table)")
-    return CheckedModel(source, files[CHECKPOINT], serving, classes)
+    digests = {key: tags[DIGEST_TAG.format(key)].strip().lower() for key in ARTIFACTS}
+    return CheckedModel(source, files[CHECKPOINT], serving, classes, digests)
+
+
+def attach_files(version, files: dict[str, Path], artifact_path: str) -> dict[str, str]:
+    """Log ``files`` (``{key: local file}``) beside a registered version's model, checked later.
+
+    They go into the artifacts of the logged model the version points at, under
+    ``artifact_path`` (``models:/<name>/<version>/<artifact_path>/<file name>``), and the sha256
+    of each becomes a tag ``segflow.sha256.<key>`` of the version and of the logged model, as
+    for the model's own three artifacts: :func:`fetch_files_checked` refuses a changed file.
+    Used for the ONNX export a deployment takes from the registry. Returns the digest tags.
+    """
+    import shutil
+
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    # The logged model behind the version (its source, models:/m-<id>, where model_id is unset).
+    found = re.fullmatch(r"models:/(m-[0-9a-f]+)", str(version.source or ""))
+    model_id = version.model_id or (found[1] if found else None)
+    if model_id is None:
+        raise SegflowError(f"{version.name} v{version.version}: no logged model behind it")
+    digests = {DIGEST_TAG.format(key): sha256_file(path) for key, path in files.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in files.values():
+            shutil.copyfile(path, Path(tmp) / Path(path).name)
+        client.log_model_artifacts(model_id, tmp, artifact_path)
+    client.set_logged_model_tags(model_id, digests)
+    for tag, value in digests.items():
+        client.set_model_version_tag(version.name, str(version.version), tag, value)
+    return digests
+
+
+def fetch_files_checked(
+    model_uri: str, files: dict[str, str], dst: str | Path
+) -> dict[str, Path] | None:
+    """Download files that :func:`attach_files` logged (``{key: path inside the model}``) into
+    ``dst``, each checked against its recorded sha256; None when the model records none of
+    them (attached to no version before it, or its export failed at registration)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from segflow.tracking import quiet_mlflow
+
+    quiet_mlflow()
+    dst = Path(dst)
+    try:
+        source, base, tags = _resolve(model_uri)
+        if not all(DIGEST_TAG.format(key) in tags for key in files):
+            return None
+        local = {
+            key: Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{base}/{path}", dst_path=str(dst / key)
+                )
+            )
+            for key, path in files.items()
+        }
+    except (MlflowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SegflowError(f"{model_uri}: cannot download its files ({first})") from None
+    for key, path in local.items():
+        tag = DIGEST_TAG.format(key)
+        if sha256_file(path) != tags[tag].strip().lower():
+            raise SegflowError(
+                f"{model_uri} ({source}): {files[key]} does not match its recorded sha256 "
+                f"(tag {tag}); refusing a changed file"
+            )
+    return local
 
 
 def _resolve(model_uri: str) -> tuple[str, str, dict[str, str]]:

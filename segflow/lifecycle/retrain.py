@@ -10,15 +10,19 @@
    the newest registered version was trained on. Equal: no new data, nothing is retrained.
 3. Otherwise ``dvc repro``: DVC re-runs only the stages whose inputs changed, through train,
    evaluate and register, where the gate scores the new model and the champion on the same
-   test images and promotes only on a paired-bootstrap interval above ``register.min_gain``.
-4. Append the audit record (time, data hash, code commit, both scores and the interval, the
-   decision, the MLflow run and model version) to reports/retrain_log.jsonl and, as tags, to an
+   images of its decision split (``gate.split``: dev, else val; never test) and promotes only
+   on a paired-bootstrap interval above ``gate.min_gain``.
+4. Append the audit record (time, data hash, code commit, the decision split (name, hash,
+   size), both scores on it and the interval, the decision, the test figures for information,
+   the MLflow run and model version) to reports/retrain_log.jsonl and, as tags, to an
    MLflow run of experiment ``retrain.experiment`` (one run per attempt) and to the training run.
 
 A failing stage stops the flow: the champion alias is only ever moved by the register stage,
 so it stays where it was; the record says which stage failed and the exit code is 1. A lock
 file (``reports/retrain.lock``, an flock the kernel releases when the process dies, so a crash
-leaves no stale lock) makes a second retrain exit at once with code 75 (EX_TEMPFAIL).
+leaves no stale lock) makes a second retrain exit at once with code 75 (EX_TEMPFAIL). So does
+DVC's own lock: another ``dvc`` command running in the checkout (a ``dvc repro`` by hand) makes
+DVC refuse, and the attempt is recorded as ``locked``, not as a failure, and exits 75 too.
 """
 
 from __future__ import annotations
@@ -43,7 +47,11 @@ from segflow.logs import console, print_error
 from segflow.paths import PARAMS, REGISTRY_RECORD, RETRAIN_LOCK, RETRAIN_LOG, SHARDS
 
 EXIT_OK, EXIT_FAILED, EXIT_LOCKED = 0, 1, 75
-NO_NEW_DATA, FAILED = "no_new_data", "failed"
+NO_NEW_DATA, FAILED, LOCKED = "no_new_data", "failed", "locked"
+#: DVC's refusals while another dvc process holds the repository (.dvc/tmp/lock) or a stage's
+#: paths (.dvc/tmp/rwlock): "Unable to acquire lock. Most likely another DVC process is
+#: running ..." and "'<path>' is busy, it is being blocked by: (PID n): dvc repro".
+DVC_LOCKED = re.compile(r"Unable to acquire lock|is busy, it is being blocked by")
 #: The stages up to and including the shards: what "new data" is measured on.
 DATA_TARGET = "shard"
 
@@ -56,6 +64,10 @@ class StageFailed(SegflowError):
     def __init__(self, message: str, stage: str | None) -> None:
         super().__init__(message)
         self.stage = stage
+
+
+class DvcLocked(StageFailed):
+    """Another dvc process holds the checkout: nothing failed, try again later."""
 
 
 def _now() -> str:
@@ -118,8 +130,9 @@ def dvc(*args: str) -> list[str]:
         stage = re.findall(r"failed to reproduce '([^']+)'", text)
         errors = [ln for ln in lines if ln.startswith("ERROR") or ln.startswith("error:")]
         detail = "; ".join(errors[-3:]) or (lines[-1] if lines else "no output")
-        raise StageFailed(f"dvc {' '.join(args)} exited with {proc.returncode}: {detail}",
-                          stage[-1] if stage else None)  # fmt: skip
+        failed = DvcLocked if DVC_LOCKED.search(text) else StageFailed
+        raise failed(f"dvc {' '.join(args)} exited with {proc.returncode}: {detail}",
+                     stage[-1] if stage else None)  # fmt: skip
     return lines
 
 
@@ -144,10 +157,12 @@ def _latest_data_hash(name: str) -> tuple[str | None, str | None]:
     import mlflow
 
     from segflow.lifecycle.registration import DATA_HASH, latest_version
-    from segflow.tracking import tracking_uri
+    from segflow.tracking import store_errors, tracking_uri
 
-    mlflow.set_tracking_uri(tracking_uri())
-    latest = latest_version(name)
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    with store_errors(uri):
+        latest = latest_version(name)
     if latest is None:
         return None, None
     return str(latest.version), latest.tags.get(DATA_HASH)
@@ -155,15 +170,20 @@ def _latest_data_hash(name: str) -> tuple[str | None, str | None]:
 
 def _champion(name: str) -> str | None:
     from segflow.lifecycle.registration import champion_version
+    from segflow.tracking import store_errors
 
-    current = champion_version(name)
+    with store_errors():
+        current = champion_version(name)
     return None if current is None else str(current.version)
 
 
 def _gate_fields(registry: dict) -> dict:
-    """The audit fields of the register stage's record: version, scores, interval, decision."""
+    """The audit fields of the register stage's record: version, the decision split (name,
+    hash, size), both scores and the interval on it, the decision, and the test figures for
+    information (they decide nothing)."""
     d = registry["decision"]
     boot = d.get("bootstrap") or {}
+    test = d.get("test") or {}
     return {
         "decision": d["decision"],
         "reason": d["reason"],
@@ -171,16 +191,22 @@ def _gate_fields(registry: dict) -> dict:
         "mlflow_run_id": registry["mlflow_run_id"],
         "champion_before": d.get("champion_before"),
         "champion_after": d.get("champion_after"),
-        "test_split_hash": d.get("test_split_hash"),
-        "new_miou": boot.get("new_miou", d.get("test_miou")),
+        "decision_split": d.get("split"),
+        "decision_split_hash": d.get("split_hash"),
+        "decision_images": d.get("num_images"),
+        "decision_groups": d.get("num_groups"),
+        "new_miou": boot.get("new_miou"),
         "champion_miou": boot.get("old_miou"),
         "miou_diff": boot.get("diff"),
         "ci_low": boot.get("low"),
         "ci_high": boot.get("high"),
         "confidence": boot.get("confidence"),
         "bootstrap_samples": boot.get("samples"),
-        "num_test_images": boot.get("num_images"),
         "min_gain": d.get("min_gain"),
+        "min_images": d.get("min_images"),
+        "test_split_hash": test.get("test_split_hash"),
+        "test_miou": test.get("test_miou", d.get("test_miou")),
+        "champion_test_miou": test.get("champion_test_miou"),
     }
 
 
@@ -218,6 +244,8 @@ def retrain(params: Params) -> dict:
                     f"{data_hash:.12}; the register stage did not run for the new data", "register"
                 )  # fmt: skip
             record.update(_gate_fields(registry), retrained=True)
+    except DvcLocked as exc:
+        record.update(decision=LOCKED, reason=f"another dvc process holds this checkout: {exc}")
     except StageFailed as exc:
         record.update(decision=FAILED, reason=str(exc), failed_stage=exc.stage)
     except SegflowError as exc:
@@ -262,6 +290,8 @@ def run_retrain(params_path: str | Path = PARAMS) -> int:
     try:
         with retrain_lock(RETRAIN_LOCK):
             params = load_params(params_path)
+            # The stages read it from the same params.yaml; this is for the flow's own calls.
+            os.environ.update(params.mlflow.environ())
             record = retrain(params)
             try:
                 record["mlflow_audit_run_id"] = tag_mlflow(record, params.retrain.experiment)
@@ -276,6 +306,9 @@ def run_retrain(params_path: str | Path = PARAMS) -> int:
         print_error(str(exc))
         return EXIT_FAILED
     summary = f"retrain: {record['decision']}: {record['reason']} -> {RETRAIN_LOG}"
+    if record["decision"] == LOCKED:
+        print_error(summary)
+        return EXIT_LOCKED
     if record["decision"] == FAILED:
         print_error(summary)
         return EXIT_FAILED

@@ -72,11 +72,12 @@ class CRFParams:
 
 @dataclass(frozen=True)
 class CRFChoice:
-    """What crf_tune decided on val, for evaluate and the served model (reports/crf_params.json).
+    """What crf_tune decided, for evaluate and the served model (reports/crf_params.json).
 
     ``params`` is the best setting of the sweep; ``apply`` says whether the served model uses
-    the CRF at all: only when that setting beat the plain prediction on the same val images
-    (``val_miou_crf`` > ``val_miou``). The test split never enters the decision.
+    the CRF at all: only when that setting beat the plain prediction on the same images
+    (``val_miou_crf`` > ``val_miou``) of ``split``: dev (held out of train by group) when the
+    shards have it, else val. The test split never enters the decision.
     """
 
     params: CRFParams
@@ -85,6 +86,7 @@ class CRFChoice:
     val_miou_crf: float | None
     num_images: int
     metrics: dict
+    split: str = "val"
 
     def served(self) -> CRFParams | None:
         return self.params if self.apply else None
@@ -93,17 +95,19 @@ class CRFChoice:
         return {
             "params": self.params.to_dict(),
             "apply": self.apply,
-            "val": {"miou": self.val_miou, "miou_crf": self.val_miou_crf,
-                    "num_images": self.num_images},
+            "decided_on": {"split": self.split, "miou": self.val_miou,
+                           "miou_crf": self.val_miou_crf, "num_images": self.num_images},
             "metrics": _json_safe(self.metrics),
         }  # fmt: skip
 
 
-def decide_crf(params: CRFParams, with_crf: dict, without_crf: dict, num_images: int) -> CRFChoice:
-    """Apply the CRF only when it scores a higher val mIoU than the plain prediction."""
+def decide_crf(
+    params: CRFParams, with_crf: dict, without_crf: dict, num_images: int, split: str = "val"
+) -> CRFChoice:
+    """Apply the CRF only when it scores a higher mIoU than the plain prediction on ``split``."""
     raw, refined = _finite(without_crf.get("miou")), _finite(with_crf.get("miou"))
     apply = raw is not None and refined is not None and refined > raw
-    return CRFChoice(params, apply, raw, refined, num_images, with_crf)
+    return CRFChoice(params, apply, raw, refined, num_images, with_crf, split)
 
 
 def _finite(value) -> float | None:
@@ -132,7 +136,9 @@ def read_crf_choice(path: str | Path) -> CRFChoice:
         raise SegflowError(f"{path}: CRF parameters file not found (run the crf_tune stage)")
     try:
         data = json.loads(path.read_text())
-        params, apply, val = data["params"], data["apply"], data["val"]
+        # "val": the block's name before choices could be made on a dev split
+        params, apply = data["params"], data["apply"]
+        val = data["decided_on"] if "decided_on" in data else data["val"]
         num_images = int(val["num_images"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise SegflowError(
@@ -147,7 +153,7 @@ def read_crf_choice(path: str | Path) -> CRFChoice:
         raise SegflowError(f"{path}: {err}") from None
     return CRFChoice(
         crf, apply, _finite(val.get("miou")), _finite(val.get("miou_crf")), num_images,
-        data.get("metrics") or {},
+        data.get("metrics") or {}, str(val.get("split", "val")),
     )  # fmt: skip
 
 

@@ -1,12 +1,15 @@
 """Stage evaluate: models/best.pt + test shards + reports/crf_params.json -> reports/metrics.json,
 reports/eval/ (PA, MPA, mIoU, FWIoU, Dice, F-score without and with the tuned CRF at the masks'
 original resolution, the served path's speed, per-class report, serving.json),
-reports/eval_image_counts.npz (each test image's counts, for the promotion gate's bootstrap).
+reports/eval_image_counts.npz (each image's counts on the gate's decision split, for the
+promotion gate's paired bootstrap; never the test split's).
 
 The test split is scored once, with what crf_tune chose on val, through the served path of
 :mod:`segflow.evaluate.serving` (network at the training scale, logits resized to the original
 size); both the figures without and with the CRF are reported, the served path is timed, and
-the serving spec the registered model will carry is written beside the report.
+the serving spec the registered model will carry is written beside the report. The gate's
+decision split (``gate.split``: dev, else val) is scored through the same served path for the
+register stage: the gate compares models there, so the test split decides nothing.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import numpy as np
 
 from segflow.config import Params
 from segflow.data.datasets.base import ClassInfo
+from segflow.data.groups import gate_split
 from segflow.data.shards import read_index, verify_shards
-from segflow.evaluate.bootstrap import save_image_counts
+from segflow.evaluate.bootstrap import ImageCounts, save_image_counts
 from segflow.evaluate.crf_split import crf_over_split
 from segflow.evaluate.metrics import metrics_from_confusion
 from segflow.evaluate.predict_split import predict_split
@@ -28,6 +32,7 @@ from segflow.evaluate.report import QualitativeSample, write_report
 from segflow.evaluate.scores import describe_sizes, flat_metrics
 from segflow.evaluate.serving import Predictor, ServingSpec, load_predictor
 from segflow.evaluate.speed import measure_inference
+from segflow.evaluate.split_scores import score_split
 from segflow.io import write_json
 from segflow.logs import console
 from segflow.paths import (
@@ -67,9 +72,10 @@ def evaluate_split(
     counts_path: str | Path,
 ) -> dict:
     """Score ``params.dataset.test_split`` at the masks' original resolution without and with
-    the CRF; write the flat metrics (DVC metrics file), the report directory (with the serving
-    spec) and each image's counts without and with the CRF (``counts_path``, what the
-    promotion gate resamples); return the flat metrics."""
+    the CRF; write the flat metrics (DVC metrics file) and the report directory (with the
+    serving spec); score the gate's decision split the same way and write its per-image counts
+    without and with the CRF (``counts_path``, what the promotion gate resamples); return the
+    flat metrics."""
     choice = read_crf_choice(crf_path)  # before any work: a missing file is the first error
     index = read_index(Path(shard_dir))
     num_classes = int(index["num_classes"])
@@ -114,7 +120,7 @@ def evaluate_split(
         f"Test split `{params.dataset.test_split}` ({metrics['num_images']} images), scored once "
         f"at the masks' original resolution ({metrics['scored_resolution']}); the network ran at "
         f"{metrics['network_resolution']} ({ev.mode} inference) and its logits were resized to "
-        f"the original size. CRF on or off was decided on val by crf_tune "
+        f"the original size. CRF on or off was decided on {choice.split} by crf_tune "
         f"({_val_text(choice)}): the served model runs {served.spec.describe()}; both columns "
         "are reported for information."
     )
@@ -124,8 +130,13 @@ def evaluate_split(
         f"{params.dataset.test_split} ({ev.mode} inference)", protocol=protocol,
         extra_files={SERVING_SPEC.name: served.spec.to_dict()},
     )  # fmt: skip
-    counts = {"raw": pred.image_counts, "crf": with_crf.image_counts}
-    save_image_counts(counts_path, pred.sample_ids, **counts)
+    decision = gate_split(params.gate.split, index["splits"])
+    scores = score_split(
+        served, choice.params, shard_dir, decision, num_classes, params.crf.images_per_task
+    )
+    counts = {"raw": scores.raw, "crf": scores.crf}
+    save_image_counts(counts_path, ImageCounts(decision, scores.ids, counts))
+    metrics["gate_split"] = decision
     write_json(metrics_path, metrics)
     return metrics
 
@@ -136,8 +147,8 @@ def _val_text(choice: CRFChoice) -> str:
 
     verdict = "on" if choice.apply else "off"
     return (
-        f"val mIoU {pct(choice.val_miou)} without, {pct(choice.val_miou_crf)} with the best "
-        f"setting on {choice.num_images} images: {verdict}"
+        f"{choice.split} mIoU {pct(choice.val_miou)} without, {pct(choice.val_miou_crf)} with "
+        f"the best setting on {choice.num_images} images: {verdict}"
     )
 
 

@@ -1,9 +1,14 @@
-"""Stage ingest: dataset on disk -> data/manifest.parquet (one row per sample, with hashes)."""
+"""Stage ingest: dataset on disk -> data/manifest.parquet (one row per sample, with hashes).
+
+With ``dataset.holdout_groups`` the train samples of those groups become the split ``dev``
+(segflow.data.groups): a development split that shares no group (sequence, patient) with train.
+"""
 
 from __future__ import annotations
 
 from segflow.config import Params
 from segflow.data.datasets import open_dataset
+from segflow.data.groups import DEV_SPLIT, hold_out
 from segflow.data.manifest import build_manifest, write_manifest
 from segflow.logs import console
 from segflow.paths import MANIFEST
@@ -11,6 +16,17 @@ from segflow.paths import MANIFEST
 
 def main(params: Params) -> None:
     manifest = build_manifest(open_dataset(params))
+    ds = params.dataset
+    if ds.holdout_groups:  # whole groups of train become the development split
+        frame = manifest.frame
+        frame["split"] = hold_out(
+            list(frame["split"]), list(frame["id"]), ds.group_pattern, ds.holdout_groups
+        )
+        held = int((frame["split"] == DEV_SPLIT).sum())
+        console.print(
+            f"ingest: {held} train samples of {ds.holdout_groups} held out as {DEV_SPLIT}"
+        )
     write_manifest(manifest, MANIFEST)
-    counts = manifest.frame["split"].value_counts().sort_index().to_dict()
-    console.print(f"ingest: {manifest.dataset} {counts} -> {MANIFEST}")
+    counts = manifest.frame["split"].value_counts().sort_index().items()
+    samples = ", ".join(f"{split} {n}" for split, n in counts)
+    console.print(f"ingest: {manifest.dataset}: {samples} samples -> {MANIFEST}")

@@ -6,6 +6,10 @@ An interrupted run (kill -9) of the same params and shards is continued after it
 checkpoint, the others are marked KILLED (segflow.train.resume). Ray Train (or the plain loop,
 ``train.launcher: local``) trains; this stage records the run in MLflow from the driver, then
 replaces the stage's outputs together, models/run.json last.
+
+SIGTERM is a pre-emption (segflow.train.preemption): training stops at its last checkpoint, no
+output is replaced, the MLflow run stays RUNNING (tagged ``segflow.interrupted``) for the next
+run to continue, and the stage exits 143 (128 + SIGTERM, what a shell reports for it).
 """
 
 from __future__ import annotations
@@ -29,28 +33,48 @@ from segflow.paths import (
     TRAIN_CURVE,
     TRAIN_METRICS,
 )
+from segflow.train.loop import TrainingStopped
 from segflow.train.outputs import publish, staging
-from segflow.train.resume import plan_run, run_tags
+from segflow.train.precision import describe_precision
+from segflow.train.preemption import SigtermStop
+from segflow.train.resume import INTERRUPTED_TAG, plan_run, prune_runs, run_tags
 from segflow.train.run import preflight, train
 from segflow.tune.best_params import tuned_params
 
+#: The exit status of a stage stopped by SIGTERM: 128 + 15, as if the signal had ended it.
+EXIT_SIGTERM = 143
+
 
 def main(params: Params) -> None:
+    stop = SigtermStop.install()  # from here on, SIGTERM stops the run at a checkpoint
     verify_shards(SHARDS)  # a damaged shard: one line naming it, before any worker starts
     params = with_searched_genotype(params, GENOTYPE)
     params, tune_tags = tuned_params(params, BEST_TRAIN_PARAMS)
     index = preflight(params, SHARDS)
+    device = "cuda" if params.train.use_gpu else "cpu"
+    console.print(f"train: {describe_precision(device, params.train.bf16)}")
     plan = plan_run(params, index, tracking.setup(params.train.experiment))
     params = plan.params
     if plan.note:
         console.print(plan.note)
     if plan.killed:
         console.print(f"train: marked interrupted MLflow run(s) {', '.join(plan.killed)} KILLED")
+    pruned = prune_runs(params, params.train.keep_runs, protect=params.train.run_name)
+    if pruned:
+        console.print(
+            f"train: deleted {len(pruned)} old run(s) from {params.train.storage_path} "
+            f"(train.keep_runs: {params.train.keep_runs}): {', '.join(pruned)}"
+        )
     tags = {**run_tags(params), **tune_tags}
     run_id = tracking.start_training_run(params, index, run_id=plan.mlflow_run_id, tags=tags)
+    if plan.interrupted_by:
+        mlflow_client().delete_tag(run_id, INTERRUPTED_TAG)  # it runs again
     try:
         with staging(MODELS) as scratch:
-            outcome = train(params, SHARDS, scratch)
+            outcome = train(params, SHARDS, scratch, stop=stop)
+            # The last point to stop at: what follows is bookkeeping of a finished training
+            # (seconds), and a run that has replaced models/* must end FINISHED.
+            stop.check()
             tracking.log_history(outcome.history)
             # The run's model: the best checkpoint served as evaluate serves it, without the
             # CRF (crf_tune has not chosen one yet); pickle-free, as the registered one.
@@ -73,14 +97,46 @@ def main(params: Params) -> None:
                 metrics=TRAIN_METRICS,
                 info=RUN_INFO,
             )
-    except BaseException:
-        tracking.end_run("FAILED")
-        raise
+    except BaseException as exc:
+        if not stop():
+            tracking.end_run("FAILED")
+            raise
+        # Whatever ended the training after a SIGTERM (the stop itself, or a data-loader
+        # process the same signal killed) is the pre-emption.
+        keep_for_resume(run_id, stop.signal)
+        where = ""
+        if isinstance(exc, TrainingStopped):
+            where = f" in epoch {exc.epoch} (before step {exc.step} of {exc.steps})"
+        console.print(
+            f"train: {stop.signal}: stopped run {params.train.run_name!r}{where} at its last "
+            f"checkpoint; the next `dvc repro` continues it (MLflow run {run_id})"
+        )
+        raise SystemExit(EXIT_SIGTERM) from None
     tracking.end_run()
     console.print(
-        f"train: best val mIoU {summary['best_val_miou']:.4f} at epoch {summary['best_epoch']} "
+        f"train: best {summary['selected_on']} mIoU "
+        f"{summary.get('best_dev_miou', summary['best_val_miou']):.4f} at epoch "
+        f"{summary['best_epoch']} "
         f"-> {BEST_MODEL} (MLflow run {run_id})"
     )
+
+
+def mlflow_client():
+    import mlflow
+
+    return mlflow.MlflowClient()
+
+
+def keep_for_resume(run_id: str, signal_name: str) -> None:
+    """Leave the MLflow run RUNNING, tagged with the signal, for the next run to continue.
+
+    Ended with status RUNNING (not left open): MLflow's exit hook would otherwise end the open
+    run FINISHED, and :mod:`segflow.train.resume` continues only RUNNING runs.
+    """
+    import mlflow
+
+    mlflow_client().set_tag(run_id, INTERRUPTED_TAG, signal_name)
+    mlflow.end_run(status="RUNNING")
 
 
 def with_searched_genotype(params: Params, genotype_path: Path) -> Params:

@@ -33,7 +33,7 @@ def main(params: Params) -> None:
     result.parent_run_id = log_sweep(params, result)
     write_best_params(BEST_TRAIN_PARAMS, sweep_result(result))
     console.print(
-        f"tune: {len(result.trials)} trials, best val mIoU {result.best_miou:.4f} with "
+        f"tune: {len(result.trials)} trials, best mIoU {result.best_miou:.4f} with "
         f"{result.best} -> {BEST_TRAIN_PARAMS}"
     )
 
@@ -50,7 +50,7 @@ def log_sweep(params: Params, result: TrainSweepResult, root: str | Path = ".") 
         mlflow.log_params(tracking.flatten({"tune": params.tune.model_dump(mode="json")}))
         mlflow.log_params(tracking.flatten({"best": result.best}))
         mlflow.log_metrics(
-            {"best_val_miou": result.best_miou, "trials": len(result.trials),
+            {"best_miou": result.best_miou, "trials": len(result.trials),
              "seconds": result.seconds}
         )  # fmt: skip
         for row in result.trials:
@@ -63,7 +63,7 @@ def log_sweep(params: Params, result: TrainSweepResult, root: str | Path = ".") 
                 )
                 for epoch, miou in enumerate(row["history"], start=1):
                     mlflow.log_metric(METRIC, miou, step=epoch)
-                mlflow.log_metrics({"final_val_miou": row[METRIC],
-                                    "best_val_miou": row["best_val_miou"],
+                mlflow.log_metrics({"final_miou": row[METRIC],
+                                    "best_miou": row["best_miou"],
                                     "epochs": row["epochs"]})  # fmt: skip
         return parent.info.run_id

@@ -8,6 +8,7 @@ from rich.markup import escape
 
 from segflow.config import Params
 from segflow.data.datasets import open_dataset
+from segflow.data.groups import DEV_SPLIT
 from segflow.data.manifest import read_manifest
 from segflow.data.validate import validate
 from segflow.logs import console
@@ -15,12 +16,14 @@ from segflow.paths import MANIFEST, VALIDATION
 
 
 def main(params: Params) -> None:
-    required = sorted({"train", "val", params.dataset.test_split})
+    required = {"train", "val", params.dataset.test_split}
+    if params.dataset.holdout_groups:
+        required.add(DEV_SPLIT)
     result = validate(
         read_manifest(MANIFEST),
         open_dataset(params),
         VALIDATION,
-        required,
+        sorted(required),
         max_ignored_share=params.dataset.max_ignored_share,
     )
     if not result.success:

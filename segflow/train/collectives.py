@@ -28,6 +28,19 @@ def mean_over_ranks(value: float, count: float, device: torch.device) -> float:
     return float(t[0] / t[1]) if t[1] > 0 else 0.0
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true on any rank (``flag`` itself on one process).
+
+    For decisions every rank must take alike, such as skipping a step: a rank that skips while
+    another steps would leave the DDP replicas different.
+    """
+    if not is_distributed():
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def average_gradients(parameters: list[torch.nn.Parameter]) -> None:
     """Mean of each gradient over the ranks (one flat all-reduce); no-op on one process.
 

@@ -263,5 +263,8 @@ def launch(
         raise RuntimeError(f"{section} run {run_name!r} failed: {exc}") from exc
     if result.error is not None:
         raise RuntimeError(f"{section} run {run_name!r} failed: {result.error}")
-    best = result.get_best_checkpoint(score, "max") if score is not None else None
+    # No checkpoint at all: a worker function that returned before its first report (a run
+    # that diverged in its first epoch); the caller reads why from the return value.
+    has_checkpoint = result.checkpoint is not None
+    best = result.get_best_checkpoint(score, "max") if score and has_checkpoint else None
     return RayRun(run_name, str(result.path), result.return_value or {}, best, result.checkpoint)

@@ -9,11 +9,13 @@ params.yaml). The precision policy is :mod:`.precision`'s, the checkpointed stat
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import resource
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +28,14 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from segflow.config import Params, TrainParams
+from segflow.data.groups import DEV_SPLIT, decision_split
 from segflow.data.loader import make_dataloader, normalize_batch
 from segflow.data.shards import read_index
+from segflow.errors import SegflowError
 from segflow.evaluate.metrics import ConfusionMatrix
 from segflow.io import atomic_path, remove_killed_writes
 from segflow.models.checkpoint import build_model, default_device, read_checkpoint
-from segflow.train.collectives import is_distributed, mean_over_ranks
+from segflow.train.collectives import any_rank, is_distributed, mean_over_ranks
 from segflow.train.ema import ModelEMA
 from segflow.train.losses import (
     SegmentationLoss,
@@ -100,13 +104,56 @@ def build_loss(
     )
 
 
+class TrainingDiverged(SegflowError):
+    """The loss stayed non-finite for ``train.nan_patience`` steps, or the weights went non-finite:
+    nothing the run does from here is worth a checkpoint."""
+
+
+class TrainingStopped(Exception):
+    """``should_stop`` asked the loop to stop; raised between two steps, so the last checkpoint
+    (written after the last whole epoch) is the state to continue from."""
+
+    def __init__(self, epoch: int, step: int, steps: int):
+        super().__init__(f"stopped in epoch {epoch} before step {step} of {steps}")
+        self.epoch, self.step, self.steps = epoch, step, steps
+
+
+def diverged(p: TrainParams, what: str) -> TrainingDiverged:
+    return TrainingDiverged(
+        f"train: {what}: training diverged; try a lower train.lr (now {p.lr:g}) or "
+        f"train.grad_clip (e.g. 1.0)"
+    )
+
+
+class NonFiniteGuard:
+    """Counts consecutive steps whose loss (or gradient) is not finite, across epochs;
+    ``train.nan_patience`` in a row raise :class:`TrainingDiverged` naming the epoch and step."""
+
+    def __init__(self, p: TrainParams):
+        self.p = p
+        self.streak = 0
+
+    def observe(self, finite: bool, loss: float, epoch: int, step: int) -> None:
+        if finite:
+            self.streak = 0
+            return
+        self.streak += 1
+        if self.streak >= self.p.nan_patience:
+            raise diverged(
+                self.p,
+                f"the loss or its gradients were not finite for {self.streak} steps in a row "
+                f"(train.nan_patience), the last at epoch {epoch} step {step} (loss {loss:g})",
+            )
+
+
 @dataclass
 class EpochStats:
-    loss: float
+    loss: float  # the mean over the steps whose loss was finite; nan if none was
     images: int
     seconds: float
     data_seconds: float  # time spent waiting for the loader: the share a faster loader can save
     lr: float
+    skipped_steps: int = 0  # steps whose loss was not finite: no weight update
 
     @property
     def images_per_second(self) -> float:
@@ -147,41 +194,87 @@ def train_one_epoch(
     log: Callable[[int, float, float], None] | None = None,
     norm: Norm | None = None,
     ema: ModelEMA | None = None,
+    *,
+    epoch: int = 1,
+    guard: NonFiniteGuard | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> EpochStats:
-    """One pass over ``loader``; the LR schedule steps per iteration, the EMA per step."""
+    """One pass over ``loader``; the LR schedule steps per iteration, the EMA per step.
+
+    A step whose loss is not finite on any rank updates nothing (its gradients are dropped on
+    every rank alike, so DDP replicas stay equal) and goes to ``guard``, which stops a run that
+    keeps diverging. ``should_stop`` is asked before each step; true raises
+    :class:`TrainingStopped` there (``epoch`` is the 1-based epoch, for messages). It is for
+    one process: DDP ranks would each have to get the same answer at the same step.
+    """
     model.train()
     memory_format = torch.channels_last if p.channels_last else torch.contiguous_format
     scaler = grad_scaler(device, p.bf16)
-    total_loss, images, steps, data_seconds = 0.0, 0, 0, 0.0
+    guard = guard if guard is not None else NonFiniteGuard(p)
+    total_loss, images, steps, finite_steps, data_seconds = 0.0, 0, 0, 0, 0.0
     start = tick = time.perf_counter()
     for batch in loader:
         data_seconds += time.perf_counter() - tick
+        if should_stop is not None and should_stop():
+            raise TrainingStopped(epoch, steps + 1, len(loader))
         x, y = device_batch(batch, device, norm, memory_format)
         with autocast_for(device, p.bf16):
             logits = model(x)
         loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        if p.grad_clip > 0:
+        value = loss.item()
+        # The loss differs per rank, so whether to skip is agreed on; the gradients are already
+        # all-reduced, the same on every rank.
+        finite = not any_rank(not math.isfinite(value), device)
+        if finite and p.grad_clip > 0:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        if ema is not None:
-            ema.update(unwrap(model))
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+        elif finite and not scaler.is_enabled():
+            grads = [q.grad for q in model.parameters() if q.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        else:
+            grad_norm = torch.zeros(())
+        # An overflow under fp16's scaler is routine: the scaler skips that step itself and
+        # lowers its scale. Anywhere else a finite loss with inf/nan gradients diverged too.
+        finite = finite and (scaler.is_enabled() or math.isfinite(grad_norm.item()))
         steps += 1
+        if finite:
+            scaler.step(optimizer)
+            scaler.update()
+            if ema is not None:
+                ema.update(unwrap(model))
+            finite_steps += 1
+            total_loss += value
+        else:
+            optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():
+            # per iteration, skipped or not (the schedule's length is fixed); a skipped first
+            # step is not the ordering mistake PyTorch warns about
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            scheduler.step()
+        guard.observe(finite, value, epoch, steps)
         images += x.shape[0]
-        total_loss += loss.item()
         if log is not None and steps % p.log_every == 0:
-            log(steps, total_loss / steps, images / (time.perf_counter() - start))
+            mean = total_loss / finite_steps if finite_steps else math.nan
+            log(steps, mean, images / (time.perf_counter() - start))
         tick = time.perf_counter()
     return EpochStats(
-        loss=total_loss / max(steps, 1),
+        loss=total_loss / finite_steps if finite_steps else (math.nan if steps else 0.0),
         images=images,
         seconds=time.perf_counter() - start,
         data_seconds=data_seconds,
         lr=optimizer.param_groups[0]["lr"],
+        skipped_steps=steps - finite_steps,
+    )
+
+
+def all_finite(model: nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer of ``model`` is finite."""
+    return all(
+        bool(torch.isfinite(t).all())
+        for t in model.state_dict().values()
+        if torch.is_tensor(t) and t.is_floating_point()
     )
 
 
@@ -240,6 +333,7 @@ def train_epochs(
     world_size: int = 1,
     resume: dict | None = None,
     echo: Callable[[str], None] | None = print,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainState:
     """The whole training of one rank: loaders, model, epochs from ``resume`` to the end.
 
@@ -247,6 +341,10 @@ def train_epochs(
     torch.distributed is already initialised: the model is then wrapped in DDP, each rank reads
     its own part of the shards, and validation sums the ranks' confusion matrices. After each
     epoch ``on_epoch(state, record, is_best)`` persists the state (a file, or a Ray report).
+
+    Never persisted: an epoch that ends with non-finite weights, or one cut short by a
+    diverging loss (:class:`TrainingDiverged`) or by ``should_stop`` (:class:`TrainingStopped`,
+    asked between steps): the last checkpoint stays the last good one.
     """
     p = params.train
     seed_everything(params.seed + rank, p.deterministic)
@@ -260,6 +358,15 @@ def train_epochs(
     val_loader = make_dataloader(
         shard_dir, "val", lp, False, p.batch_size, rank, world_size, params.seed, uint8=True
     )
+    # With a dev split (groups held out of train) the best epoch is chosen on dev, which shares
+    # no scene with train; val is still scored and recorded (segflow.data.groups).
+    selection = decision_split(index["splits"])
+    dev_loader = None
+    if selection == DEV_SPLIT:
+        dev_loader = make_dataloader(
+            shard_dir, DEV_SPLIT, lp, False, p.batch_size, rank, world_size, params.seed,
+            uint8=True,
+        )  # fmt: skip
     # Every rank builds the same initial weights (DDP also broadcasts rank 0's at wrap time).
     torch.manual_seed(params.seed)
     state = make_state(params, num_classes, len(train_loader), device)
@@ -280,8 +387,12 @@ def train_epochs(
         )
     loss_fn = build_loss(p, index, aux_weight=aux_weight).to(device)
     say = echo if (echo is not None and rank == 0) else None
+    guard = NonFiniteGuard(p)
     if say and state.epoch > 0:
-        say(f"train: resuming after epoch {state.epoch} (best val mIoU {state.best_miou:.4f})")
+        say(
+            f"train: resuming after epoch {state.epoch} (best {selection} mIoU "
+            f"{state.best_miou:.4f})"
+        )
     for epoch in range(state.epoch, p.epochs):
         started = time.time()  # wall clock: epoch walls include the checkpoint/report after it
         train_loader.dataset.set_epoch(epoch)
@@ -297,23 +408,47 @@ def train_epochs(
             torch.cuda.reset_peak_memory_stats(device)
         stats = train_one_epoch(
             state.model, train_loader, loss_fn, state.optimizer, state.scheduler, device, p,
-            progress, norm, state.ema,
+            progress, norm, state.ema, epoch=epoch + 1, guard=guard, should_stop=should_stop,
         )  # fmt: skip
+        # DDP keeps the replicas equal, so every rank takes the same decision here.
+        if not all_finite(state.scored_model):
+            raise diverged(p, f"the weights are not finite after epoch {epoch + 1}")
         # Validate the plain model: DDP's forward would broadcast buffers, a collective that
         # hangs when ranks hold different numbers of validation images.
         val = validate(
             state.scored_model, val_loader, num_classes, device, p.bf16, is_distributed(), norm
         )
-        miou = val["miou"] if val["miou"] == val["miou"] else 0.0  # NaN: nothing to score
-        is_best = miou > state.best_miou
+        dev = None
+        if dev_loader is not None:
+            dev = validate(
+                state.scored_model, dev_loader, num_classes, device, p.bf16, is_distributed(),
+                norm,
+            )  # fmt: skip
+        # A NaN mIoU (no labelled pixel) scores nothing: 0 in the record (JSON has no NaN),
+        # and never the best epoch.
+        chosen = dev if dev is not None else val
+        scored = math.isfinite(chosen["miou"])
+        miou = chosen["miou"] if scored else 0.0
+        val_miou = val["miou"] if math.isfinite(val["miou"]) else 0.0
+        is_best = scored and miou > state.best_miou
         state.epoch = epoch + 1
-        state.best_miou = max(state.best_miou, miou)
+        state.best_miou = max(state.best_miou, miou) if scored else state.best_miou
+        train_loss = mean_over_ranks(stats.loss, stats.images, device)
         record = {
             "epoch": state.epoch,
-            "train_loss": mean_over_ranks(stats.loss, stats.images, device),
-            "val_miou": miou,
+            # None (null in JSON, empty in the CSV) when no step of the epoch had a finite loss
+            "train_loss": train_loss if math.isfinite(train_loss) else None,
+            "skipped_steps": stats.skipped_steps,
+            "val_miou": val_miou,
             "val_pixel_accuracy": val["pixel_accuracy"],
             "val_mean_accuracy": val["mean_accuracy"],
+            **(
+                {"dev_miou": miou, "dev_pixel_accuracy": dev["pixel_accuracy"]}
+                if dev is not None
+                else {}
+            ),
+            # the mIoU the best epoch is chosen by: dev's when there is a dev split, else val's
+            "selection_miou": miou,
             "lr": stats.lr,
             "images_per_second": stats.images_per_second * world_size,
             "epoch_seconds": stats.seconds,
@@ -324,9 +459,10 @@ def train_epochs(
         state.history.append(record)
         if say:
             say(
-                f"train: epoch {state.epoch}/{p.epochs} loss {record['train_loss']:.4f} "
-                f"val mIoU {miou:.4f} PA {val['pixel_accuracy']:.4f} "
-                f"images/s {record['images_per_second']:.1f} time {stats.seconds:.1f}s"
+                f"train: epoch {state.epoch}/{p.epochs} loss {train_loss:.4f} "
+                f"val mIoU {val_miou:.4f} PA {val['pixel_accuracy']:.4f} "
+                + (f"dev mIoU {miou:.4f} " if dev is not None else "")
+                + f"images/s {record['images_per_second']:.1f} time {stats.seconds:.1f}s"
                 + (" (best)" if is_best else "")
             )
         on_epoch(state, record, is_best)
@@ -342,12 +478,14 @@ def fit(
     *,
     resume: bool = True,
     echo: Callable[[str], None] | None = print,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainState:
     """Single-process training (no Ray): ``out_dir/last.pt`` every epoch, ``best.pt`` on a new
     best val mIoU, both written atomically.
 
     With ``resume`` an existing ``last.pt`` continues where it stopped (same epoch, optimizer
-    momentum, LR schedule and best metric); a finished run returns at once.
+    momentum, LR schedule and best metric); a finished run returns at once. ``should_stop``
+    (asked between steps, e.g. after a SIGTERM) ends it with :class:`TrainingStopped`.
     """
     shard_dir, out_dir = Path(shard_dir), Path(out_dir)
     device = torch.device(device) if device is not None else default_device()
@@ -365,4 +503,6 @@ def fit(
             with atomic_path(best) as tmp:
                 shutil.copyfile(last, tmp)
 
-    return train_epochs(params, shard_dir, device, on_epoch, resume=payload, echo=echo)
+    return train_epochs(
+        params, shard_dir, device, on_epoch, resume=payload, echo=echo, should_stop=should_stop
+    )

@@ -5,6 +5,7 @@ metrics and models/run.json, replaced together at the end of a run.
 from __future__ import annotations
 
 import csv
+import math
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,41 +20,62 @@ CURVE_COLUMNS = (
     "val_miou",
     "val_pixel_accuracy",
     "val_mean_accuracy",
+    "dev_miou",
+    "selection_miou",
     "lr",
     "images_per_second",
     "epoch_seconds",
     "data_wait_share",
     "peak_memory_mb",
+    "skipped_steps",
 )
 
 
+def finite_or_none(value: object) -> object:
+    """``value``, or None for a float that is not finite: JSON has no NaN (``json.dumps`` writes
+    a bare ``NaN`` that other readers reject), and a learning curve has a gap there."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def write_curve(history: list[dict], path: str | Path) -> None:
-    """One row per epoch; DVC draws ``val_miou`` and ``train_loss`` against ``epoch``."""
+    """One row per epoch; DVC draws the mIoUs and ``train_loss`` against ``epoch``."""
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, CURVE_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for record in history:
-            writer.writerow({k: record.get(k, "") for k in CURVE_COLUMNS})
+            writer.writerow({k: finite_or_none(record.get(k, "")) for k in CURVE_COLUMNS})
+
+
+def selection_miou(record: dict) -> float:
+    """The mIoU an epoch is chosen by: dev's with a dev split, else val's (a record written
+    before the dev split existed has only val's)."""
+    return record.get("selection_miou", record["val_miou"])
 
 
 def best_record(history: list[dict]) -> dict:
-    """The epoch with the highest val mIoU (the first of equals, as the checkpoints keep it)."""
+    """The epoch with the highest selection mIoU (the first of equals, as the checkpoints keep
+    it)."""
     if not history:
         raise ValueError("empty training history")
-    return max(history, key=lambda r: (r["val_miou"], -r["epoch"]))
+    return max(history, key=lambda r: (selection_miou(r), -r["epoch"]))
 
 
 def summary(history: list[dict]) -> dict:
+    """The run in a few numbers (reports/train_metrics.json); a value that is not finite is
+    null."""
     best, last = best_record(history), history[-1]
-    return {
+    data = {
         "epochs": last["epoch"],
         "best_epoch": best["epoch"],
         "best_val_miou": best["val_miou"],
         "best_val_pixel_accuracy": best["val_pixel_accuracy"],
+        **({"best_dev_miou": best["dev_miou"]} if "dev_miou" in best else {}),
+        "selected_on": "dev" if "dev_miou" in best else "val",
         "final_train_loss": last["train_loss"],
         "final_val_miou": last["val_miou"],
         "images_per_second": sum(r["images_per_second"] for r in history) / len(history),
     }
+    return {key: finite_or_none(value) for key, value in data.items()}
 
 
 def write_metrics(history: list[dict], path: str | Path) -> dict:

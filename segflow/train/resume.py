@@ -1,7 +1,10 @@
 """Which run the train stage trains: the one a kill interrupted, or a fresh one.
 
 A ``kill -9`` (the OOM killer, a pre-empted node, a closed terminal) ends the stage without any
-clean-up: its MLflow run stays RUNNING and its checkpoints stay in ``train.storage_path``. The
+clean-up: its MLflow run stays RUNNING and its checkpoints stay in ``train.storage_path``. A
+SIGTERM (eviction, ``docker stop``, Slurm pre-emption) ends it the same way on purpose: the
+stage stops at its last checkpoint and leaves the run RUNNING, tagged
+``segflow.interrupted=SIGTERM`` (:mod:`segflow.train.preemption`). The
 next ``dvc repro`` starts the stage again, and this module decides what it does:
 
 - the unfinished runs are found in MLflow: status RUNNING, started from this checkout, by a
@@ -12,6 +15,9 @@ next ``dvc repro`` starts the stage again, and this module decides what it does:
   fresh run and says why in one line;
 - every other unfinished run is marked KILLED, and its checkpoints are removed: nothing can
   resume it any more, and a killed run must not leave 100 MB behind each time.
+
+Runs finished or failed long ago leave their checkpoints too: :func:`prune_runs` keeps the newest
+``train.keep_runs`` of the stage's run directories.
 
 The facts it needs are tags on the MLflow run (:func:`run_tags`), set when the stage starts.
 Tags are untrusted input (anyone who can write to a shared tracking server can set them), and
@@ -26,13 +32,14 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from segflow.config import RUN_NAME_PATTERN, Params
 from segflow.train.distributed import resolve_storage, with_run_name
-from segflow.train.state import LAST
+from segflow.train.state import BEST, LAST
 
 CHECKOUT_TAG = "segflow.checkout"
 HOST_TAG = "segflow.host"
@@ -40,6 +47,13 @@ PID_TAG = "segflow.pid"
 PARAMS_TAG = "segflow.train_params_sha256"
 DATA_TAG = "shards_content_hash"
 RAY_RUN_TAG = "segflow.ray_run_name"
+#: Set (to the signal's name) on a run the stage stopped at a checkpoint to be continued.
+INTERRUPTED_TAG = "segflow.interrupted"
+#: The names :func:`segflow.train.distributed.default_run_name` gives the train stage's runs.
+TRAIN_RUN_NAME = re.compile(r"train-\d{8}-\d{6}")
+#: Files only a run directory holds: Ray Train's (its storage marker and checkpoint index) or
+#: the local launcher's checkpoints.
+RUN_MARKERS = (".validate_storage_marker", "checkpoint_manager_snapshot.json", LAST, BEST)
 
 
 @dataclass
@@ -48,13 +62,15 @@ class RunPlan:
 
     params: Params  # with train.run_name set
     mlflow_run_id: str | None = None  # the interrupted MLflow run to continue, if any
+    interrupted_by: str | None = None  # its INTERRUPTED_TAG: the signal that stopped it
     killed: list[str] = field(default_factory=list)  # MLflow runs marked KILLED
     note: str | None = None  # one line for the log when an interrupted run was found
 
 
 def params_sha256(params: Params) -> str:
-    """The params the train stage depends on (dvc.yaml: seed, loader, train), without the name."""
-    train = params.train.model_dump(mode="json", exclude={"run_name"})
+    """The params the train stage depends on (dvc.yaml: seed, loader, train), without the name
+    and the retention of old runs (neither changes what is trained)."""
+    train = params.train.model_dump(mode="json", exclude={"run_name", "keep_runs"})
     data = {"seed": params.seed, "loader": params.loader.model_dump(mode="json"), "train": train}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -206,10 +222,13 @@ def plan_run(params: Params, index: dict, experiment_id: str, root: str | Path =
         else:
             shown = latest.data.tags.get(RAY_RUN_TAG, "")
             note = f"train: starting a fresh run: the interrupted run {shown!r} {why}"
+    interrupted_by = None
     if chosen is not None:
+        interrupted_by = chosen.data.tags.get(INTERRUPTED_TAG)
+        how = f", stopped by {interrupted_by}" if interrupted_by else ""
         note = (
             f"train: continuing the interrupted run {params.train.run_name!r} "
-            f"(MLflow run {chosen.info.run_id})"
+            f"(MLflow run {chosen.info.run_id}{how})"
         )
     client = mlflow.MlflowClient()
     killed = []
@@ -224,6 +243,38 @@ def plan_run(params: Params, index: dict, experiment_id: str, root: str | Path =
     return RunPlan(
         with_run_name(params, "train"),
         chosen.info.run_id if chosen is not None else None,
+        interrupted_by,
         killed,
         note,
     )
+
+
+def prune_runs(params: Params, keep: int, protect: str | None = None) -> list[str]:
+    """Delete all but the newest ``keep`` of the train stage's run directories (by modification
+    time; ``protect``, the run about to be trained, always stays); returns the names deleted.
+
+    Only what is certainly a run directory segflow's train stage made is ever touched: a real
+    directory (not a symlink) directly inside a local ``train.storage_path`` (:func:`run_dir`),
+    named as the stage names its runs, holding Ray Train's or the local launcher's files. A run
+    named in params.yaml, another stage's runs (``search-*``, Tune's) and anything else in
+    the storage stay. Deleting removes links inside a run, never what they point to. Object
+    stores (``s3://``) are left to their own lifecycle rules.
+    """
+    storage = resolve_storage(params.train.storage_path)
+    root = Path(storage)
+    if "://" in storage or not root.is_dir():
+        return []
+    runs = []
+    for entry in root.iterdir():
+        name = safe_run_name(entry.name)
+        if name is None or not TRAIN_RUN_NAME.fullmatch(name) or name == protect:
+            continue
+        if entry.is_symlink() or not entry.is_dir() or not _inside_storage(params, name):
+            continue
+        if any(os.path.lexists(entry / marker) for marker in RUN_MARKERS):
+            runs.append((entry.lstat().st_mtime, name))
+    runs.sort(reverse=True)
+    doomed = [name for _, name in runs[keep:]]
+    for name in doomed:
+        shutil.rmtree(run_dir(params, name))  # rmtree unlinks symlinks, never follows them
+    return doomed

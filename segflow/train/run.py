@@ -7,11 +7,17 @@ the workers report the epoch's metrics and rank 0 attaches the checkpoint; the l
 (:mod:`.distributed`) keeps the best by val mIoU and the latest, and restarts crashed workers
 from the latest. Everything that can be checked before a worker starts is checked once, by the
 stage, in :func:`preflight`.
+
+A diverged run (:class:`segflow.train.loop.TrainingDiverged`) is not a crash to restart from:
+the workers return its message and the driver raises it. A stop request (``stop``, a
+:class:`segflow.train.preemption.SigtermStop`) ends the local loop between two steps and the Ray
+run at once, keeping the last checkpoint of either for the next run to continue.
 """
 
 from __future__ import annotations
 
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,12 +39,13 @@ from segflow.train.distributed import (
     resume_payload,
     worker_context,
 )
+from segflow.train.preemption import SigtermStop
 from segflow.train.state import BEST, LAST, checkpoint_extra, checkpoint_payload
 
 #: The checkpoint file inside each of Ray's ``epoch-NNNN`` directories.
 CHECKPOINT_FILE = "checkpoint.pt"
-#: The metric the kept checkpoint is chosen by.
-SCORE = "val_miou"
+#: The metric the kept checkpoint is chosen by: dev's mIoU with a dev split, else val's.
+SCORE = "selection_miou"
 
 
 @dataclass
@@ -85,24 +92,42 @@ def train_func(config: dict) -> dict:
 
     if rank == 0 and world_size > 1:
         echo_line(f"train: {world_size} workers on {len(set(node_ids))} node(s)")
-    state = loop.train_epochs(
-        params, shard_dir, device, on_epoch,
-        rank=rank, world_size=world_size, resume=resume, echo=echo_line,
-    )  # fmt: skip
+    try:
+        state = loop.train_epochs(
+            params, shard_dir, device, on_epoch,
+            rank=rank, world_size=world_size, resume=resume, echo=echo_line,
+        )  # fmt: skip
+    except loop.TrainingDiverged as exc:
+        # Every rank stops at the same step (the decision is collective). Returned, not raised:
+        # Ray Train would restart the workers from the last checkpoint to diverge again.
+        return {"diverged": str(exc)}
     resumed_from = int(resume["epoch"]) if resume is not None else 0
     return {"history": state.history, "node_ids": node_ids, "resumed_from": resumed_from}
 
 
 def train_distributed(
-    params: Params, shard_dir: str | Path, work_dir: str | Path, echo: Echo = echo_line
+    params: Params,
+    shard_dir: str | Path,
+    work_dir: str | Path,
+    echo: Echo = echo_line,
+    stop: SigtermStop | None = None,
 ) -> TrainOutcome:
     """Run :func:`train_func` under the Ray launcher; the best checkpoint is copied into
-    ``work_dir``."""
+    ``work_dir``. A ``stop`` request while it runs ends this driver's Ray job (its workers
+    with it) and re-raises."""
     p = params.train
     shard_dir = Path(shard_dir).resolve()
     run_name = p.run_name or default_run_name("train")
     config = {"params": params.model_dump(mode="json"), "shard_dir": str(shard_dir)}
-    run = launch(train_func, config, p, "train", run_name, score=SCORE, echo=echo)
+    try:
+        with stop.interruptible() if stop is not None else nullcontext():
+            run = launch(train_func, config, p, "train", run_name, score=SCORE, echo=echo)
+    except BaseException:
+        if stop is not None and stop():
+            end_ray_job()
+        raise
+    if run.value.get("diverged"):
+        raise SegflowError(run.value["diverged"])
     local = run.copy(run.best or run.latest, CHECKPOINT_FILE, Path(work_dir) / BEST)
     history = run.value.get("history")
     if history is None:  # e.g. a resumed run that had already finished: the checkpoint has it
@@ -113,16 +138,33 @@ def train_distributed(
     )  # fmt: skip
 
 
+def end_ray_job() -> None:
+    """Stop what this driver runs on Ray: disconnecting ends its Ray job, and Ray kills the
+    job's actors (Ray Train's controller and workers); a local Ray started here stops whole.
+    Checkpoints already reported are complete files in storage and stay."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def train_local(
-    params: Params, shard_dir: str | Path, work_dir: str | Path, echo: Echo = echo_line
+    params: Params,
+    shard_dir: str | Path,
+    work_dir: str | Path,
+    echo: Echo = echo_line,
+    stop: SigtermStop | None = None,
 ) -> TrainOutcome:
-    """The same training in this process without Ray (``train.launcher: local``)."""
+    """The same training in this process without Ray (``train.launcher: local``); ``stop``
+    is asked between steps."""
     run_name = params.train.run_name or default_run_name("train")
     run_dir = local_run_dir(params.train, "train", run_name)
     echo(f"train: local run {run_name!r} in {run_dir}")
     last = run_dir / LAST
     resumed_from = int(read_checkpoint(last)["epoch"]) if last.is_file() else 0
-    state = loop.fit(params, shard_dir, run_dir, echo=echo)
+    state = loop.fit(params, shard_dir, run_dir, echo=echo, should_stop=stop)
+    if not (run_dir / BEST).is_file():
+        raise SegflowError(f"train: run {run_name!r}: no epoch had a finite val mIoU")
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     local = work_dir / BEST
@@ -132,8 +174,12 @@ def train_local(
 
 
 def train(
-    params: Params, shard_dir: str | Path, work_dir: str | Path, echo: Echo = echo_line
+    params: Params,
+    shard_dir: str | Path,
+    work_dir: str | Path,
+    echo: Echo = echo_line,
+    stop: SigtermStop | None = None,
 ) -> TrainOutcome:
     """Train with the launcher named in ``train.launcher``."""
     run = train_distributed if params.train.launcher == "ray" else train_local
-    return run(params, shard_dir, work_dir, echo)
+    return run(params, shard_dir, work_dir, echo, stop)

@@ -16,7 +16,9 @@ from segflow.config import Params
 from segflow.errors import SegflowError
 from segflow.io import atomic_path
 
-METRIC = "val_miou"
+#: What a trial is ranked by: the mIoU on the decision split (dev, else val), as training
+#: chooses its best epoch (segflow.data.groups).
+METRIC = "selection_miou"
 #: The train/loader keys a sweep can change, i.e. what best_train_params.yaml holds.
 TRAIN_KEYS = ("model", "backbone", "output_stride", "model_options", "lr", "weight_decay",
               "batch_size", "epochs")  # fmt: skip
@@ -96,7 +98,7 @@ def tuned_params(params: Params, path: str | Path) -> tuple[Params, dict[str, st
     tags = {
         "tune.trial_id": str(best.get("trial_id")),
         "tune.parent_run_id": str(best.get("mlflow_parent_run_id")),
-        "tune.val_miou": str(best.get(METRIC)),
+        "tune.miou": str(best.get(METRIC)),
         "tune.source": str(path),
     }
     return params.model_copy(update={"train": new_train, "loader": new_loader}), tags

@@ -67,19 +67,27 @@ def _run_trial(config: dict, params: Params, shard_dir: str) -> None:
     import torch
     from ray import tune
 
-    from segflow.train.loop import train_epochs
+    from segflow.train.loop import TrainingDiverged, train_epochs
 
     trial_params = apply_trial(params, config)
     torch.set_num_threads(max(1, int(params.tune.cpus_per_trial)))
     use_gpu = params.tune.gpus_per_trial > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
+    epochs_done = 0
 
     def on_epoch(state, record: dict, is_best: bool) -> None:
+        nonlocal epochs_done
+        epochs_done = int(record["epoch"])
         # ASHA reads training_iteration (one per report = one per epoch); a stopped trial
         # ends inside this call.
         tune.report({k: v for k, v in record.items() if isinstance(v, int | float)})
 
-    train_epochs(trial_params, Path(shard_dir), device, on_epoch, echo=None)
+    try:
+        train_epochs(trial_params, Path(shard_dir), device, on_epoch, echo=None)
+    except TrainingDiverged:
+        # A setting that diverges (too high an lr) is a bad point of the space, not a failed
+        # sweep: it ends with the worst mIoU there is, and the search moves away from it.
+        tune.report({"epoch": epochs_done + 1, METRIC: 0.0, "diverged": 1.0})
 
 
 @dataclass
@@ -107,8 +115,8 @@ def train_sweep(
     """Sweep ``params.tune``'s space on the shards; the trial with the best final val mIoU wins.
 
     Each trial row holds its sampled ``config``, the resulting ``train``/``loader`` values, its
-    final ``val_miou``, ``best_val_miou`` over its epochs and ``epochs`` run (fewer than
-    max_epochs when ASHA stopped it). ``seconds`` is the sweep's wall time.
+    final ``selection_miou`` (dev, else val), ``best_miou`` over its epochs and ``epochs`` run
+    (fewer than max_epochs when ASHA stopped it). ``seconds`` is the sweep's wall time.
     """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -174,7 +182,7 @@ def train_sweep(
                 "config": dict(result.config),
                 **train_values(apply_trial(params, result.config)),
                 METRIC: float(result.metrics[METRIC]),
-                "best_val_miou": max(mious) if mious else float(result.metrics[METRIC]),
+                "best_miou": max(mious) if mious else float(result.metrics[METRIC]),
                 "epochs": int(result.metrics["epoch"]),
                 "history": mious,
             }

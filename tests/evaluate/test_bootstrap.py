@@ -8,11 +8,13 @@ import pytest
 
 from segflow.errors import SegflowError
 from segflow.evaluate.bootstrap import (
+    ImageCounts,
     image_counts,
     load_image_counts,
     miou_of_counts,
     paired_bootstrap,
     save_image_counts,
+    sum_by_group,
 )
 from segflow.evaluate.metrics import metrics_from_confusion
 
@@ -106,16 +108,49 @@ def test_counts_of_different_images_or_classes_are_refused():
     a = np.zeros((5, 3, 4), dtype=np.int64)
     with pytest.raises(SegflowError, match="same images and classes"):
         paired_bootstrap(a, np.zeros((6, 3, 4), dtype=np.int64))
-    with pytest.raises(SegflowError, match="no test images"):
+    with pytest.raises(SegflowError, match="no images"):
         paired_bootstrap(a[:0], a[:0])
 
 
 def test_image_counts_round_trip_through_the_file_with_their_sample_ids(tmp_path):
     counts = counts_of(random_confusions(np.random.default_rng(5), n=3, c=2, accuracy=0.5))
     path = tmp_path / "counts.npz"
-    save_image_counts(path, ["a/1", "b", "c"], raw=counts, crf=counts + 1)
-    ids, loaded = load_image_counts(path, "rerun evaluate")
-    assert ids == ["a/1", "b", "c"]
-    assert np.array_equal(loaded["raw"], counts) and np.array_equal(loaded["crf"], counts + 1)
+    save_image_counts(
+        path, ImageCounts("dev", ["a/1", "b", "c"], {"raw": counts, "crf": counts + 1})
+    )
+    loaded = load_image_counts(path, "rerun evaluate")
+    assert loaded.split == "dev" and loaded.ids == ["a/1", "b", "c"]
+    assert np.array_equal(loaded.counts["raw"], counts)
+    assert np.array_equal(loaded.counts["crf"], counts + 1)
     with pytest.raises(SegflowError, match="missing.npz: per-image counts not found; rerun"):
         load_image_counts(tmp_path / "missing.npz", "rerun evaluate")
+
+
+def test_with_groups_the_bootstrap_resamples_whole_groups():
+    rng = np.random.default_rng(11)
+    new = counts_of(random_confusions(rng, n=12, c=3, accuracy=0.7))
+    old = counts_of(random_confusions(rng, n=12, c=3, accuracy=0.6))
+    groups = ["s1"] * 5 + ["s2"] * 4 + ["s3"] * 3
+    grouped = paired_bootstrap(new, old, samples=500, seed=3, groups=groups)
+    # exactly the bootstrap over the three groups' summed counts: a group is one unit
+    summed = paired_bootstrap(
+        sum_by_group(new, groups), sum_by_group(old, groups), samples=500, seed=3
+    )
+    assert (grouped.low, grouped.high, grouped.diff) == (summed.low, summed.high, summed.diff)
+    assert grouped.num_images == 12 and grouped.num_groups == 3
+    # the mIoU of all images is the same whatever the unit
+    assert grouped.new_miou == pytest.approx(paired_bootstrap(new, old, samples=100).new_miou)
+
+
+def test_near_identical_frames_of_one_sequence_are_not_independent_evidence():
+    # Three sequences, ten copies of one frame each: the new model wins on two, loses on one.
+    rng = np.random.default_rng(5)
+    base_new = counts_of(random_confusions(rng, n=3, c=3, accuracy=0.8))
+    base_old = counts_of(random_confusions(rng, n=3, c=3, accuracy=0.6))
+    base_old[2], base_new[2] = base_new[2].copy(), base_old[2].copy()
+    new, old = np.repeat(base_new, 10, axis=0), np.repeat(base_old, 10, axis=0)
+    groups = [f"seq{i}" for i in range(3) for _ in range(10)]
+    by_image = paired_bootstrap(new, old, samples=2000, seed=0)
+    by_group = paired_bootstrap(new, old, samples=2000, seed=0, groups=groups)
+    # 30 "images" look like strong evidence; 3 sequences are not
+    assert by_group.high - by_group.low > 2 * (by_image.high - by_image.low)

@@ -46,7 +46,8 @@ def test_crf_choice_round_trips_through_json_with_nan_as_null(tmp_path):
     data = json.loads(path.read_text())
     assert data["metrics"]["iou"] == [0.7, None]
     assert data["params"]["iterations"] == 10
-    assert data["apply"] is True and data["val"] == {"miou": 0.6, "miou_crf": 0.7, "num_images": 12}
+    assert data["apply"] is True
+    assert data["decided_on"] == {"split": "val", "miou": 0.6, "miou_crf": 0.7, "num_images": 12}
     read = read_crf_choice(path)
     assert read.params == best and read.apply and read.num_images == 12
     assert [p.name for p in path.parent.iterdir()] == ["crf_params.json"]  # no temp left

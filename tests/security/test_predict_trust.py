@@ -29,7 +29,7 @@ from segflow.data.shards import write_shards
 from segflow.errors import SegflowError
 from segflow.evaluate.predict_split import predict_split
 from segflow.evaluate.serving import ServingSpec, load_predictor
-from segflow.lifecycle.gate import run_gate
+from segflow.lifecycle.gate import decision_split_of, run_gate
 from segflow.lifecycle.registration import (
     CHAMPION,
     DIGEST_TAG,
@@ -238,7 +238,7 @@ def test_a_registered_pickle_is_refused_even_with_matching_digests(tracking, tmp
 
 
 def test_the_gate_refuses_to_score_a_champion_whose_checkpoint_changed(tracking, tmp_path):
-    adapter = BandsAdapter(tmp_path / "raw", {"train": 2, "test": 3})
+    adapter = BandsAdapter(tmp_path / "raw", {"train": 2, "val": 3, "test": 3})
     shards = tmp_path / "shards"
     write_shards(build_manifest(adapter), adapter, shards, rows_per_shard=8, workers=1)
     champion = register(tracking, "trust-gate")
@@ -248,10 +248,11 @@ def test_the_gate_refuses_to_score_a_champion_whose_checkpoint_changed(tracking,
     # The new model's counts as evaluate writes them: with an intact champion (the same
     # weights) the gate would score it and keep it; here it must refuse.
     predictor = load_predictor(tracking["checkpoint"], ServingSpec.from_dict(SERVING))
-    pred = predict_split(predictor, shards, "test", tmp_path / "probs", len(CLASSES))
-    params = Params.model_validate({"register": {"bootstrap_samples": 100}})
+    pred = predict_split(predictor, shards, "val", tmp_path / "probs", len(CLASSES))
+    params = Params.model_validate({"gate": {"bootstrap_samples": 100, "min_images": 1}})
+    split = decision_split_of("val", "a" * 64, pred.sample_ids, None, "test")
 
-    decision = run_gate(new, pred.sample_ids, pred.image_counts, params, shards, "a" * 64)
+    decision = run_gate(new, pred.image_counts, split, params, shards)
 
     assert decision["decision"] == "refused" and decision["champion_after"] == "1"
     assert decision["reason"] == (
