@@ -155,6 +155,25 @@ def store_errors(uri: str | None = None, doing: str | None = None) -> Iterator[N
             logger.setLevel(level)
 
 
+#: Loggers of a new sqlite store's set-up: "Creating initial MLflow database tables...",
+#: "Updating database tables" and alembic's migration steps.
+_STORE_SETUP_LOGGERS = ("mlflow.store.db.utils", "alembic")
+
+
+def quiet_store_setup() -> None:
+    """No INFO lines from the set-up of a new sqlite store (unless ``segflow -v``).
+
+    The first command that opens ``mlruns/mlflow.db`` (a stage, ``segflow predict`` in a fresh
+    directory) makes MLflow create its tables and announce it. Importing mlflow resets its
+    loggers to INFO (``MLFLOW_LOGGING_LEVEL``'s default), after segflow.logs has quietened them,
+    so this runs after the import, right before the store is opened.
+    """
+    if is_verbose():
+        return
+    for name in _STORE_SETUP_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def check_store(uri: str) -> None:
     """Read ``uri`` once: a store that is down, hangs or is corrupt is one line naming it,
     before a stage writes anything anywhere."""
@@ -162,8 +181,7 @@ def check_store(uri: str) -> None:
 
     # A new sqlite store announces its table creation and migrations on stderr; the stage's
     # own lines (and a one-line error) are what the user should see.
-    for name in ("mlflow.store.db.utils", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_store_setup()
     with store_errors(uri, "cannot be read"):
         mlflow.MlflowClient(uri).search_experiments(max_results=1)
 
@@ -177,6 +195,7 @@ def setup(experiment: str, root: str | Path = ".") -> str:
     import mlflow
 
     quiet_mlflow()
+    quiet_store_setup()
     server = os.environ.get("MLFLOW_TRACKING_URI")  # read first: set_tracking_uri exports it
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)

@@ -33,6 +33,7 @@ from segflow.paths import (
 )
 from segflow.train.loop import TrainingStopped
 from segflow.train.outputs import publish, staging
+from segflow.train.precision import describe_precision
 from segflow.train.preemption import SigtermStop
 from segflow.train.resume import INTERRUPTED_TAG, plan_run, prune_runs, run_tags
 from segflow.train.run import preflight, train
@@ -48,6 +49,8 @@ def main(params: Params) -> None:
     params = with_searched_genotype(params, GENOTYPE)
     params, tune_tags = tuned_params(params, BEST_TRAIN_PARAMS)
     index = preflight(params, SHARDS)
+    device = "cuda" if params.train.use_gpu else "cpu"
+    console.print(f"train: {describe_precision(device, params.train.bf16)}")
     plan = plan_run(params, index, tracking.setup(params.train.experiment))
     params = plan.params
     if plan.note:
