@@ -38,12 +38,12 @@ test-fast: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not integration"
 
 lint: $(STAMP)
-	$(BIN)/ruff check segflow pipelines tests benchmarks
-	$(BIN)/ruff format --check segflow pipelines tests benchmarks
+	$(BIN)/ruff check segflow pipelines tests benchmarks scripts
+	$(BIN)/ruff format --check segflow pipelines tests benchmarks scripts
 
 format: $(STAMP)
-	$(BIN)/ruff format segflow pipelines tests benchmarks
-	$(BIN)/ruff check --fix segflow pipelines tests benchmarks
+	$(BIN)/ruff format segflow pipelines tests benchmarks scripts
+	$(BIN)/ruff check --fix segflow pipelines tests benchmarks scripts
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loader.py

@@ -98,8 +98,9 @@ class DatasetParams(_Section):
     root: str = "data/synthetic"
     #: Which split the evaluate stage scores (a CamVid copy without test/: use val).
     test_split: str = "test"
-    #: folder datasets: YAML file with the class table (list of {id, name, color}; optionally
-    #: each class's stored mask value(s), ``value: 255``, and the ignore values).
+    #: folder datasets: YAML file with the class table (``classes:`` a list of {id, name,
+    #: color}; optionally each class's stored mask value(s), ``value: 255``, and ``ignore:``
+    #: beside it); None: ``<root>/classes.yaml``.
     classes_file: str | None = None
     #: validate fails when more than this share of a split's mask pixels is ignored (255 after
     #: the value mapping): usually masks whose values the class table does not map (0/255).

@@ -231,18 +231,37 @@ def apply_overlay(base_text: str, overlay_text: str, base_source: str, overlay_s
     return text
 
 
-# The ``root:`` line of the ``dataset:`` section (the first indented ``root:`` after it).
-_DATASET_ROOT = re.compile(r"(^dataset:\n(?:(?:[ \t]+.*|[ \t]*)\n)*?[ \t]+root:)[^\n]*", re.M)
+def _dataset_line(key: str) -> re.Pattern[str]:
+    """The ``key:`` line of the ``dataset:`` section (the first indented one after it)."""
+    return re.compile(rf"(^dataset:\n(?:(?:[ \t]+.*|[ \t]*)\n)*?[ \t]+{key}:)[^\n]*", re.M)
+
+
+def with_dataset_value(text: str, key: str, value: str | Path) -> str:
+    """``text`` with its ``dataset.<key>`` value replaced by ``value`` (comments kept)."""
+    # A JSON string is a YAML string: quoted, so any path reads back unchanged.
+    quoted = json.dumps(str(value))
+    new, count = _dataset_line(key).subn(lambda m: f"{m.group(1)} {quoted}", text, count=1)
+    if count != 1:
+        raise SegflowError(f"preset has no dataset.{key} line to set")
+    return new
 
 
 def with_dataset_root(text: str, root: str | Path) -> str:
-    """``text`` with its ``dataset.root`` value replaced by ``root`` (comments kept)."""
-    # A JSON string is a YAML string: quoted, so any path reads back unchanged.
-    value = json.dumps(str(root))
-    new, count = _DATASET_ROOT.subn(lambda m: f"{m.group(1)} {value}", text, count=1)
-    if count != 1:
-        raise SegflowError("preset has no dataset.root line to set")
-    return new
+    """``text`` with its ``dataset.root`` value replaced by ``root``; a ``dataset.classes_file``
+    inside the preset's own root moves with it (``data/raw/classes.yaml`` under ``data/raw``
+    becomes ``<root>/classes.yaml``): the class table belongs beside the data it describes,
+    inside the root that DVC watches, whatever directory the user's data is in."""
+    dataset = yaml.safe_load(text).get("dataset") or {}
+    classes_file = dataset.get("classes_file")
+    text = with_dataset_value(text, "root", root)
+    if classes_file is None or dataset.get("root") is None:
+        return text
+    placeholder = Path(dataset["root"])
+    if not Path(classes_file).is_relative_to(placeholder):
+        return text  # a table kept elsewhere on purpose (configs/) stays where it is
+    return with_dataset_value(
+        text, "classes_file", Path(root) / Path(classes_file).relative_to(placeholder)
+    )
 
 
 def write_preset(

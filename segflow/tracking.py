@@ -3,8 +3,10 @@
 The default store needs nothing running: ``sqlite:///mlruns/mlflow.db`` with artifacts under
 ``mlruns/artifacts``; ``$MLFLOW_TRACKING_URI`` switches to a tracking server. A training run
 records the flattened params.yaml (``train.lr``...), tags for the git commit and the shards'
-content hash and one metric point per epoch. The train stage adds the best model as a
-pickle-free pyfunc model (:func:`segflow.lifecycle.registration.log_served_model`).
+content hash, the shards as its dataset input and one metric point per epoch; it is named after
+its model (:func:`mlflow_run_name`) in an experiment tagged for model training. Its one model,
+the served path, is logged by the register stage
+(:func:`segflow.lifecycle.registration.register_model`).
 
 Logging happens in the driver, from the history the workers report, not in the rank-0 worker:
 the default sqlite store is a file on the driver's machine that workers on other nodes cannot
@@ -37,6 +39,11 @@ MLRUNS = Path("mlruns")
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 #: Record fields that are not metrics: the step itself and a wall-clock timestamp.
 NOT_METRICS = {"epoch", "epoch_start_time"}
+#: MLflow's experiment-kind tag: without it the UI opens an experiment in its GenAI overview
+#: (traces, prompts); ``custom_model_development`` opens the runs table, with their metrics.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+#: The Ray run names segflow gives (segflow.train.distributed.default_run_name).
+_DEFAULT_RUN_NAME = re.compile(r"(train|search)-(\d{8}-\d{6})")
 
 
 def quiet_mlflow() -> None:
@@ -148,6 +155,25 @@ def store_errors(uri: str | None = None, doing: str | None = None) -> Iterator[N
             logger.setLevel(level)
 
 
+#: Loggers of a new sqlite store's set-up: "Creating initial MLflow database tables...",
+#: "Updating database tables" and alembic's migration steps.
+_STORE_SETUP_LOGGERS = ("mlflow.store.db.utils", "alembic")
+
+
+def quiet_store_setup() -> None:
+    """No INFO lines from the set-up of a new sqlite store (unless ``segflow -v``).
+
+    The first command that opens ``mlruns/mlflow.db`` (a stage, ``segflow predict`` in a fresh
+    directory) makes MLflow create its tables and announce it. Importing mlflow resets its
+    loggers to INFO (``MLFLOW_LOGGING_LEVEL``'s default), after segflow.logs has quietened them,
+    so this runs after the import, right before the store is opened.
+    """
+    if is_verbose():
+        return
+    for name in _STORE_SETUP_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def check_store(uri: str) -> None:
     """Read ``uri`` once: a store that is down, hangs or is corrupt is one line naming it,
     before a stage writes anything anywhere."""
@@ -155,8 +181,7 @@ def check_store(uri: str) -> None:
 
     # A new sqlite store announces its table creation and migrations on stderr; the stage's
     # own lines (and a one-line error) are what the user should see.
-    for name in ("mlflow.store.db.utils", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_store_setup()
     with store_errors(uri, "cannot be read"):
         mlflow.MlflowClient(uri).search_experiments(max_results=1)
 
@@ -170,15 +195,50 @@ def setup(experiment: str, root: str | Path = ".") -> str:
     import mlflow
 
     quiet_mlflow()
+    quiet_store_setup()
     server = os.environ.get("MLFLOW_TRACKING_URI")  # read first: set_tracking_uri exports it
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
     with store_errors(uri):
         found = mlflow.get_experiment_by_name(experiment)
         if found is not None:
+            if found.tags.get(EXPERIMENT_KIND_TAG) is None:  # made by an older segflow
+                mlflow.MlflowClient().set_experiment_tag(
+                    found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING
+                )
             return found.experiment_id
         location = None if server else (Path(root) / MLRUNS / "artifacts").resolve().as_uri()
-        return mlflow.create_experiment(experiment, artifact_location=location)
+        return mlflow.create_experiment(
+            experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
+        )
+
+
+def mlflow_run_name(params: Params) -> str:
+    """The MLflow run's name: ``<model>-<backbone>-<time>`` (``deeplabv3plus-resnet18-20261207-
+    131500``) for segflow's own time-stamped run names, so the runs table says which model each
+    run trained; a ``train.run_name`` of the user's own is kept as it is."""
+    name = str(params.train.run_name or "")
+    found = _DEFAULT_RUN_NAME.fullmatch(name)
+    if name and not found:
+        return name
+    stamp = found[2] if found else time.strftime("%Y%m%d-%H%M%S")
+    parts = [params.train.model, params.train.backbone, stamp]
+    return "-".join(str(p) for p in parts if p)
+
+
+def log_dataset_input(index: dict) -> None:
+    """The shards as the active run's training input (MLflow's Datasets column): their
+    dataset name, content hash as the digest, and where they are; no data is uploaded."""
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    from segflow.paths import SHARDS
+
+    digest = str(index.get("content_hash", "unknown"))  # the store keeps 36 characters
+    source = LocalArtifactDatasetSource(str(SHARDS.resolve()))
+    name = f"{index.get('dataset', 'unknown')}-shards"
+    mlflow.log_input(MetaDataset(source, name=name, digest=digest[:36]), context="training")
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, str]:
@@ -225,8 +285,9 @@ def start_training_run(
         if run_id is not None:
             run = mlflow.start_run(run_id=run_id)
         else:
-            run = mlflow.start_run(experiment_id=experiment_id, run_name=params.train.run_name)
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=mlflow_run_name(params))
             mlflow.log_params(flatten(params.model_dump(mode="json")))
+            log_dataset_input(index)
         mlflow.set_tags(
             {
                 "git_commit": git_commit(root),

@@ -23,14 +23,14 @@ from tests.project import make_project
 SEGFLOW = Path(sys.executable).parent / "segflow"
 
 
-def check(params: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+def check(params: dict, tmp_path: Path, *options: str) -> subprocess.CompletedProcess:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
     if "PYTHONPATH" in os.environ:  # a checkout's own segflow before the installed one
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return subprocess.run(
-        [str(SEGFLOW), "check-params", str(path)],
+        [str(SEGFLOW), "check-params", str(path), *options],
         capture_output=True,
         text=True,
         env=env,
@@ -43,7 +43,10 @@ def failed(result: subprocess.CompletedProcess, *expected: str) -> str:
     assert "Traceback" not in result.stderr, result.stderr
     for text in expected:
         assert text in result.stderr, f"{text!r} not in:\n{result.stderr}"
-    return result.stderr
+    *problems, verdict = result.stderr.strip().splitlines()
+    count = f"{len(problems)} problems" if len(problems) > 1 else "1 problem"
+    assert verdict.startswith("check-params: ") and verdict.endswith(f"{count}; nothing was run")
+    return "\n".join(problems)
 
 
 @pytest.mark.integration  # starts a segflow/dvc process or a server
@@ -80,7 +83,7 @@ def test_a_missing_dataset_root_names_the_path_and_the_layout_expected(tmp_path,
 
 
 @pytest.mark.integration  # starts a segflow/dvc process or a server
-def test_params_that_name_real_things_print_the_resolved_values(tmp_path):
+def test_params_that_name_real_things_end_with_one_ok_line_and_show_prints_the_values(tmp_path):
     data = tmp_path / "dataset"
     classes = make_folder_dataset(data)
     params = {
@@ -89,7 +92,14 @@ def test_params_that_name_real_things_print_the_resolved_values(tmp_path):
     }
     result = check(params, tmp_path)
     assert result.returncode == 0, result.stderr
-    assert yaml.safe_load(result.stdout)["dataset"]["max_ignored_share"] == 0.5
+    assert result.stdout.splitlines() == [
+        f"check-params: {tmp_path / 'params.yaml'}: OK: dataset folder at {data}, model unet, "
+        "8 epochs; `dvc repro` runs it"
+    ]
+    shown = check(params, tmp_path, "--show")
+    values, verdict = shown.stdout.rsplit("check-params:", 1)
+    assert yaml.safe_load(values)["dataset"]["max_ignored_share"] == 0.5
+    assert verdict.startswith(f" {tmp_path / 'params.yaml'}: OK")
 
 
 def sharded_folder_project(tmp_path: Path):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from segflow.data.datasets import folder
+from segflow.data.validate import MASK_VALUES_RULE
 from tests.data.helpers import make_binary_folder_dataset, make_folder_dataset
 from tests.project import BIN, Project, make_project
 
@@ -89,7 +90,7 @@ def test_a_label_outside_the_class_table_stops_validation(good):
     mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
     mask[5, 5] = 42
     cv2.imwrite(str(mask_path), mask)
-    _rerun_until_validation_fails(project, "mask values within class ids + 255", "train_2", "42")
+    _rerun_until_validation_fails(project, MASK_VALUES_RULE, "train_2", "42")
 
 
 def test_an_empty_split_stops_validation(good):

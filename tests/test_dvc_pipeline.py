@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import cv2
 import numpy as np
 import pytest
 
+from segflow.data.validate import MASK_VALUES_RULE
 from tests.data.helpers import make_folder_dataset
-from tests.project import CAMVID, make_project
+from tests.project import CAMVID, REPO, make_project
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +65,7 @@ def test_a_change_in_the_dataset_reruns_ingest_and_bad_data_keeps_the_earlier_sh
     cv2.imwrite(str(mask_path), mask)
     failed = project.dvc("repro", "shard")
     assert failed.returncode != 0
-    assert "mask values within class ids + 255" in failed.stdout + failed.stderr
+    assert MASK_VALUES_RULE in failed.stdout + failed.stderr
     assert project.digest("data/shards") == shards
     assert project.digest("data/manifest.parquet") != manifest  # it describes the new data
 
@@ -118,3 +120,68 @@ def test_importing_every_module_with_bytecode_on_leaves_the_pipeline_up_to_date(
     status = project.dvc("status", "shard")
     assert status.returncode == 0, status.stderr
     assert "Data and pipelines are up to date" in status.stdout, status.stdout
+
+
+def experiments(shown: list[dict]) -> dict[str, dict]:
+    """`dvc exp show --json` -> {experiment name: its params.yaml and metrics files' data}."""
+    found = {}
+    for commit in shown:
+        for experiment in commit.get("experiments") or []:
+            for rev in experiment["revs"]:
+                data = rev["data"]
+                found[rev["name"]] = {
+                    "params": data["params"]["params.yaml"]["data"],
+                    **{path: m.get("data", {}) for path, m in data["metrics"].items()},
+                }
+    return found
+
+
+def test_two_dvc_experiments_keep_their_own_test_miou_and_the_plots_all_load(tmp_path):
+    """The metrics and plots files are git's (`cache: false`, not ignored), so each experiment
+    commit holds its own: `dvc exp show`, `dvc metrics diff` and `dvc plots` compare them."""
+    project = make_project(
+        tmp_path,
+        synthetic=TINY,
+        loader={"crop_height": 48, "crop_width": 64},
+        train={"epochs": 1, "launcher": "local", "batch_size": 2, "cpus_per_worker": 1},
+        crf={"w_bilateral": [3.0], "sigma_alpha": 30.0, "sigma_beta": 3.0},
+        evaluate={"num_samples_report": 1, "speed_repeats": 1},
+    )
+    shutil.copy(REPO / ".gitignore", project.root / ".gitignore")
+    project.run("git", "add", "-A")
+    commit = project.run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "0")
+    assert commit.returncode == 0, commit.stderr
+    for name, setting in (("one-epoch", "train.epochs=1"), ("two-epochs", "train.epochs=2")):
+        done = project.dvc("exp", "run", "-n", name, "-S", setting, "evaluate")
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    shown = project.dvc("exp", "show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    found = experiments(json.loads(shown.stdout))
+    assert {n: found[n]["params"]["train"]["epochs"] for n in found} == {
+        "one-epoch": 1,
+        "two-epochs": 2,
+    }
+    for name in found:
+        assert 0.0 <= found[name]["reports/metrics.json"]["miou"] <= 1.0, found[name]
+        assert (
+            found[name]["reports/train_metrics.json"]["epochs"]
+            == found[name]["params"]["train"]["epochs"]
+        )
+
+    diff = project.dvc("metrics", "diff", "one-epoch", "two-epochs", "--json")
+    assert diff.returncode == 0, diff.stderr
+    assert "miou" in json.loads(diff.stdout)["reports/metrics.json"]
+
+    # The default pipeline (search off) leaves no declared plot missing; the training curve
+    # has loss and LR beside mIoU.
+    plots = project.dvc("plots", "show", "--json")
+    assert plots.returncode == 0 and "failed" not in plots.stdout + plots.stderr, plots.stderr
+    drawn = json.loads(plots.stdout)
+    assert "errors" not in drawn, drawn.get("errors")
+    assert {"val_miou", "train_loss", "learning_rate"} <= set(drawn["data"])
+    for name, column in (("train_loss", "train_loss"), ("learning_rate", "lr")):
+        (plot,) = drawn["data"][name]
+        assert plot["content"]["data"]["values"][0][column] != "", name
+    compared = project.dvc("plots", "diff", "one-epoch", "two-epochs", "--json")
+    assert compared.returncode == 0, compared.stderr

@@ -4,6 +4,7 @@ to register, with crf_tune (Ray Tune), evaluate (Ray tasks) and the MLflow regis
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +24,7 @@ def test_dvc_repro_runs_every_stage_scores_with_and_without_crf_and_reruns_nothi
         loader={"crop_height": 48, "crop_width": 64},
         train=TRAIN,
         crf={"w_bilateral": [3.0, 5.0], "sigma_alpha": 30.0, "sigma_beta": 3.0},
-        evaluate={"num_samples_report": 2, "speed_repeats": 2},
+        evaluate={"num_samples_report": 3, "speed_repeats": 2},
     )
     first = project.dvc("repro")
     assert first.returncode == 0, first.stdout + first.stderr
@@ -54,12 +55,36 @@ def test_dvc_repro_runs_every_stage_scores_with_and_without_crf_and_reruns_nothi
 
     report = root / "reports/eval"
     assert "mean IoU (mIoU)" in (report / "index.html").read_text()
-    assert len(list((report / "samples").glob("*.png"))) == 2
+    assert len(list((report / "samples").glob("*.png"))) == 3
+    # The samples: the worst, median and best of the 3 test images by their own mIoU.
+    data = json.loads((report / "report_data.json").read_text())
+    captions = [s["caption"] for s in data["samples"]]
+    assert [c.split(" of 3 test images")[0] for c in captions] == ["worst", "median", "best"]
+    mious = [float(c.rsplit("mIoU ", 1)[1].rstrip(" %")) for c in captions]
+    assert mious == sorted(mious), captions
+    # The header names the model and the run that trained it.
+    run = json.loads((root / "models/run.json").read_text())
+    header = data["provenance"]
+    assert header["mlflow_run_id"] == run["mlflow_run_id"] and header["model"] == run["model"]
+    assert (
+        header["shards_hash"]
+        == json.loads((root / "data/shards/index.json").read_text())["content_hash"]
+    )
+    assert run["mlflow_run_id"] in (report / "index.html").read_text()
     assert (report / "per_class_iou.csv").read_text().startswith("class,iou,iou_crf")
 
     registry = json.loads((root / "reports/registry.json").read_text())
     assert registry["name"] == "segflow-synthetic" and registry["version"] == "1"
     assert registry["aliases"] == ["challenger", "champion"]  # the first model is champion
+    # The report logged to the run names the version it became.
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    logged = client.download_artifacts(
+        run["mlflow_run_id"], "evaluation/report/index.html", str(tmp_path)
+    )
+    text = Path(logged).read_text()
+    assert "segflow-synthetic version 1 (aliases at registration: challenger, champion)" in text
 
     second = project.dvc("repro")
     assert second.returncode == 0, second.stdout + second.stderr

@@ -45,8 +45,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("segflow.data", "segflow.models", "segflow.postprocess"),
     # training and evaluation
     ("segflow.train", "segflow.evaluate"),
-    # what is built on training and evaluation
-    ("segflow.lifecycle", "segflow.tune", "segflow.search"),
+    # what is built on training and evaluation (deploy: export and batch prediction;
+    # baselines: trained here, scored by evaluate)
+    ("segflow.lifecycle", "segflow.tune", "segflow.search", "segflow.deploy", "segflow.baselines"),
     # the application layer: one module per DVC stage; presets for `segflow init`
     ("segflow.stages", "segflow.presets"),
     # the command line

@@ -94,4 +94,4 @@ def test_a_wrong_array_gets_a_short_message_saying_what_is_expected(tmp_path, st
     assert len(message) < 400, message
     assert "H x W x 3 uint8" in message and "0.25" not in message
     with pytest.raises(SegflowError, match="H x W x 3 uint8"):
-        model.unwrap_python_model().predict(None, np.zeros((4, 4, 3), np.int64))
+        model.unwrap_python_model().predict(None, np.full((4, 4, 3), 256, np.int64))

@@ -13,7 +13,12 @@ sample order does not depend on the number of workers. When W does not divide N:
 
 * ``even=True`` (training): the order is padded by repeating its first samples until every
   rank has ceil(N/W), as torch's DistributedSampler does; DDP needs equal step counts per rank
-  or the gradient all-reduce hangs.
+  or the gradient all-reduce hangs. With ``full_batches=True`` as well (the training loader),
+  each rank's share is padded on to a whole number of batches the same way, so the epoch's
+  last, incomplete batch is filled rather than dropped: every sample is seen every epoch
+  (20 images at batch 8: 3 steps of 8, 4 images repeated, where dropping the last batch would
+  skip 4 images each epoch). The repeats are the first samples of that epoch's shuffled order,
+  so they change from epoch to epoch, and every rank still gets the same number of steps.
 * ``drop_last=True``: the order is cut to floor(N/W) per rank instead.
 * neither (evaluation): every sample exactly once; ranks differ by at most one sample, which is
   fine because evaluation sums confusion matrices once at the end rather than per step.
@@ -232,6 +237,7 @@ class ShardDataset(IterableDataset):
         even: bool = False,
         drop_last: bool = False,
         batch_size: int = 1,
+        full_batches: bool = False,
     ) -> None:
         super().__init__()
         if world_size < 1 or not 0 <= rank < world_size:
@@ -250,6 +256,7 @@ class ShardDataset(IterableDataset):
         self.even = even
         self.drop_last = drop_last
         self.batch_size = batch_size
+        self.full_batches = full_batches
         self.epoch = 0
         self._reader: ShardReader | None = None
         self._reader_pid: int | None = None
@@ -263,6 +270,8 @@ class ShardDataset(IterableDataset):
         if self.drop_last:
             return n // w
         if self.even:
+            if self.full_batches:  # whole batches: nothing left over for drop_last to drop
+                return math.ceil(math.ceil(n / w) / self.batch_size) * self.batch_size
             return math.ceil(n / w)
         return len(range(self.rank, n, w))
 
@@ -344,7 +353,9 @@ def make_dataloader(
     """The DataLoader of one rank.
 
     Training: augmented crops, shuffled per epoch (call ``loader.dataset.set_epoch(e)`` before
-    each epoch), padded to equal steps per rank, incomplete last batch dropped. Evaluation: full
+    each epoch), padded to equal, whole batches per rank: an epoch is ceil(ceil(N / ranks) /
+    batch_size) steps and covers every training image (the last batch is filled with repeats of
+    the epoch's first samples, never dropped; see the module docstring). Evaluation: full
     images, normalised only, every sample exactly once; batched only when all images of the
     split have one size, otherwise one image per batch.
 
@@ -371,10 +382,12 @@ def make_dataloader(
             world_size=world_size,
             even=True,
             batch_size=batch_size,
+            full_batches=True,
         )
-        if len(dataset) < batch_size:
+        per_rank = math.ceil(dataset.num_samples / world_size)
+        if per_rank < batch_size:  # a batch of mostly repeats is not a batch of the data
             raise SegflowError(
-                f"split {split!r} gives {len(dataset)} samples per rank ({world_size} ranks), "
+                f"split {split!r} gives {per_rank} samples per rank ({world_size} ranks), "
                 f"fewer than the batch size {batch_size}: no full training batch"
             )
     else:

@@ -91,6 +91,9 @@ def _empty_splits(rows: pd.DataFrame) -> list[str]:
 
 SAMPLE = ("sample", "samples")
 ID = ("id", "ids")
+#: Every stored mask value is a class's (its id, or a folder dataset's ``value:``) or an ignore
+#: value (255 unless a folder class table says otherwise): what the class table defines.
+MASK_VALUES_RULE = "mask values defined by the class table (class values or ignore)"
 
 
 def _must_be_null(name: str, column: str, noun: tuple[str, str], describe) -> Rule:
@@ -119,7 +122,7 @@ RULES: list[Rule] = [
         _per_row(lambda r: f"{r.id} ({r.mask_path}: {r.size_mismatch})"),
     ),
     _must_be_null(
-        "mask values within class ids + 255", "labels_outside_table", SAMPLE,
+        MASK_VALUES_RULE, "labels_outside_table", SAMPLE,
         _per_row(lambda r: f"{r.id} ({r.mask_path}: values [{r.labels_outside_table}])"),
     ),
     Rule(

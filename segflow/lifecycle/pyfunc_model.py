@@ -39,13 +39,29 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         self.predictor = load_predictor(context.artifacts["checkpoint"], spec)
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
-        return self.predictor.labels(model_input)
+        return self.predictor.labels(from_json(model_input))
 
     @property
     def last_timing(self) -> dict[str, float]:
         """Wall time of the last prediction in ms: ``ms`` (the served path, CRF included when
         on) and ``ms_network`` (resize, normalise and the network's inference)."""
         return self.predictor.last_timing
+
+
+def from_json(image):
+    """JSON has no uint8: an image sent to ``mlflow models serve`` (and the input example MLflow
+    checks when the model is logged) arrives as an integer array. One whose values all lie in
+    0..255 is the uint8 image it was; anything else goes to the model's own check unchanged."""
+    if (
+        isinstance(image, np.ndarray)
+        and image.dtype.kind in "iu"
+        and image.dtype != np.uint8
+        and image.size
+        and image.min() >= 0
+        and image.max() <= 255
+    ):
+        return image.astype(np.uint8)
+    return image
 
 
 set_model(SegmentationModel())

@@ -23,18 +23,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from segflow.errors import SegflowError
+from segflow.lifecycle.run_card import run_test_metrics, version_description
+from segflow.logs import is_verbose
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-#: Name of the pyfunc model inside the training run.
+#: Name of the pyfunc model inside the training run: its one logged model, the served path
+#: (logged by the register stage, once crf_tune has decided on the CRF).
 MODEL_NAME = "segmentation_model"
+#: The input example logged with the model: a small black RGB image, as the model takes it.
+EXAMPLE_SHAPE = (8, 8, 3)
 #: Version tags: the score, the exact test split it was measured on, the data it trained on.
 TEST_MIOU, TEST_SPLIT_HASH, DATA_HASH = "test_miou", "test_split_hash", "data_hash"
 #: Artifacts of the registered model.
@@ -118,23 +126,40 @@ def _log_served_model(
             path.write_text(json.dumps(value, indent=2) + "\n")
             artifacts[key] = str(path)
         digests = {DIGEST_TAG.format(key): sha256_file(path) for key, path in artifacts.items()}
-        info = mlflow.pyfunc.log_model(
-            name=name,
-            python_model=str(package / "lifecycle" / "pyfunc_model.py"),
-            artifacts=artifacts,
-            code_paths=[str(package)],
-            signature=_signature(),
-            # Given, not inferred: inference imports the model in a subprocess (slow).
-            pip_requirements=[
-                f"torch=={torch.__version__.split('+')[0]}",
-                "numpy",
-                "opencv-python-headless",
-                "pydantic",
-                "pydensecrf2",
-            ],
-            tags=digests,
-        )
+        # MLflow runs the model on the input example and says so at INFO: hidden unless verbose
+        with _quiet_logger("mlflow.pyfunc"):
+            info = mlflow.pyfunc.log_model(
+                name=name,
+                python_model=str(package / "lifecycle" / "pyfunc_model.py"),
+                artifacts=artifacts,
+                code_paths=[str(package)],
+                signature=_signature(),
+                input_example=np.zeros(EXAMPLE_SHAPE, np.uint8),
+                # Given, not inferred: inference imports the model in a subprocess (slow).
+                pip_requirements=[
+                    f"torch=={torch.__version__.split('+')[0]}",
+                    "numpy",
+                    "opencv-python-headless",
+                    "pydantic",
+                    "pydensecrf2",
+                ],
+                tags=digests,
+            )
     return info.model_uri, digests
+
+
+@contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """``name``'s INFO lines hidden for the block, unless segflow runs verbose: MLflow sets its
+    loggers' levels when it is imported, after segflow's quiet_libraries has run."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    if not is_verbose():
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def register_model(
@@ -149,6 +174,7 @@ def register_model(
     *,
     prefix: str,
     data_hash: str = "unknown",
+    per_class: list[dict] | None = None,
 ):
     """Log the served model to training run ``run_id``, register it, alias it ``challenger``.
 
@@ -156,7 +182,10 @@ def register_model(
     score of that path. The version carries, as tags, what the gate and a reader need: the test
     mIoU and the test split's hash, the content hash of the data it was trained on, all
     metrics, the serving spec and the class table (JSON), and the sha256 of each artifact
-    (:data:`DIGEST_TAG`), which :func:`fetch_checked` requires. Returns the new ``ModelVersion``.
+    (:data:`DIGEST_TAG`), which :func:`fetch_checked` requires. Its description is the
+    served path's test metrics and ``per_class`` IoU (reports/eval/per_class_iou.json) as
+    markdown tables (:func:`segflow.lifecycle.run_card.version_description`). Returns the new
+    ``ModelVersion``.
     """
     import mlflow
 
@@ -182,6 +211,11 @@ def register_model(
         **digests,
     }
     version = mlflow.register_model(model_uri, name, tags=tags)
+    description = version_description(
+        name, version.version, metrics, per_class, run_id=run_id, dataset=dataset,
+        data_hash=data_hash, test_split_hash=test_split_hash, serving=serving,
+    )  # fmt: skip
+    client.update_model_version(name, version.version, description=description)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     return client.get_model_version(name, version.version)
 
@@ -225,6 +259,8 @@ class CheckedModel:
     checkpoint: Path
     serving: dict
     classes: list[dict]
+    #: The recorded sha256 each artifact matched (checkpoint, serving, classes).
+    digests: dict[str, str] = field(default_factory=dict)
 
 
 def fetch_checked(model_uri: str, dst: str | Path) -> CheckedModel:
@@ -290,7 +326,76 @@ def fetch_checked(model_uri: str, dst: str | Path) -> CheckedModel:
     )
     if not isinstance(serving, dict) or not isinstance(classes, list):
         raise SegflowError(f"{label}: not a segflow segmentation model (serving spec, class table)")
-    return CheckedModel(source, files[CHECKPOINT], serving, classes)
+    digests = {key: tags[DIGEST_TAG.format(key)].strip().lower() for key in ARTIFACTS}
+    return CheckedModel(source, files[CHECKPOINT], serving, classes, digests)
+
+
+def attach_files(version, files: dict[str, Path], artifact_path: str) -> dict[str, str]:
+    """Log ``files`` (``{key: local file}``) beside a registered version's model, checked later.
+
+    They go into the artifacts of the logged model the version points at, under
+    ``artifact_path`` (``models:/<name>/<version>/<artifact_path>/<file name>``), and the sha256
+    of each becomes a tag ``segflow.sha256.<key>`` of the version and of the logged model, as
+    for the model's own three artifacts: :func:`fetch_files_checked` refuses a changed file.
+    Used for the ONNX export a deployment takes from the registry. Returns the digest tags.
+    """
+    import shutil
+
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    # The logged model behind the version (its source, models:/m-<id>, where model_id is unset).
+    found = re.fullmatch(r"models:/(m-[0-9a-f]+)", str(version.source or ""))
+    model_id = version.model_id or (found[1] if found else None)
+    if model_id is None:
+        raise SegflowError(f"{version.name} v{version.version}: no logged model behind it")
+    digests = {DIGEST_TAG.format(key): sha256_file(path) for key, path in files.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in files.values():
+            shutil.copyfile(path, Path(tmp) / Path(path).name)
+        client.log_model_artifacts(model_id, tmp, artifact_path)
+    client.set_logged_model_tags(model_id, digests)
+    for tag, value in digests.items():
+        client.set_model_version_tag(version.name, str(version.version), tag, value)
+    return digests
+
+
+def fetch_files_checked(
+    model_uri: str, files: dict[str, str], dst: str | Path
+) -> dict[str, Path] | None:
+    """Download files that :func:`attach_files` logged (``{key: path inside the model}``) into
+    ``dst``, each checked against its recorded sha256; None when the model records none of
+    them (attached to no version before it, or its export failed at registration)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from segflow.tracking import quiet_mlflow
+
+    quiet_mlflow()
+    dst = Path(dst)
+    try:
+        source, base, tags = _resolve(model_uri)
+        if not all(DIGEST_TAG.format(key) in tags for key in files):
+            return None
+        local = {
+            key: Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{base}/{path}", dst_path=str(dst / key)
+                )
+            )
+            for key, path in files.items()
+        }
+    except (MlflowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SegflowError(f"{model_uri}: cannot download its files ({first})") from None
+    for key, path in local.items():
+        tag = DIGEST_TAG.format(key)
+        if sha256_file(path) != tags[tag].strip().lower():
+            raise SegflowError(
+                f"{model_uri} ({source}): {files[key]} does not match its recorded sha256 "
+                f"(tag {tag}); refusing a changed file"
+            )
+    return local
 
 
 def _resolve(model_uri: str) -> tuple[str, str, dict[str, str]]:
@@ -374,16 +479,52 @@ def load_for_predict(model_uri: str):
         return load_predictor(model.checkpoint, spec), model.classes
 
 
+def per_class_iou(report_dir: Path | None) -> list[dict] | None:
+    """reports/eval/per_class_iou.json (``[{class, iou, iou_crf}]``), None when absent."""
+    path = None if report_dir is None else Path(report_dir) / "per_class_iou.json"
+    if path is None or not path.is_file():
+        return None
+    return _read_json(path, str(path))
+
+
 def log_evaluation(
     run_id: str, metrics: dict, metrics_file: Path, report_dir: Path | None = None
 ) -> None:
-    """Attach the evaluate stage's numbers and report to the training run."""
+    """Attach the evaluate stage's numbers, report and sample images to the training run.
+
+    Metrics are named so the plain name is the served number
+    (:func:`segflow.lifecycle.run_card.run_test_metrics`); the report's sample figures (worst,
+    median, best test image) are logged as images too, so the run's charts show them."""
+    import time
+
     import mlflow
+    from mlflow.entities import Metric
 
     client = mlflow.MlflowClient()
-    for key, value in metrics.items():
-        if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
-            client.log_metric(run_id, f"test_{key}", float(value))
+    now = int(time.time() * 1000)
+    values = run_test_metrics(metrics, per_class_iou(report_dir))
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()])
     client.log_artifact(run_id, str(metrics_file), "evaluation")
     if report_dir is not None and Path(report_dir).is_dir():
         client.log_artifacts(run_id, str(report_dir), "evaluation/report")
+        log_sample_images(run_id, Path(report_dir))
+
+
+def log_sample_images(run_id: str, report_dir: Path) -> None:
+    """The report's sample figures as the run's images ``test_sample_<role>`` (worst, median,
+    best), read from its report_data.json; a report without one logs none."""
+    import cv2
+    import mlflow
+
+    data_file = report_dir / "report_data.json"
+    if not data_file.is_file():
+        return
+    client = mlflow.MlflowClient()
+    for i, sample in enumerate(_read_json(data_file, str(data_file)).get("samples", [])):
+        image = cv2.imread(str(report_dir / sample["path"]), cv2.IMREAD_COLOR)
+        if image is None:
+            continue
+        # "worst of 12 test images: ..." -> worst; "rank 4 (1 = worst) of ..." -> rank_4
+        role = (sample.get("caption") or "").split(" of ", 1)[0].split(" (")[0] or f"{i}"
+        key = f"test_sample_{re.sub(r'[^A-Za-z0-9_]+', '_', role)}"
+        client.log_image(run_id, cv2.cvtColor(image, cv2.COLOR_BGR2RGB), key=key, step=0)

@@ -115,9 +115,13 @@ def _import_architectures() -> None:
     from segflow.models import (  # noqa: F401
         autodeeplab,
         bisenet,
+        deconvnet,
         deeplab,
         fcn,
+        frrn,
+        gridnet,
         pspnet,
+        refinenet,
         segnet,
         unet,
     )

@@ -6,9 +6,15 @@ matrix products and convolutions are counted (BN, activations, pooling and inter
 left out; they are a few percent). ``gflops`` is that count / 1e9, so it is twice the "GMACs"
 many papers quote. The model is built and run on the ``meta`` device: shapes propagate, no
 memory is allocated and nothing is computed, so summarising the whole zoo takes about a second.
+
+:data:`PUBLISHED` holds the parameter counts the architectures' papers publish, each with the
+setting it describes (classes and options) and its source, for the "paper" column of
+``segflow models`` and for the tests that build each model at that setting and compare.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -16,16 +22,61 @@ from torch.utils.flop_counter import FlopCounterMode
 from segflow.models.registry import build, list_models
 
 
+@dataclass(frozen=True)
+class PublishedCount:
+    """A parameter count a paper publishes: ``millions`` for ``model`` built with ``num_classes``
+    and ``options`` (the rest at segflow's defaults, which are the paper's setting)."""
+
+    model: str
+    millions: float
+    num_classes: int
+    source: str
+    options: dict = field(default_factory=dict)
+
+
+#: One entry per published count; an entry without ``options`` describes the model at its
+#: defaults and is what ``segflow models`` shows. The model modules' docstrings say how each
+#: architecture was read from its paper.
+PUBLISHED: tuple[PublishedCount, ...] = (
+    PublishedCount("autodeeplab", 10.15, 19, "Liu et al. 2019, Table 4: Auto-DeepLab-S (F = 20)"),
+    PublishedCount("deconvnet", 252.0, 21, "Noh et al. 2015: the network of their Table 1"),
+    PublishedCount("frrn", 24.8, 19, "Pohlen et al. 2017: FRRN-B, with their Cityscapes results"),
+    PublishedCount(
+        "frrn",
+        17.7,
+        19,
+        "Pohlen et al. 2017: FRRN-A, with their Cityscapes results",
+        {"variant": "A"},
+    ),
+    PublishedCount("gridnet", 9.86, 19, "Fourure et al. 2017, with their Cityscapes results"),
+    PublishedCount(
+        "refinenet",
+        118.0,
+        21,
+        "Nekrasov et al. 2018 (Light-Weight RefineNet), Table 1: RefineNet-101",
+    ),
+)
+
+
+def published_count(name: str, options: dict | None = None) -> PublishedCount | None:
+    """The published count of model ``name`` built with ``options`` (default: its defaults),
+    if a paper gives one for exactly that setting."""
+    options = options or {}
+    return next((p for p in PUBLISHED if p.model == name and p.options == options), None)
+
+
 def model_summary(
     name: str, num_classes: int = 21, size: tuple[int, int] = (512, 512), **build_kwargs
 ) -> dict:
-    """``{"name", "backbone", "output_stride", "params", "gflops"}`` of model ``name``.
+    """``{"name", "backbone", "output_stride", "params", "gflops", "paper_params"}`` of ``name``.
 
     ``params`` counts every parameter (trainable or not); buffers such as BN statistics are
     not parameters. ``pretrained`` is ignored: weights do not change the counts and cannot be
-    loaded onto the meta device.
+    loaded onto the meta device. ``paper_params`` is the published count of this setting (in
+    parameters, at the paper's number of classes; :func:`published_count`) or None.
     """
     build_kwargs.pop("pretrained", None)
+    paper = published_count(name, build_kwargs)
     with torch.device("meta"):
         model = build(name, num_classes, **build_kwargs).eval()
         x = torch.empty(1, 3, *size)
@@ -40,6 +91,7 @@ def model_summary(
         "output_stride": trunk.output_stride if trunk is not None else None,
         "params": params,
         "gflops": counter.get_total_flops() / 1e9,
+        "paper_params": paper.millions * 1e6 if paper is not None else None,
     }
 
 

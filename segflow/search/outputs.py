@@ -156,7 +156,14 @@ def write_outputs(
 
 
 def disabled_outputs(genotype_path: Path, history_dir: Path) -> None:
-    """Search off: the paper's genotype and a header-only curve, so train's deps exist."""
+    """Search off: the paper's genotype, and header-only CSVs of the three that dvc.yaml plots.
+
+    train depends on the genotype; the CSVs exist so that ``dvc plots show`` finds every
+    declared plot (an empty one) instead of reporting "failed to load some plots" on the
+    default pipeline, where the search is off.
+    """
     with atomic_dir(history_dir) as tmp:
         _write_csv(tmp / "search_curve.csv", list(CURVE_COLUMNS), [])
+        _write_csv(tmp / "op_weights.csv", ["epoch", *OPS], [])
+        _write_csv(tmp / "stride_share.csv", ["epoch", *(f"stride_{s}" for s in STRIDES)], [])
     write_json(genotype_path, PAPER_GENOTYPE.to_json())

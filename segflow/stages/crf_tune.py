@@ -30,12 +30,22 @@ from segflow.tune.crf_search import crf_sweep
 def main(params: Params) -> None:
     verify_shards(SHARDS)  # a damaged shard: one line naming it, before any worker starts
     choice = tune_crf(params, BEST_MODEL, SHARDS, DECISION_PROBS, RAY_RESULTS, CRF_PARAMS)
-    console.print(
-        f"crf_tune: best setting {choice.params.to_dict()}: {choice.split} mIoU "
-        f"{choice.val_miou_crf} with, "
-        f"{choice.val_miou} without ({choice.num_images} images): CRF "
-        f"{'on' if choice.apply else 'off'} -> {CRF_PARAMS}"
+    console.print(summary_line(choice))
+
+
+def summary_line(choice: CRFChoice) -> str:
+    """The stage's one line: the decision first, then the figures it rests on, rounded as the
+    training log rounds mIoU (4 decimals), the setting as ``name value`` pairs."""
+    setting = ", ".join(f"{name} {value:g}" for name, value in choice.params.to_dict().items())
+    return (
+        f"crf_tune: CRF {'on' if choice.apply else 'off'}: {choice.split} mIoU "
+        f"{_miou(choice.val_miou_crf)} with the best setting, {_miou(choice.val_miou)} without "
+        f"({choice.num_images} images; {setting}) -> {CRF_PARAMS}"
     )
+
+
+def _miou(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def tune_crf(

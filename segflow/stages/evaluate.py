@@ -14,8 +14,10 @@ register stage: the gate compares models there, so the test split decides nothin
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +26,22 @@ from segflow.config import Params
 from segflow.data.datasets.base import ClassInfo
 from segflow.data.groups import gate_split
 from segflow.data.shards import read_index, verify_shards
-from segflow.evaluate.bootstrap import ImageCounts, save_image_counts
+from segflow.evaluate.bootstrap import ImageCounts, miou_of_counts, save_image_counts
 from segflow.evaluate.crf_split import crf_over_split
 from segflow.evaluate.metrics import metrics_from_confusion
 from segflow.evaluate.predict_split import predict_split
-from segflow.evaluate.report import QualitativeSample, write_report
+from segflow.evaluate.report import (
+    PickedSample,
+    Provenance,
+    QualitativeSample,
+    pick_samples,
+    write_report,
+)
 from segflow.evaluate.scores import describe_sizes, flat_metrics
 from segflow.evaluate.serving import Predictor, ServingSpec, load_predictor
 from segflow.evaluate.speed import measure_inference
 from segflow.evaluate.split_scores import score_split
-from segflow.io import write_json
+from segflow.io import read_json, write_json
 from segflow.logs import console
 from segflow.paths import (
     BEST_MODEL,
@@ -41,19 +49,27 @@ from segflow.paths import (
     EVAL_REPORT,
     IMAGE_COUNTS,
     METRICS,
+    RUN_INFO,
     SERVING_SPEC,
     SHARDS,
+    TRAIN_CURVE,
+    TRAIN_METRICS,
 )
 from segflow.postprocess.crf import refine_labels
 from segflow.postprocess.crf_params import CRFChoice, CRFParams, read_crf_choice
 from segflow.postprocess.probs import load_probs
+from segflow.run_info import read_run_info
 
 SPEED_WARMUP = 2
 
 
 def main(params: Params) -> None:
     verify_shards(SHARDS)  # a damaged shard: one line naming it, before any worker starts
-    m = evaluate_split(params, BEST_MODEL, SHARDS, CRF_PARAMS, METRICS, EVAL_REPORT, IMAGE_COUNTS)
+    provenance = model_provenance(RUN_INFO, BEST_MODEL, TRAIN_METRICS)
+    m = evaluate_split(
+        params, BEST_MODEL, SHARDS, CRF_PARAMS, METRICS, EVAL_REPORT, IMAGE_COUNTS,
+        provenance=provenance, curve=read_curve(TRAIN_CURVE),
+    )  # fmt: skip
     console.print(
         f"evaluate: {params.dataset.test_split} at {m['scored_resolution']} (network at "
         f"{m['network_resolution']}): mIoU {m['miou']}, {m['miou_crf']} with CRF (served: CRF "
@@ -70,12 +86,15 @@ def evaluate_split(
     metrics_path: str | Path,
     report_dir: str | Path,
     counts_path: str | Path,
+    *,
+    provenance: Provenance | None = None,
+    curve: list[dict] | None = None,
 ) -> dict:
     """Score ``params.dataset.test_split`` at the masks' original resolution without and with
     the CRF; write the flat metrics (DVC metrics file) and the report directory (with the
-    serving spec); score the gate's decision split the same way and write its per-image counts
-    without and with the CRF (``counts_path``, what the promotion gate resamples); return the
-    flat metrics."""
+    serving spec, ``provenance`` in its header and the training ``curve``); score the gate's
+    decision split the same way and write its per-image counts without and with the CRF
+    (``counts_path``, what the promotion gate resamples); return the flat metrics."""
     choice = read_crf_choice(crf_path)  # before any work: a missing file is the first error
     index = read_index(Path(shard_dir))
     num_classes = int(index["num_classes"])
@@ -94,8 +113,11 @@ def evaluate_split(
             prob_dir, choice.params, num_classes, images_per_task=params.crf.images_per_task,
             ids=pred.file_ids,
         )  # fmt: skip
-        samples = _samples(prob_dir, pred.sample_ids, pred.file_ids, choice.params,
-                           ev.num_samples_report)  # fmt: skip
+        # The report's samples are ranked by the served prediction's own mIoU.
+        served_counts = with_crf.image_counts if choice.apply else pred.image_counts
+        picks = pick_samples(list(miou_of_counts(served_counts)), ev.num_samples_report)
+        samples = _samples(prob_dir, pred.sample_ids, pred.file_ids, choice.params, picks,
+                           params.dataset.test_split)  # fmt: skip
         first_image = load_probs(prob_dir, pred.file_ids[0]).image
     timing = served.timed(first_image, ev.speed_repeats, SPEED_WARMUP)
     speed = measure_inference(
@@ -124,11 +146,18 @@ def evaluate_split(
         f"({_val_text(choice)}): the served model runs {served.spec.describe()}; both columns "
         "are reported for information."
     )
+    provenance = dataclasses.replace(
+        provenance or Provenance(),
+        dataset=str(index.get("dataset", params.dataset.name)),
+        shards_hash=(provenance and provenance.shards_hash) or index.get("content_hash"),
+        evaluated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    )
     write_report(
         report_dir, classes, before, with_crf.metrics, pred.confusion, with_crf.confusion,
         samples, speed, title=f"segflow evaluation: {params.dataset.name} "
         f"{params.dataset.test_split} ({ev.mode} inference)", protocol=protocol,
-        extra_files={SERVING_SPEC.name: served.spec.to_dict()},
+        extra_files={SERVING_SPEC.name: served.spec.to_dict()}, crf_served=choice.apply,
+        provenance=provenance, curve=curve,
     )  # fmt: skip
     decision = gate_split(params.gate.split, index["splits"])
     scores = score_split(
@@ -143,7 +172,7 @@ def evaluate_split(
 
 def _val_text(choice: CRFChoice) -> str:
     def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:.2f}"
+        return "-" if x is None else f"{100 * x:.2f} %"
 
     verdict = "on" if choice.apply else "off"
     return (
@@ -153,13 +182,52 @@ def _val_text(choice: CRFChoice) -> str:
 
 
 def _samples(
-    prob_dir: Path, sample_ids: list[str], file_ids: list[str], crf: CRFParams, count: int
+    prob_dir: Path,
+    sample_ids: list[str],
+    file_ids: list[str],
+    crf: CRFParams,
+    picks: list[PickedSample],
+    split: str,
 ) -> list[QualitativeSample]:
-    """The first ``count`` images with their prediction before and after the CRF."""
+    """The picked images with their prediction before and after the CRF, captioned."""
     out = []
-    for sample_id, file_id in list(zip(sample_ids, file_ids, strict=True))[:count]:
-        record = load_probs(prob_dir, file_id)
+    for pick in picks:
+        record = load_probs(prob_dir, file_ids[pick.index])
         pred = record.probs.argmax(axis=0).astype(np.uint8)
         pred_crf = refine_labels(record.image, record.probs, crf)
-        out.append(QualitativeSample(sample_id, record.image, record.label, pred, pred_crf))
+        caption = pick.caption(sample_ids[pick.index], split)
+        sample = QualitativeSample(sample_ids[pick.index], record.image, record.label, pred,
+                                   pred_crf, caption)  # fmt: skip
+        out.append(sample)
     return out
+
+
+def model_provenance(run_info: Path, model_path: Path, train_metrics: Path) -> Provenance:
+    """Who the scored model is, from the train stage's records: models/run.json (which must
+    describe ``model_path``) and reports/train_metrics.json (epochs, the epoch kept). A record
+    that is missing, or a field an older train stage did not write, reads "not recorded" in the
+    report; a run.json that describes another model is an error (the header would name the
+    wrong run)."""
+    run = read_run_info(run_info, model_path) if Path(run_info).is_file() else {}
+    hint = "run the train stage (dvc repro train)"
+    summary = read_json(train_metrics, hint) if Path(train_metrics).is_file() else {}
+    return Provenance(
+        model=run.get("model"),
+        backbone=run.get("backbone"),
+        epochs=summary.get("epochs"),
+        best_epoch=summary.get("best_epoch"),
+        selected_on=summary.get("selected_on"),
+        mlflow_run_id=run.get("mlflow_run_id"),
+        mlflow_run_name=run.get("mlflow_run_name"),
+        git_commit=run.get("git_commit"),
+        shards_hash=run.get("shards_content_hash"),
+    )
+
+
+def read_curve(path: Path) -> list[dict] | None:
+    """reports/train_curve.csv as rows (empty cells None); None when there is no curve."""
+    if not Path(path).is_file():
+        return None
+    with open(path, newline="") as f:
+        rows = [{k: (v if v != "" else None) for k, v in r.items()} for r in csv.DictReader(f)]
+    return rows or None

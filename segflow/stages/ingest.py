@@ -27,5 +27,6 @@ def main(params: Params) -> None:
             f"ingest: {held} train samples of {ds.holdout_groups} held out as {DEV_SPLIT}"
         )
     write_manifest(manifest, MANIFEST)
-    counts = manifest.frame["split"].value_counts().sort_index().to_dict()
-    console.print(f"ingest: {manifest.dataset} {counts} -> {MANIFEST}")
+    counts = manifest.frame["split"].value_counts().sort_index().items()
+    samples = ", ".join(f"{split} {n}" for split, n in counts)
+    console.print(f"ingest: {manifest.dataset}: {samples} samples -> {MANIFEST}")

@@ -7,15 +7,19 @@ champion is scored again on the same images of the gate's decision split (``gate
 else val; never the test split, whose shards this stage does not open), and ``champion`` moves
 to the new version only if the paired bootstrap interval of the mIoU difference lies above
 ``gate.min_gain`` (with at least ``gate.min_images`` images).
+Each version also gets its ONNX export beside the model (:mod:`segflow.deploy.registered`); a
+model that cannot be exported is registered all the same, the reason in one line.
 
-The test metrics (as ``test_<name>``) and the evaluation report (artifact path
-``evaluation/``) are logged to the training run first, so the run in the MLflow UI shows how
-its model scored next to how it trained. The current tracking URI (``$MLFLOW_TRACKING_URI`` or
-the default store) must be the one training logged to; a store that cannot be read stops the
-stage before anything is written. Any store failure (a server that is down or does not answer
-within the ``mlflow.*`` policy, a read-only or corrupt sqlite file) is one line naming the
-store, and reports/registry.json and reports/gate.md are replaced only after every MLflow call
-has succeeded.
+The test metrics (``test_miou`` the served path's, ``test_miou_network`` the network's alone,
+``test_iou_<class>``: :mod:`segflow.lifecycle.run_card`), the evaluation report (artifact path
+``evaluation/``) and its sample images are logged to the training run first, so the run in the
+MLflow UI shows how its model scored next to how it trained; the run's one logged model is the
+registered one, and the report is logged again once the version and its aliases are known. The
+current tracking URI (``$MLFLOW_TRACKING_URI`` or the default store) must be the one training
+logged to; a store that cannot be read stops the stage before anything is written. Any store
+failure (a server that is down or does not answer within the ``mlflow.*`` policy, a read-only or
+corrupt sqlite file) is one line naming the store, and reports/registry.json and reports/gate.md
+are replaced only after every MLflow call has succeeded.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from segflow import tracking
 from segflow.config import Params
 from segflow.data.groups import gate_split
 from segflow.data.shards import read_index, split_hash
+from segflow.deploy.registered import attach_onnx
 from segflow.errors import SegflowError
 from segflow.evaluate.bootstrap import load_image_counts
+from segflow.evaluate.report import REPORT_DATA, registry_text, render_registered
 from segflow.evaluate.scores import served_miou
 from segflow.io import atomic_path, read_json, write_json
 from segflow.lifecycle.gate import decision_split_of, gate_markdown, run_gate
@@ -37,6 +43,7 @@ from segflow.lifecycle.registration import (
     aliases,
     check_run,
     log_evaluation,
+    per_class_iou,
     register_model,
 )
 from segflow.logs import console
@@ -126,9 +133,13 @@ def register_and_gate(
             run["mlflow_run_id"], dataset, metrics, test_miou, serving, index.get("classes", []),
             model_path, test_hash, prefix=params.register.model_name_prefix,
             data_hash=str(index.get("content_hash", "unknown")),
+            per_class=per_class_iou(report_dir),
         )  # fmt: skip
+        # The ONNX export beside the model (onnx/): a deployment takes it from the registry.
+        onnx = attach_onnx(version, model_path, serving, index.get("classes", []))
         decision = run_gate(version, new_counts, split, params, shard_dir, test)
         version_aliases = aliases(version.name, version.version)
+        log_registered_report(run["mlflow_run_id"], report_dir, version, version_aliases)
     decision["test_miou"] = test_miou
     return {
         "name": version.name,
@@ -139,5 +150,20 @@ def register_and_gate(
         "data_hash": str(index.get("content_hash", "unknown")),
         "crf_applied": crf_applied,
         "serving": json.loads(json.dumps(serving)),
+        "onnx": onnx,
         "decision": decision,
     }
+
+
+def log_registered_report(run_id: str, report_dir: Path, version, version_aliases: list) -> None:
+    """Log the run's evaluation report again, its header naming the registry version and its
+    aliases (unknown when the evaluate stage wrote it); reports/eval/ itself is unchanged. A
+    report without report_data.json (an older evaluate stage) stays as logged."""
+    import mlflow
+
+    if not (Path(report_dir) / REPORT_DATA).is_file():
+        return
+    registry = registry_text(version.name, version.version, version_aliases)
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = render_registered(report_dir, Path(tmp) / "report", registry)
+        mlflow.MlflowClient().log_artifacts(run_id, str(copy), "evaluation/report")

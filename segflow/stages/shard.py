@@ -24,5 +24,7 @@ def main(params: Params) -> None:
         image_codec=p.image_codec,
         jpeg_quality=p.jpeg_quality,
     )
-    counts = {s: v["num_samples"] for s, v in index["splits"].items()}
-    console.print(f"shard: {counts} -> {SHARDS} (content hash {index['content_hash'][:12]})")
+    samples = ", ".join(f"{s} {v['num_samples']}" for s, v in sorted(index["splits"].items()))
+    console.print(
+        f"shard: {samples} samples -> {SHARDS} (content hash {index['content_hash'][:12]})"
+    )

@@ -25,8 +25,6 @@ from pathlib import Path
 from segflow import tracking
 from segflow.config import Params
 from segflow.data.shards import verify_shards
-from segflow.evaluate.serving import ServingSpec
-from segflow.lifecycle.registration import log_served_model
 from segflow.logs import console
 from segflow.models.genotype import load_genotype
 from segflow.paths import (
@@ -41,6 +39,7 @@ from segflow.paths import (
 )
 from segflow.train.loop import TrainingStopped
 from segflow.train.outputs import publish, staging
+from segflow.train.precision import describe_precision
 from segflow.train.preemption import SigtermStop
 from segflow.train.resume import INTERRUPTED_TAG, plan_run, prune_runs, run_tags
 from segflow.train.run import preflight, train
@@ -57,6 +56,8 @@ def main(params: Params) -> None:
     params = with_searched_genotype(params, GENOTYPE)
     params, tune_tags = tuned_params(params, BEST_TRAIN_PARAMS)
     index = preflight(params, SHARDS)
+    device = "cuda" if params.train.use_gpu else "cpu"
+    console.print(f"train: {describe_precision(device, params.train.bf16)}")
     plan = plan_run(params, index, tracking.setup(params.train.experiment))
     params = plan.params
     if plan.note:
@@ -82,15 +83,17 @@ def main(params: Params) -> None:
             tracking.log_history(outcome.history)
             if outcome.budget is not None:
                 tracking.log_budget(outcome.budget)
-            # The run's model: the best checkpoint served as evaluate serves it, without the
-            # CRF (crf_tune has not chosen one yet); pickle-free, as the registered one.
-            serving = ServingSpec.from_params(params, index.get("resize"), None).to_dict()
-            classes = index.get("classes", [])
-            model_uri = log_served_model(outcome.best_checkpoint, serving, classes, name="model")
+            # No model is logged here: the run gets one model, the served one (with the CRF
+            # crf_tune decides on later), logged and registered by the register stage.
+            # What the evaluation report's header names (segflow.stages.evaluate):
             run_info = {
                 "mlflow_run_id": run_id,
+                "mlflow_run_name": tracking.mlflow_run_name(params),
                 "mlflow_tracking_uri": tracking.public_uri(tracking.tracking_uri()),
-                "model_uri": model_uri,
+                "model": params.train.model,
+                "backbone": params.train.backbone,
+                "git_commit": tracking.git_commit(),
+                "shards_content_hash": index.get("content_hash"),
                 "ray_run_name": outcome.run_name,
                 "ray_run_path": outcome.run_path,
             }

@@ -48,3 +48,41 @@ def grad_scaler(device: torch.device, setting: str | bool) -> torch.amp.GradScal
     """fp16's loss scaler (small gradients underflow in fp16); a no-op for bf16 and fp32."""
     enabled = autocast_dtype(device, setting) == torch.float16
     return torch.amp.GradScaler(device.type, enabled=enabled)
+
+
+def describe_precision(device: torch.device | str, setting: str | bool) -> str:
+    """One line for the log: the precision training runs in on ``device``, and why.
+
+    ``bf16: auto`` falls back to fp32 without a word otherwise, and a user who reads "bf16" in
+    the params expects bf16 speed; the line says which it is and what decided it.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():  # a driver without a GPU
+        return (
+            f"precision decided on each GPU worker (train.bf16: {str(setting).lower()}): bf16 "
+            "autocast where the GPU computes it, else fp16 with a loss scaler"
+            if setting is not False
+            else "precision fp32 on the GPU workers (train.bf16: false)"
+        )
+    dtype = autocast_dtype(device, setting)
+    name = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[dtype]
+    if setting is False:
+        why = "train.bf16: false"
+    elif device.type == "cuda":
+        why = f"train.bf16: {str(setting).lower()}: " + (
+            "this GPU computes bf16"
+            if dtype == torch.bfloat16
+            else "this GPU has no bf16; fp16 with a loss scaler"
+        )
+    elif device.type != "cpu":
+        why = f"train.bf16: {str(setting).lower()}: no autocast on {device.type}"
+    elif setting is True:
+        why = "train.bf16: true forces it on the CPU"
+    elif dtype is not None:
+        why = "train.bf16: auto: this CPU computes bf16 natively (AVX512-BF16 or AMX)"
+    else:
+        why = (
+            "train.bf16: auto: this CPU has no AVX512-BF16 or AMX, where bf16 runs slower than "
+            "fp32; train.bf16: true forces it"
+        )
+    return f"precision {name} on {device.type} ({why})"

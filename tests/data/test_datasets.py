@@ -382,7 +382,7 @@ def test_folder_same_stem_in_two_splits_is_an_error(folder_classes_file):
         ),
         ([{"id": 0, "name": "a", "color": [0, 0, 300]}], "color must be"),
         ([{"id": 0, "name": "a"}], "keys id, name, color"),
-        ([], "non-empty list"),
+        ([], "no classes; expected a YAML mapping `classes:`"),
         ([{"id": 0, "name": "a", "color": [0, 0, 0], "value": 256}], "integers 0..255"),
         ([{"id": 0, "name": "a", "color": [0, 0, 0], "value": []}], "at least one mask value"),
         (
@@ -406,6 +406,7 @@ def test_folder_bad_class_table_is_an_error_naming_the_file_and_the_rule(
     with pytest.raises(SegflowError, match=rule) as err:
         FolderDataset(classes_file=folder_classes_file)
     assert str(folder_classes_file) in str(err.value)
+    assert err.value.field == "dataset.classes_file"  # the key check-params blames
 
 
 def _binary_folder(root: Path, table: object) -> FolderDataset:

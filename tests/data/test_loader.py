@@ -218,7 +218,7 @@ def test_uint8_loader_normalised_on_device_equals_the_float_loader(shards):
     as_uint8 = list(
         make_dataloader(shard_dir, "train", params, train=True, batch_size=4, uint8=True)
     )
-    assert len(as_float) == len(as_uint8) == 2
+    assert len(as_float) == len(as_uint8) == 3  # ceil(11 / 4): the last batch filled
     for f, u in zip(as_float, as_uint8, strict=True):
         assert u["image"].dtype == torch.uint8 and u["mask"].dtype == torch.uint8
         image, mask = normalize_batch(u["image"], u["mask"], params.mean, params.std)
@@ -238,6 +238,31 @@ def test_train_dataloader_gives_full_shuffled_batches_of_crops(shards):
         assert batch["image"].shape == (2, 3, 16, 20) and batch["mask"].shape == (2, 16, 20)
     loader.dataset.set_epoch(1)
     assert ids(loader) != [i for b in batches for i in b["id"]]
+
+
+@pytest.mark.parametrize(("world_size", "batch_size", "steps"), [(1, 4, 3), (2, 4, 2), (3, 2, 2)])
+def test_a_training_epoch_sees_every_image_in_whole_batches(shards, world_size, batch_size, steps):
+    """No image is dropped with an incomplete last batch: a small dataset's epoch covers all
+    of it, in ceil(ceil(N / ranks) / batch) steps per rank, the gap filled with repeats."""
+    shard_dir, _ = shards
+    params = LoaderParams(crop_height=16, crop_width=20)
+    seen = []
+    for rank in range(world_size):
+        loader = make_dataloader(
+            shard_dir,
+            "train",
+            params,
+            train=True,
+            batch_size=batch_size,
+            rank=rank,
+            world_size=world_size,
+            seed=0,
+        )
+        batches = list(loader)
+        assert len(batches) == len(loader) == steps
+        assert all(len(b["id"]) == batch_size for b in batches)
+        seen += ids(loader)
+    assert set(seen) == {f"train_{i:03d}" for i in range(N_TRAIN)}
 
 
 def test_eval_dataloader_gives_full_images_and_batches_only_same_sizes(shards):

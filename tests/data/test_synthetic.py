@@ -115,3 +115,19 @@ def test_images_are_not_separable_by_colour_alone(tmp_path):
     means = np.stack([pixels[labels == c].mean(0) for c in range(len(CLASSES))])
     guess = np.argmin(((pixels[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
     assert (guess == labels).mean() < 0.8
+
+
+@pytest.mark.parametrize("dataset", ["folder", "camvid"])
+def test_the_synthesize_stage_draws_nothing_for_another_dataset(tmp_path, monkeypatch, dataset):
+    """Only `dataset.name: synthetic` reads data/synthetic/: for any other the stage leaves it
+    empty (DVC needs the declared out), replacing the scenes of an earlier synthetic run."""
+    from segflow.config import Params
+    from segflow.stages import synthesize
+
+    monkeypatch.chdir(tmp_path)
+    small = {"num_train": 2, "num_val": 1, "num_test": 1, "height": H, "width": W}
+    synthesize.main(Params.model_validate({"synthetic": small}))
+    assert len([p for p in Path("data/synthetic").rglob("*") if p.is_file()]) > 0
+    other = Params.model_validate({"dataset": {"name": dataset}, "synthetic": small})
+    synthesize.main(other)
+    assert list(Path("data/synthetic").iterdir()) == []

@@ -13,7 +13,7 @@ import pytest
 from segflow.data.datasets.base import ClassInfo, DatasetAdapter, SampleRef
 from segflow.data.manifest import build_manifest
 from segflow.data.sample_stats import sample_stats
-from segflow.data.validate import RULES, validate
+from segflow.data.validate import MASK_VALUES_RULE, RULES, validate
 
 H, W = 12, 16
 CLASSES = [ClassInfo(0, "road", (128, 64, 128)), ClassInfo(1, "car", (64, 0, 128))]
@@ -119,11 +119,8 @@ def test_mask_label_outside_the_class_table_is_reported_with_its_values(tmp_path
     mask = np.zeros((H, W), np.uint8)
     mask[0, :3] = [1, 7, 40]
     cv2.imwrite(str(refs[2].mask), mask)
-    line = failure_of(run(tmp_path, refs), "mask values within class ids + 255")
-    assert (
-        line
-        == f"mask values within class ids + 255: 1 sample: 0003 ({refs[2].mask}: values [7, 40])"
-    )
+    line = failure_of(run(tmp_path, refs), MASK_VALUES_RULE)
+    assert line == f"{MASK_VALUES_RULE}: 1 sample: 0003 ({refs[2].mask}: values [7, 40])"
 
 
 def test_duplicated_id_is_reported(tmp_path):

@@ -16,12 +16,20 @@ import torch
 from segflow.data.datasets.base import ClassInfo
 from segflow.evaluate.metrics import ConfusionMatrix
 from segflow.evaluate.report import (
+    COLUMNS,
     GAP_PX,
     HEADER_PX,
     MAX_PANEL_WIDTH,
+    MIN_PANEL_WIDTH,
+    Provenance,
     QualitativeSample,
     colorize,
     confusion_rows,
+    panel_origin,
+    panel_size,
+    pick_samples,
+    registry_text,
+    render_registered,
     write_report,
 )
 
@@ -88,15 +96,20 @@ def iou_of(cm: np.ndarray) -> np.ndarray:
 
 
 def as_percent(x: float) -> str:
-    return "-" if np.isnan(x) else f"{100 * x:.2f}"
+    return "-" if np.isnan(x) else f"{100 * x:.2f} %"
+
+
+def hex_of(color) -> str:
+    return "#" + "".join(f"{v:02x}" for v in color)
 
 
 def md_class_rows(md: str) -> dict[str, list[str]]:
-    """The per-class markdown table: class name -> cells (id, class, IoU, IoU (CRF), ...)."""
-    lines = md.split("## Per class", 1)[1].splitlines()
+    """The per-class markdown table: class name -> cells (id, colour, class, IoU, IoU (CRF),
+    CRF change, ...)."""
+    lines = md.split("## Per class", 1)[1].split("##", 1)[0].splitlines()
     rows = [line for line in lines if line.startswith("| ")][1:]  # [0] is the header
     cells = [[c.strip() for c in re.split(r"(?<!\\)\|", row.strip())[1:-1]] for row in rows]
-    return {c[1]: c for c in cells}
+    return {c[2]: c for c in cells}
 
 
 class _Tables(HTMLParser):
@@ -161,6 +174,8 @@ def test_all_report_files_are_written_and_nothing_else(report_dir: Path):
         "confusion_counts.csv",
         "samples/a.png",
         "samples/b.png",
+        "legend.png",
+        "report_data.json",
         "protocol.json",
     }
     written = {p.relative_to(report_dir).as_posix() for p in report_dir.rglob("*") if p.is_file()}
@@ -174,7 +189,8 @@ def test_extra_files_are_the_json_they_were_given(report_dir: Path):
 
 def test_title_and_protocol_open_both_pages_escaped_in_the_html(report_dir: Path):
     md = (report_dir / "report.md").read_text()
-    assert md.startswith(f"# test <report>\n\n{PROTOCOL}\n\n## Summary")
+    assert md.startswith("# test <report>\n\n")
+    assert f"\n\n{PROTOCOL}\n\n## Summary" in md  # after the header, before the numbers
     page = (report_dir / "index.html").read_text()
     assert "<title>test &lt;report&gt;</title>" in page
     assert "<h1>test &lt;report&gt;</h1>" in page
@@ -185,10 +201,14 @@ def test_html_tables_hold_the_same_cells_as_the_markdown_tables(report_dir: Path
     md = (report_dir / "report.md").read_text()
     parser = _Tables()
     parser.feed((report_dir / "index.html").read_text())
-    summary, per_class = parser.tables
-    assert summary[0] == ["metric", "without CRF", "with CRF"] and len(summary) == 1 + 8
-    assert [row[1] for row in per_class[1:]] == [c.name for c in CLASSES]
-    assert {row[1]: row for row in per_class[1:]} == md_class_rows(md)
+    header, summary, per_class = parser.tables
+    assert [row[0] for row in header][:3] == ["model", "training", "MLflow run"]
+    # mDice and mFscore are one number: one row, and a note says why
+    assert summary[0] == ["metric", "without CRF", "with CRF"] and len(summary) == 1 + 7
+    assert "mean Dice = mean F-score (mDice, mFscore)" in [row[0] for row in summary]
+    assert "2TP / (2TP + FP + FN), which is the Dice coefficient" in md
+    assert [row[2] for row in per_class[1:]] == [c.name for c in CLASSES]
+    assert {row[2]: row for row in per_class[1:]} == md_class_rows(md)
 
 
 def test_html_is_self_contained_and_references_only_files_that_exist(report_dir: Path):
@@ -210,11 +230,13 @@ def test_markdown_table_has_a_row_per_class_with_the_ious_of_the_confusion_matri
     rows = md_class_rows(md)
     assert list(rows) == [c.name for c in CLASSES]
     for c, iou, iou_crf in zip(CLASSES, iou_of(cm_b), iou_of(cm_a), strict=True):
-        assert rows[c.name][:4] == [str(c.id), c.name, as_percent(iou), as_percent(iou_crf)]
+        cells = [str(c.id), hex_of(c.color), c.name, as_percent(iou), as_percent(iou_crf)]
+        assert rows[c.name][:5] == cells
     # bicyclist is absent from truth and prediction: undefined, shown as dashes
-    assert rows["bicyclist"][2:6] == ["-", "-", "-", "-"]
-    # the CRF column of the example is perfect on road
-    assert rows["road"][3] == "100.00"
+    assert rows["bicyclist"][3:8] == ["-", "-", "-", "-", "-"]
+    # the CRF column of the example is perfect on road, and the change is in points
+    assert rows["road"][4] == "100.00 %"
+    assert rows["road"][5] == f"{100 * (1 - iou_of(cm_b)[0]):+.2f} pp"
     for key in ("pixel accuracy (PA)", "mean accuracy (MPA)", "mean IoU (mIoU)", "(FWIoU)"):
         assert key in md
     assert "12.5 ms per image" in md and "321.0 MiB" in md
@@ -222,23 +244,54 @@ def test_markdown_table_has_a_row_per_class_with_the_ious_of_the_confusion_matri
         assert (report_dir / ref).is_file(), ref
 
 
-def test_sample_png_is_four_panels_side_by_side_under_a_caption_strip(report_dir: Path):
+def test_small_samples_are_enlarged_to_a_readable_grid_of_captioned_panels(report_dir: Path):
+    # a 32-pixel-wide image is drawn 10x (nearest neighbour) to reach MIN_PANEL_WIDTH
+    assert panel_size(24, 32) == (240, 320) and MIN_PANEL_WIDTH <= 320
     png = cv2.imread(str(report_dir / "samples" / "a.png"), cv2.IMREAD_COLOR)
-    assert png is not None
-    assert png.shape == (HEADER_PX + 24, 4 * 32 + 3 * GAP_PX, 3)
-    image, label, _, _ = scene(0)
     rgb = cv2.cvtColor(png, cv2.COLOR_BGR2RGB)
-    np.testing.assert_array_equal(rgb[HEADER_PX:, :32], image)
-    truth = rgb[HEADER_PX:, 32 + GAP_PX : 64 + GAP_PX]
-    np.testing.assert_array_equal(truth[0, :4], np.zeros((4, 3)))  # ignore drawn black
+    assert rgb.shape[1] == COLUMNS * 320 + (COLUMNS - 1) * GAP_PX
+    image, label, _, crf = scene(0)
+    big = np.repeat(np.repeat(image, 10, axis=0), 10, axis=1)
+    y, x = panel_origin(0, (240, 320), titled=False)
+    assert y == HEADER_PX
+    np.testing.assert_array_equal(rgb[y : y + 240, x : x + 320], big)
+    y, x = panel_origin(1, (240, 320), titled=False)
+    truth = rgb[y : y + 240, x : x + 320]
+    np.testing.assert_array_equal(truth[:10, :40], np.zeros((10, 40, 3)))  # ignore drawn black
     np.testing.assert_array_equal(truth[-1, -1], CLASSES[0].color)
+    # six panels (two rows of three) with a CRF: the second row starts with the overlay
+    y, x = panel_origin(3, (240, 320), titled=False)
+    assert (y, x) == (2 * HEADER_PX + 240 + GAP_PX, 0)
+    assert rgb.shape[0] > 2 * (HEADER_PX + 240) + GAP_PX  # the legend strip below
 
 
-def test_sample_without_crf_has_three_panels(tmp_path: Path):
+def test_overlay_and_errors_panels_show_the_served_prediction(tmp_path: Path):
+    before, after, cm_b, cm_a, samples = make_inputs(ids=("a",))
+    out = tmp_path / "r"
+    write_report(out, CLASSES, before, after, cm_b, cm_a, samples, {}, crf_served=True)
+    rgb = cv2.cvtColor(cv2.imread(str(out / "samples" / "a.png")), cv2.COLOR_BGR2RGB)
+    image, label, _, crf = scene(0)
+    size = (240, 320)
+    up = lambda a: np.repeat(np.repeat(a, 10, axis=0), 10, axis=1)  # noqa: E731
+    y, x = panel_origin(2, size, titled=False)  # the served prediction is the CRF's
+    np.testing.assert_array_equal(rgb[y : y + 240, x : x + 320], up(colorize(crf, CLASSES)))
+    y, x = panel_origin(3, size, titled=False)
+    blend = np.rint(0.5 * image.astype(np.float32) + 0.5 * colorize(crf, CLASSES)).astype(np.uint8)
+    np.testing.assert_array_equal(rgb[y : y + 240, x : x + 320], up(blend))
+    y, x = panel_origin(4, size, titled=False)
+    errors = rgb[y : y + 240 : 10, x : x + 320 : 10]
+    wrong = (label != 255) & (label != crf)
+    assert (errors[wrong] == [255, 0, 0]).all()
+    assert not (errors[~wrong] == [255, 0, 0]).all(axis=-1).any()
+
+
+def test_sample_without_crf_has_five_panels(tmp_path: Path):
     before, _, cm_b, _, samples = make_inputs(with_crf=False, ids=("x",))
     write_report(tmp_path / "r", CLASSES, before, None, cm_b, None, samples, {}, "no crf")
     png = cv2.imread(str(tmp_path / "r" / "samples" / "x.png"))
-    assert png.shape == (HEADER_PX + 24, 3 * 32 + 2 * GAP_PX, 3)
+    assert png.shape[1] == 3 * 320 + 2 * GAP_PX
+    y, x = panel_origin(5, (240, 320), titled=False)  # the sixth panel's place stays white
+    assert (png[y : y + 240, x : x + 320] == 255).all()
     assert not (tmp_path / "r" / "confusion_crf.csv").exists()
     md = (tmp_path / "r" / "report.md").read_text()
     assert "no CRF" in md and "not measured" in md
@@ -251,7 +304,8 @@ def test_wide_images_are_shrunk_to_the_panel_width_limit(tmp_path: Path):
     sample = QualitativeSample("wide", image, label, pred)
     write_report(tmp_path / "r", CLASSES, cm.compute(), None, cm.mat.numpy(), None, [sample], {})
     png = cv2.imread(str(tmp_path / "r" / "samples" / "wide.png"))
-    assert png.shape == (HEADER_PX + 20, 3 * MAX_PANEL_WIDTH + 2 * GAP_PX, 3)
+    assert panel_size(40, 2 * MAX_PANEL_WIDTH) == (20, MAX_PANEL_WIDTH)
+    assert png.shape[1] == 3 * MAX_PANEL_WIDTH + 2 * GAP_PX
 
 
 def test_figures_decode_and_grow_with_the_crf_panel(report_dir: Path, tmp_path: Path):
@@ -354,3 +408,159 @@ def test_rewriting_replaces_the_old_report_and_a_failure_keeps_it(tmp_path: Path
     with pytest.raises(ValueError, match="bad"):
         write_report(out, CLASSES, before, after, cm_b, cm_a, [bad], SPEED, "third")
     assert "# second" in (out / "report.md").read_text()
+
+
+class _Legend(HTMLParser):
+    """(swatch colour, class name) of every item of the page's <ul class='legend'>."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: list[list[str]] = []
+        self.depth = 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "ul" and attrs.get("class") == "legend":
+            self.depth = 1
+        elif self.depth and tag == "li":
+            self.items.append(["", ""])
+        elif self.depth and tag == "span" and "background:" in (attrs.get("style") or ""):
+            self.items[-1][0] = attrs["style"].split("background:")[1]
+
+    def handle_endtag(self, tag):
+        if tag == "ul":
+            self.depth = 0
+
+    def handle_data(self, data):
+        if self.depth and self.items:
+            self.items[-1][1] += data
+
+
+def test_legend_names_every_class_with_its_colour_in_the_table_the_samples_and_a_png(
+    report_dir: Path,
+):
+    page = (report_dir / "index.html").read_text()
+    legend = _Legend()
+    legend.feed(page)
+    # every class of the table, present in the images or not, with its own colour
+    assert legend.items == [[hex_of(c.color), c.name] for c in CLASSES]
+    assert page.index("<h2>Samples</h2>") < page.index("class='legend'")
+    tables = _Tables()
+    tables.feed(page)
+    per_class = tables.tables[-1]
+    assert per_class[0][1] == "colour"
+    assert [(row[1], row[2]) for row in per_class[1:]] == [
+        (hex_of(c.color), c.name) for c in CLASSES
+    ]
+    for c in CLASSES:  # a swatch beside each row's colour
+        assert f"<span class='swatch' style='background:{hex_of(c.color)}'></span>" in page
+    # legend.png: a swatch of each class's exact colour
+    png = cv2.cvtColor(cv2.imread(str(report_dir / "legend.png")), cv2.COLOR_BGR2RGB)
+    colours = {tuple(int(v) for v in px) for px in png.reshape(-1, 3)}
+    assert all(tuple(c.color) in colours for c in CLASSES)
+    assert (
+        "![legend: the colour of each class](legend.png)" in (report_dir / "report.md").read_text()
+    )
+
+
+PROVENANCE = Provenance(
+    model="deeplabv3plus", backbone="resnet18", epochs=12, best_epoch=9, selected_on="val",
+    mlflow_run_id="0123456789abcdef0123456789abcdef", mlflow_run_name="deeplabv3plus-resnet18-x",
+    git_commit="35f225c0ffee", dataset="camvid", shards_hash="sha256:abcd", evaluated="2026-12-07",
+)  # fmt: skip
+
+
+def header_rows(page: str) -> dict[str, str]:
+    tables = _Tables()
+    tables.feed(page)
+    return dict(tables.tables[0])
+
+
+def test_header_names_the_model_run_commit_data_and_after_registration_the_version(
+    tmp_path: Path,
+):
+    before, after, cm_b, cm_a, samples = make_inputs()
+    out = tmp_path / "eval"
+    write_report(out, CLASSES, before, after, cm_b, cm_a, samples, SPEED, provenance=PROVENANCE)
+    rows = header_rows((out / "index.html").read_text())
+    assert rows["model"] == "deeplabv3plus, backbone resnet18"
+    assert rows["training"] == "12 epochs; the weights scored are epoch 9's (best by val mIoU)"
+    assert rows["MLflow run"] == "0123456789abcdef0123456789abcdef (deeplabv3plus-resnet18-x)"
+    assert rows["git commit"] == "35f225c0ffee"
+    assert rows["data"] == "camvid, shards content hash sha256:abcd"
+    assert rows["registry"].startswith("not yet registered")  # the evaluate stage's copy
+    md = (out / "report.md").read_text()
+    assert "| git commit | 35f225c0ffee |" in md
+
+    registered = render_registered(
+        out, tmp_path / "logged", registry_text("segflow-camvid", 3, ["champion"])
+    )
+    for page in ((registered / "index.html").read_text(), (registered / "report.md").read_text()):
+        assert "segflow-camvid version 3 (aliases at registration: champion)" in page
+        assert "0123456789abcdef0123456789abcdef" in page and "35f225c0ffee" in page
+    assert "not yet registered" in (out / "index.html").read_text()  # the original unchanged
+    assert (registered / "samples" / "a.png").is_file()
+
+
+def test_a_fact_that_was_not_recorded_says_so():
+    rows = dict(Provenance().rows())
+    assert rows["model"] == rows["MLflow run"] == rows["git commit"] == "not recorded"
+
+
+def test_samples_are_the_worst_median_and_best_images_by_their_own_miou():
+    mious = [0.7, float("nan"), 0.2, 0.9, 0.5, 0.4, 0.8]  # image 1 has no scored pixel
+    picks = pick_samples(mious, 3)
+    order = sorted((m, i) for i, m in enumerate(mious) if m == m)
+    # six scored images: the median is the lower of the two middle ones
+    assert [p.index for p in picks] == [order[0][1], order[(len(order) - 1) // 2][1], order[-1][1]]
+    assert [p.index for p in picks] == [2, 4, 3]
+    assert [p.role for p in picks] == ["worst", "median", "best"]
+    assert picks[0].caption("f001", "test") == "worst of 6 test images: f001, mIoU 20.00 %"
+    assert [p.index for p in pick_samples(mious, 2)] == [2, 3]
+    # more than three: the median stays, the others spread over the ranks between
+    many = [i / 11 for i in range(12)]  # image i has rank i
+    assert [p.rank for p in pick_samples(many, 4)] == [0, 5, 7, 11]
+    roles = [p.role for p in pick_samples(many, 4)]
+    assert roles == ["worst", "median", "rank 8 (1 = worst)", "best"]
+    assert [p.rank for p in pick_samples(many, 5)] == [0, 2, 5, 8, 11]
+    assert [p.index for p in pick_samples(mious, 1)] == [4]
+    assert pick_samples(mious, 0) == [] and pick_samples([float("nan")], 3) == []
+    assert [p.index for p in pick_samples([0.5, 0.5, 0.5], 3)] == [0, 1, 2]  # ties: in order
+
+
+def test_a_class_the_served_crf_makes_worse_is_flagged(tmp_path: Path):
+    before, after, cm_b, cm_a, samples = make_inputs()
+    after = {**after, "iou": list(after["iou"])}
+    after["iou"][2] = before["iou"][2] - 0.0255  # car: the CRF costs 2.55 points
+    out = tmp_path / "r"
+    write_report(out, CLASSES, before, after, cm_b, cm_a, samples, {}, crf_served=True)
+    md = (out / "report.md").read_text()
+    assert md_class_rows(md)["car"][5] == "-2.55 pp worse"
+    assert not md_class_rows(md)["road"][5].endswith("worse")
+    assert "The served CRF lowers the IoU of 1 of 4 classes (marked worse): car (" in md
+    assert "<tr class='worse'>" in (out / "index.html").read_text()
+    write_report(out, CLASSES, before, after, cm_b, cm_a, samples, {}, crf_served=False)
+    md = (out / "report.md").read_text()  # not served: said, not flagged
+    assert "worse" not in md_class_rows(md)["car"][5]
+    assert "The CRF (not served) would lower the IoU of: car" in md
+
+
+def test_training_curve_is_drawn_from_the_curve_rows_and_no_developer_section_remains(
+    tmp_path: Path,
+):
+    before, _, cm_b, _, samples = make_inputs(with_crf=False)
+    curve = [
+        {"epoch": str(e), "train_loss": str(1 / e), "val_miou": str(0.1 * e), "lr": "0.01"}
+        for e in range(1, 5)
+    ]
+    out = tmp_path / "r"
+    write_report(out, CLASSES, before, None, cm_b, None, samples, {}, curve=curve,
+                 provenance=Provenance(best_epoch=3))  # fmt: skip
+    png = cv2.imread(str(out / "training_curve.png"))
+    assert png is not None and png.shape[1] > 800
+    md = (out / "report.md").read_text()
+    assert "![training curve](training_curve.png)" in md
+    assert "DVC plots" not in md and "DVC plots" not in (out / "index.html").read_text()
+    write_report(out, CLASSES, before, None, cm_b, None, samples, {})
+    assert not (out / "training_curve.png").exists()
+    assert "No training curve" in (out / "report.md").read_text()

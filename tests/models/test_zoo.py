@@ -28,6 +28,7 @@ _RESNET18_W16 = {"backbone": "resnet18", "backbone_options": {"width": 16}}
 SMALL: dict[str, dict] = {
     "autodeeplab": {"filter_multiplier": 4, "aspp_channels": 32},
     "bisenetv2": {"width": 16, "head_channels": 32},
+    "deconvnet": {"width": 8, "fc_channels": 64},
     "deeplab_largefov": {"fc_channels": 64, "backbone_options": {"width": 8}},
     "deeplabv2": _RESNET18_W16,
     "deeplabv3": {**_RESNET18_W16, "aspp_channels": 32},
@@ -36,23 +37,29 @@ SMALL: dict[str, dict] = {
     "fcn16s": {"width": 8, "fc_channels": 64},
     "fcn32s": {"width": 8, "fc_channels": 64},
     "fcn_resnet": {**_RESNET18_W16, "head_channels": 32},
+    "frrn": {"width": 16, "residual_channels": 16},
+    "gridnet": {"channels": [8, 16, 24, 32, 40]},
     "pspnet": {**_RESNET18_W16, "head_channels": 32},
+    "refinenet": {**_RESNET18_W16, "features": 32},
     "segnet": {"width": 8},
     "segnet_basic": {"width": 16},
     "unet": {"width": 8},
 }
 
-# For the overfit test only. Dropout 0.5 (fc6/fc7) exists to stop exactly the memorisation
-# measured here, so it is off. Heads that upsample bilinearly from stride 16 or 32 see a 64 x 80
-# image as a 4 x 5 or 2 x 3 grid of class scores, whose best interpolation of a street scene
-# stays below 95 % (measured plateaus: DeepLab v3 at OS 16 0.93, FCN-16s 0.93, FCN-32s 0.76):
-# DeepLab v3 runs at output stride 8 and FCN-16s/32s learn their upsampling (FCN's option).
+# For the overfit test only. Dropout (FCN's fc6/fc7, RefineNet's 0.5, GridNet's total dropout)
+# exists to stop exactly the memorisation measured here, so it is off. Heads that upsample
+# bilinearly from stride 16 or 32 see a 64 x 80 image as a 4 x 5 or 2 x 3 grid of class scores,
+# whose best interpolation of a street scene stays below 95 % (measured plateaus: DeepLab v3 at
+# OS 16 0.93, FCN-16s 0.93, FCN-32s 0.76): DeepLab v3 runs at output stride 8 and FCN-16s/32s
+# learn their upsampling (FCN's option).
 OVERFIT_EXTRA: dict[str, dict] = {
     "deeplab_largefov": {"dropout": 0.0},
     "deeplabv3": {"output_stride": 8},
     "fcn8s": {"dropout": 0.0},
     "fcn16s": {"dropout": 0.0, "fixed_upsampling": False},
     "fcn32s": {"dropout": 0.0, "fixed_upsampling": False},
+    "gridnet": {"total_dropout": 0.0},
+    "refinenet": {"dropout": 0.0},
 }
 OVERFIT_ACCURACY = 0.95
 OVERFIT_MAX_STEPS = 300

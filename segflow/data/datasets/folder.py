@@ -2,8 +2,8 @@
 
 ::
 
-    root/classes.yaml                 - {id: 0, name: road, color: [128, 64, 128]}  (a list;
-                                        or a mapping with that list under "classes")
+    root/classes.yaml                 classes: [{id: 0, name: road, color: [128, 64, 128]}, ...]
+                                      (``dataset.classes_file``; a bare list works too)
     root/images/<split>/<stem>.<ext>  ext: png jpg jpeg bmp tif tiff
     root/masks/<split>/<stem>.png     one label value per pixel
 
@@ -46,12 +46,27 @@ from segflow.errors import SegflowError
 
 LAYOUT = (
     "images/ and masks/ (split sub-directories images/<split>/, or flat with "
-    "splits/<split>.txt lists of stems) and classes.yaml"
+    "splits/<split>.txt lists of stems), and a class table (dataset.classes_file, default "
+    "<root>/classes.yaml)"
 )
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_EXTENSION = ".png"
 SPLIT_ORDER = ("train", "val", "test")
 REQUIRED_KEYS = {"id", "name", "color"}
+#: The class table's format as README ("Your own dataset") documents it; every error about the
+#: table ends with it, so the fix can be written without looking anything up.
+CLASS_TABLE_FORMAT = (
+    "a YAML mapping `classes:` with a list of {id, name, color: [r, g, b], value} entries "
+    "(ids 0..C-1; value: the mask value(s) stored for the class, default its id), and "
+    "optionally `ignore: [mask values]` beside it"
+)
+
+
+class ClassTableError(SegflowError):
+    """A problem with the class table file: the params key to fix is ``dataset.classes_file``,
+    not ``dataset.root`` (the check stage and ``segflow check-params`` name ``field``)."""
+
+    field = "dataset.classes_file"
 
 
 def read_class_table(
@@ -62,36 +77,36 @@ def read_class_table(
     ``read_text`` reads the file: the adapter's, which refuses a table outside the dataset root.
     """
     if not path.is_file():
-        raise SegflowError(
-            f"{path}: class table not found; expected a YAML list of {{id, name, color}}"
-        )
+        raise ClassTableError(f"{path}: class table not found; expected {CLASS_TABLE_FORMAT}")
     try:
         data = yaml.safe_load(read_text(path))
     except yaml.YAMLError as exc:
-        raise SegflowError(f"{path}: not valid YAML: {exc}") from None
+        raise ClassTableError(f"{path}: not valid YAML: {exc}") from None
     ignore = None
     if isinstance(data, dict) and "classes" in data:
         if set(data) - {"classes", "ignore"}:
             extra = ", ".join(sorted(map(str, set(data) - {"classes", "ignore"})))
-            raise SegflowError(f"{path}: unknown key(s) {extra}; expected classes and ignore")
+            raise ClassTableError(f"{path}: unknown key(s) {extra}; expected {CLASS_TABLE_FORMAT}")
         ignore = _mask_values(data.get("ignore", []), f"{path}: ignore")
         data = data["classes"]
     if not isinstance(data, list) or not data:
-        raise SegflowError(f"{path}: expected a non-empty list of {{id, name, color}} entries")
+        raise ClassTableError(f"{path}: no classes; expected {CLASS_TABLE_FORMAT}")
     classes = [_class_entry(entry, f"{path}: entry {n}") for n, entry in enumerate(data)]
     classes.sort(key=lambda c: c.id)
     ids = [c.id for c in classes]
     if ids != list(range(len(classes))):
-        raise SegflowError(f"{path}: class ids must be 0..{len(classes) - 1}, each once; got {ids}")
+        raise ClassTableError(
+            f"{path}: class ids must be 0..{len(classes) - 1}, each once; got {ids}"
+        )
     if len(classes) > 255:
-        raise SegflowError(
+        raise ClassTableError(
             f"{path}: at most 255 classes (255 is the ignore label); got {len(classes)}"
         )
     owner: dict[int, ClassInfo] = {}
     for c in classes:
         for v in c.values:
             if v in owner:
-                raise SegflowError(
+                raise ClassTableError(
                     f"{path}: mask value {v} is given to both {owner[v].name!r} and {c.name!r}"
                 )
             owner[v] = c
@@ -99,14 +114,14 @@ def read_class_table(
         ignore = () if IGNORE_INDEX in owner else (IGNORE_INDEX,)
     for v in ignore:
         if v in owner:
-            raise SegflowError(f"{path}: ignore: mask value {v} is also class {owner[v].name!r}")
+            raise ClassTableError(f"{path}: ignore: mask value {v} is also class {owner[v].name!r}")
     return classes, ignore
 
 
 def _class_entry(entry: object, where: str) -> ClassInfo:
     """One {id, name, color[, value]} entry; ``values`` says which stored values it covers."""
     if not isinstance(entry, dict) or not REQUIRED_KEYS <= set(entry) <= REQUIRED_KEYS | {"value"}:
-        raise SegflowError(
+        raise ClassTableError(
             f"{where}: expected the keys id, name, color (and optionally value); got {entry!r}"
         )
     colour = entry["color"]
@@ -115,12 +130,12 @@ def _class_entry(entry: object, where: str) -> ClassInfo:
         or len(colour) != 3
         or not all(isinstance(c, int) and 0 <= c <= 255 for c in colour)
     ):
-        raise SegflowError(f"{where}: color must be three integers 0..255; got {colour!r}")
+        raise ClassTableError(f"{where}: color must be three integers 0..255; got {colour!r}")
     if not isinstance(entry["id"], int) or isinstance(entry["id"], bool):
-        raise SegflowError(f"{where}: id must be an integer; got {entry['id']!r}")
+        raise ClassTableError(f"{where}: id must be an integer; got {entry['id']!r}")
     values = _mask_values(entry.get("value", entry["id"]), f"{where}: value")
     if not values:
-        raise SegflowError(f"{where}: value must name at least one mask value")
+        raise ClassTableError(f"{where}: value must name at least one mask value")
     return ClassInfo(entry["id"], str(entry["name"]), tuple(colour), values)
 
 
@@ -128,7 +143,7 @@ def _mask_values(raw: object, where: str) -> tuple[int, ...]:
     """One mask value or a list of them, each an integer 0..255 (8-bit masks)."""
     items = raw if isinstance(raw, list) else [raw]
     if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in items):
-        raise SegflowError(f"{where}: mask values are integers 0..255; got {raw!r}")
+        raise ClassTableError(f"{where}: mask values are integers 0..255; got {raw!r}")
     return tuple(sorted(set(items)))
 
 
