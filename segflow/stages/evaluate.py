@@ -72,8 +72,9 @@ def main(params: Params) -> None:
     )  # fmt: skip
     console.print(
         f"evaluate: {params.dataset.test_split} at {m['scored_resolution']} (network at "
-        f"{m['network_resolution']}): mIoU {m['miou']}, {m['miou_crf']} with CRF (served: CRF "
-        f"{'on' if m['crf_applied'] else 'off'}), {m['ms_per_image']} ms per image served "
+        f"{m['network_resolution']}): mIoU {m['miou']:.4f}, {m['miou_crf']:.4f} "
+        f"with CRF (served: CRF {'on' if m['crf_applied'] else 'off'}), "
+        f"{m['ms_per_image']:.0f} ms per image served "
         f"-> {METRICS}, {EVAL_REPORT}/index.html"
     )
 
