@@ -209,7 +209,9 @@ def check_params(
         )
         raise typer.Exit(1) from None
     if show:
-        console.print(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+        # Written as it is: no line folding by YAML (long paths) or by the console, no markup.
+        values = params.model_dump(mode="json")
+        typer.echo(yaml.safe_dump(values, sort_keys=False, width=2**31 - 1), nl=False)
     ds, train = params.dataset, params.train
     model = train.model + (f" ({train.backbone})" if train.backbone else "")
     console.print(

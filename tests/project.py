@@ -30,6 +30,9 @@ class Project:
         self.root = root
         self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
         self.env.pop("SEGFLOW_DATA_ROOT", None)
+        # The project's own store unless a test points it elsewhere: an in-process test that
+        # called mlflow.set_tracking_uri exported its URI into this process's environment.
+        self.env.pop("MLFLOW_TRACKING_URI", None)
         self.env["DVC_NO_ANALYTICS"] = "1"  # `dvc init` would start its analytics daemon
 
     def set_params(self, **sections: dict) -> None:

@@ -143,7 +143,8 @@ def test_the_default_model_is_the_champion_of_the_configured_dataset(folder_proj
 def test_predict_without_model_looks_up_that_champion(folder_project, monkeypatch):
     """No model is registered in this fresh project: the error names the URI it tried."""
     monkeypatch.chdir(folder_project.parent)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset")  # so that the teardown restores it
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # predict exports the URI it reads into os.environ
     Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save("image.png")
     result = segflow("predict", "image.png")
     assert isinstance(result.exception, SegflowError)

@@ -11,7 +11,6 @@ line naming the file too, never a traceback.
 
 from __future__ import annotations
 
-import os
 import struct
 import subprocess
 import sys
@@ -157,24 +156,34 @@ def test_shard_refuses_an_image_over_max_pixels_and_keeps_no_output(large_images
 # -- the stages and the CLI, as a user runs them -----------------------------------------------
 
 
+#: Runs the stage script given as argv[2] and writes its peak RSS (KiB) to the file argv[1].
+MEASURE = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.call([sys.executable, sys.argv[2]])\n"
+    "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+    "open(sys.argv[1], 'w').write(str(peak))\n"
+    "sys.exit(code)\n"
+)
+
+
 def run_measured(project: Project, stage: str) -> tuple[int, str, int]:
     """(exit code, output, peak RSS in bytes) of one stage script, measured for that process.
 
-    ``os.wait4`` reports the resource usage of exactly the child it reaps, unlike
-    RUSAGE_CHILDREN, which keeps the maximum over every child this test process ever had.
+    Linux starts a child's peak RSS at its parent's when it forks (and keeps it across exec),
+    so a stage started straight from a pytest worker that has grown to 1 GiB reports 1 GiB. A
+    small launcher process starts the stage and reads its children's peak (only the stage).
     """
-    with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(
-            [sys.executable, f"pipelines/{stage}.py"],
+    with tempfile.TemporaryDirectory() as tmp:
+        peak_file = Path(tmp) / "peak"
+        proc = subprocess.run(
+            [sys.executable, "-c", MEASURE, str(peak_file), f"pipelines/{stage}.py"],
             cwd=project.root,
             env=project.env,
-            stdout=out,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            timeout=600,
         )
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped: Popen must not wait again
-        out.seek(0)
-        return proc.returncode, out.read().decode(), usage.ru_maxrss * 1024  # KiB on Linux
+        return proc.returncode, proc.stdout.decode(), int(peak_file.read_text()) * 1024
 
 
 @pytest.fixture
