@@ -15,15 +15,10 @@ from segflow.baselines.patch_classifier import (
     grid_centres,
     train_patch_classifier,
 )
-from segflow.baselines.scoring import at_training_scale, score_split
-from segflow.data.shards import read_index
 from segflow.errors import SegflowError
+from tests.baselines.bar import assert_well_above_chance
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-#: The bar over the best constant answer (tests/baselines/conftest.py: ``chance``): pixel
-#: accuracy at least 20 points higher, mIoU at least 4x. Measured here: PA ~0.68 against ~0.39,
-#: mIoU ~0.37 against ~0.05 (200 steps).
-PA_MARGIN, MIOU_FACTOR = 0.20, 4.0
 
 
 def random_classifier(patch: int = 9, stride: int = 1, eval_batch: int = 2048) -> PatchClassifier:
@@ -95,14 +90,8 @@ def test_centre_sampling_weights_follow_the_class_share():
 def test_it_learns_the_synthetic_scenes_well_above_chance(synthetic_shards, chance):
     options = PatchOptions(patch=15, width=8, steps=200, batch_size=64, stride=2)
     classifier = train_patch_classifier(synthetic_shards, options, MEAN, STD, seed=0)
-    index = read_index(synthetic_shards)
-    predict = at_training_scale(classifier.label_map, index["resize"])
-    score = score_split(predict, synthetic_shards, "val", int(index["num_classes"]))
-    m = score.metrics
-    print(f"patch classifier PA {m['pixel_accuracy']:.3f} mIoU {m['miou']:.3f}; constant "
-          f"PA {chance['pixel_accuracy']:.3f} mIoU {chance['miou']:.3f}")  # fmt: skip
-    assert m["pixel_accuracy"] >= chance["pixel_accuracy"] + PA_MARGIN
-    assert m["miou"] >= MIOU_FACTOR * chance["miou"]
+    label_map = classifier.label_map
+    score = assert_well_above_chance("patch classifier", label_map, synthetic_shards, chance)
     assert score.num_images == 6 and score.ms_per_image > 0
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segflow.baselines.scoring import at_training_scale, score_split
 from segflow.baselines.split_and_merge import (
     SoftmaxRegression,
     SplitMergeOptions,
@@ -18,13 +17,8 @@ from segflow.baselines.split_and_merge import (
     to_lab,
     train_split_and_merge,
 )
-from segflow.data.shards import read_index
 from segflow.errors import SegflowError
-
-#: The bar over the best constant answer (tests/baselines/conftest.py: ``chance``): pixel
-#: accuracy at least 20 points higher, mIoU at least 4x. Measured here: PA ~0.77 against ~0.39,
-#: mIoU ~0.43 against ~0.05.
-PA_MARGIN, MIOU_FACTOR = 0.20, 4.0
+from tests.baselines.bar import assert_well_above_chance
 
 RED, BLUE, GREEN, GREY = (200, 30, 30), (30, 30, 200), (30, 180, 30), (120, 120, 120)
 
@@ -102,14 +96,7 @@ def test_the_softmax_regression_learns_a_separable_problem_with_soft_targets():
 
 def test_it_labels_the_synthetic_scenes_well_above_chance(synthetic_shards, chance):
     model = train_split_and_merge(synthetic_shards, SplitMergeOptions())
-    index = read_index(synthetic_shards)
-    predict = at_training_scale(model.label_map, index["resize"])
-    score = score_split(predict, synthetic_shards, "val", int(index["num_classes"]))
-    m = score.metrics
-    print(f"split and merge PA {m['pixel_accuracy']:.3f} mIoU {m['miou']:.3f}; constant "
-          f"PA {chance['pixel_accuracy']:.3f} mIoU {chance['miou']:.3f}")  # fmt: skip
-    assert m["pixel_accuracy"] >= chance["pixel_accuracy"] + PA_MARGIN
-    assert m["miou"] >= MIOU_FACTOR * chance["miou"]
+    assert_well_above_chance("split and merge", model.label_map, synthetic_shards, chance)
 
 
 def test_every_pixel_of_a_segmented_image_belongs_to_one_region():
