@@ -256,7 +256,8 @@ def launch(
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
-    echo(f"{section}: ray run {run_name!r} in {storage}: {p.num_workers} worker(s), {resources}")
+    each = ", ".join(f"{amount:g} {name}" for name, amount in resources.items())
+    echo(f"{section}: ray run {run_name!r} in {storage}: {p.num_workers} worker(s), {each} each")
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
