@@ -85,3 +85,16 @@ def make_project(tmp_path: Path, **params: dict) -> Project:
     if params:
         project.set_params(**params)
     return project
+
+
+def segflow_cli(
+    *args: str, uri: str, cwd: Path, timeout: float = 400
+) -> subprocess.CompletedProcess:
+    """``segflow ARGS`` as a user's shell runs it: a bare environment with only the tracking
+    URI (and this checkout's code, where PYTHONPATH names it), wide enough for one-line errors."""
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "MLFLOW_TRACKING_URI": uri, "COLUMNS": "200"}
+    env.update(CODE_UNDER_TEST)
+    return subprocess.run(
+        [str(BIN / "segflow"), *args], capture_output=True, text=True, cwd=cwd, env=env,
+        timeout=timeout,
+    )  # fmt: skip

@@ -39,10 +39,10 @@ from segflow.lifecycle.registration import (
 )
 from segflow.postprocess.crf_params import CRFParams
 from segflow.train.state import TrainState, save_checkpoint
+from tests.project import segflow_cli
 from tests.train.conftest import BandsAdapter
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 CLASSES = [
     {"id": 0, "name": "road", "color": [128, 64, 128]},
     {"id": 1, "name": "car", "color": [64, 0, 128]},
@@ -226,18 +226,6 @@ def test_champion_pyfunc_model_maps_an_image_to_a_label_map_of_its_size(tracking
     assert set(np.unique(labels)) <= {0, 1, 2}
     # Same input, same output: the model is in eval mode and deterministic.
     assert np.array_equal(labels, model.predict(image))
-
-
-def segflow_cli(
-    *args: str, uri: str, cwd: Path, timeout: float = 300
-) -> subprocess.CompletedProcess:
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "MLFLOW_TRACKING_URI": uri, "COLUMNS": "200"}
-    if os.environ.get("PYTHONPATH"):  # a checkout other than the installed one (worktrees)
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    return subprocess.run(
-        [str(BIN / "segflow"), *args], capture_output=True, text=True, cwd=cwd, env=env,
-        timeout=timeout,
-    )  # fmt: skip
 
 
 @pytest.mark.integration  # starts a segflow/dvc process or a server

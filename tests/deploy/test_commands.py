@@ -8,8 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -21,21 +19,10 @@ from segflow.deploy.registered import attach_onnx
 from segflow.evaluate.serving import load_predictor
 from segflow.lifecycle.registration import register_model
 from tests.data.helpers import _palette, image_for, tiny_mask, write_rgb
+from tests.project import segflow_cli
 from tests.train.conftest import NUM_CLASSES, SIZE
 
 pytestmark = pytest.mark.integration
-
-BIN = Path(sys.executable).parent
-
-
-def segflow(*args: str, uri: str, cwd: Path, timeout: float = 400) -> subprocess.CompletedProcess:
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "MLFLOW_TRACKING_URI": uri, "COLUMNS": "200"}
-    if os.environ.get("PYTHONPATH"):  # a checkout other than the installed one (worktrees)
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    return subprocess.run(
-        [str(BIN / "segflow"), *args], capture_output=True, text=True, cwd=cwd, env=env,
-        timeout=timeout,
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +79,7 @@ def test_predict_many_records_a_corrupt_image_goes_on_and_a_rerun_writes_nothing
     args = ("predict-many", "images", "--model", registered["model"], "--out", "out",
             "--overlay", "--actors", "1")  # fmt: skip
 
-    first = segflow(*args, uri=registered["uri"], cwd=tmp_path)
+    first = segflow_cli(*args, uri=registered["uri"], cwd=tmp_path)
     assert first.returncode == 3, first.stderr  # some failed
     assert "Traceback" not in first.stderr + first.stdout
     assert f"failed: {broken}: image is not decodable" in first.stdout
@@ -116,7 +103,7 @@ def test_predict_many_records_a_corrupt_image_goes_on_and_a_rerun_writes_nothing
     before = outputs(out)
     assert len(before) == 38  # 19 label maps + 19 overlays; no model copy left behind
 
-    again = segflow(*args, uri=registered["uri"], cwd=tmp_path)
+    again = segflow_cli(*args, uri=registered["uri"], cwd=tmp_path)
     assert again.returncode == 3, again.stderr
     assert "20 images: 0 written, 19 already done, 1 failed" in again.stdout
     assert outputs(out) == before  # nothing new, nothing rewritten
@@ -129,7 +116,7 @@ def test_predict_many_records_a_corrupt_image_goes_on_and_a_rerun_writes_nothing
     # nothing failed this time (its earlier row stays in the manifest, for the record).
     (out / "labels" / "cam0" / "frame_000.png").unlink()
     broken.unlink()
-    third = segflow(*args, uri=registered["uri"], cwd=tmp_path)
+    third = segflow_cli(*args, uri=registered["uri"], cwd=tmp_path)
     assert third.returncode == 0, third.stderr
     assert "19 images: 1 written, 18 already done, 0 failed" in third.stdout
     after = outputs(out)
@@ -138,7 +125,7 @@ def test_predict_many_records_a_corrupt_image_goes_on_and_a_rerun_writes_nothing
 
 
 def test_export_of_a_registered_version_downloads_the_registered_onnx_checked(registered, tmp_path):
-    result = segflow(
+    result = segflow_cli(
         "export", registered["model"], "--format", "onnx", "--out", "deploy",
         uri=registered["uri"], cwd=tmp_path,
     )  # fmt: skip
@@ -153,7 +140,7 @@ def test_export_of_a_registered_version_downloads_the_registered_onnx_checked(re
 def test_export_of_a_checkpoint_file_and_its_errors_in_one_line(trained, tmp_path):
     serving = trained.serving_file(tmp_path)
     uri = f"sqlite:///{tmp_path / 'unused.db'}"
-    ok = segflow(
+    ok = segflow_cli(
         "export", str(trained.checkpoint), "--serving", str(serving), "--format", "torchscript",
         "--out", "ts", uri=uri, cwd=tmp_path,
     )  # fmt: skip
@@ -168,7 +155,9 @@ def test_export_of_a_checkpoint_file_and_its_errors_in_one_line(trained, tmp_pat
         (("--format", "tflite"), "error: --format tflite: one of onnx, torchscript\n"),
         (("--serving", "nothing.json"), "error: nothing.json: no serving spec for "),
     ):
-        bad = segflow("export", str(trained.checkpoint), "--out", "x", *args, uri=uri, cwd=tmp_path)
+        bad = segflow_cli(
+            "export", str(trained.checkpoint), "--out", "x", *args, uri=uri, cwd=tmp_path
+        )
         assert bad.returncode == 1 and bad.stderr.startswith(message), bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
     assert not (tmp_path / "unused.db").exists()  # a checkpoint file needs no tracking store
