@@ -32,8 +32,9 @@ deadline does worse. This module is that schedule for segflow's epoch loop
   progress still to make, spread evenly over its steps, so the last one ends exactly on the
   floor however fast it ran. Progress never goes back. A warm-up counts steps, not time: it is
   there for the first steps' stability, whatever the budget.
-* **The deadline.** A step after which another (at the epoch's pace so far) would end later
-  than a validation and checkpoint before the deadline, or after which the LR is at its floor,
+* **The deadline.** A step after which another (at the slowest of the epoch's pace so far, the
+  recent epochs' and the step just taken) would end later than a validation and checkpoint
+  (the longest recent one) before the deadline, or after which the LR is at its floor,
   ends its epoch there, and so the run, with the LR set to its floor: a run that slowed down
   (another job on the machine) still ends at its budget, within one step plus its validation.
 * **Deterministic enough.** Progress, the measured epoch costs and the time spent are plain
@@ -125,7 +126,7 @@ class TimeBudget:
         self._agree = agree if agree is not None else (lambda seconds: seconds)
         self._base = max(0.0, time.time() - since) if since is not None else 0.0
         self._t0 = time.perf_counter()
-        self._epoch_t0 = self._val_t0 = 0.0
+        self._epoch_t0 = self._val_t0 = self._step_t = 0.0
         self._steps = 0
 
     # -- the clock ---------------------------------------------------------------------------
@@ -159,10 +160,6 @@ class TimeBudget:
             sum(c.eval_s for c in recent) / n,
             sum(c.images_per_second for c in recent) / n,
         )
-
-    def _eval_estimate(self) -> float:
-        estimate = self.epoch_estimate()
-        return estimate[1] if estimate is not None else 0.0
 
     # -- the loop's calls --------------------------------------------------------------------
 
@@ -209,7 +206,7 @@ class TimeBudget:
                 self.plan, self.stopped_by = None, "budget"
                 return None
         self.plan = plan
-        self._epoch_t0 = now
+        self._epoch_t0 = self._step_t = now
         return plan
 
     @staticmethod
@@ -234,12 +231,17 @@ class TimeBudget:
         self._steps = step
         # Another step at this epoch's pace would end past the deadline less a validation, or
         # the LR is at its floor (further steps would train at LR 0): this step is the run's
-        # last, and the LR from here on is the floor.
-        pace = (now - self._epoch_t0) / step if step > 0 else 0.0
+        # last, and the LR from here on is the floor. The pace is the slowest of the epoch's
+        # mean, the recent epochs' and this very step's (a machine that slowed down a moment
+        # ago is as slow for the next step), and the validation is the longest of the recent
+        # ones: a deadline overrun by a misjudged step would end the run with its LR above the
+        # floor, which costs more than ending a step early.
+        pace = max((now - self._epoch_t0) / step if step > 0 else 0.0, now - self._step_t)
+        self._step_t = now
         estimate = self.epoch_estimate()
         if estimate is not None:
             pace = max(pace, estimate[0] / max(1, self._recent()[-1].steps))
-        eval_s = self._eval_estimate()
+        eval_s = max((c.eval_s for c in self._recent()), default=0.0)
         # After an epoch's last step, its own validation comes before another step.
         ahead = pace + (eval_s if step >= steps else 0.0)
         if now + ahead >= self.seconds - eval_s or self.progress >= 1.0:
