@@ -44,3 +44,23 @@ def _fast_tests_start_no_heavy_process(request, monkeypatch):
         return start(self, args, *rest, **kwargs)
 
     monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """moto's S3 server on 127.0.0.1 for the tests of one module (tests/services.py); tests
+    that use it are integration tests (it is a process start)."""
+    from tests.services import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """This process (and what it starts) pointed at :func:`s3_server`, as a cluster's nodes
+    are pointed at MinIO or S3: ``AWS_ENDPOINT_URL`` and credentials in the environment."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    return s3_server
