@@ -65,9 +65,11 @@ class S3Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"moto server exited:\n{self.log.read_text()}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1):
-                    return self
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1),
+            ):
+                return self
             time.sleep(0.1)
         raise RuntimeError(f"moto server not up in {timeout} s:\n{self.log.read_text()}")
 

@@ -16,7 +16,8 @@ def test_the_s3_server_serves_pyarrow_through_the_environment_and_logs_each_get(
 
     assert fs.open_input_stream(f"{root}/a.bin").read() == b"shard bytes"
     assert fs.open_input_stream(f"{root}/a.bin").read() == b"shard bytes"
-    assert s3_env.requests("GET", "/segflow-services/prefix/a.bin") == [
-        "/segflow-services/prefix/a.bin"
-    ] * 2
+    assert (
+        s3_env.requests("GET", "/segflow-services/prefix/a.bin")
+        == ["/segflow-services/prefix/a.bin"] * 2
+    )
     assert s3_env.requests("PUT", "/segflow-services/prefix/") == ["/segflow-services/prefix/a.bin"]
