@@ -79,8 +79,9 @@ def build_optimizer(model: nn.Module, p: TrainParams) -> Optimizer:
     so the poly schedule scales both.
     """
     named = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
-    body = [q for n, q in named if n.startswith("backbone.")]
-    head = [q for n, q in named if not n.startswith("backbone.")]
+    # "net.backbone.": the backbone of a model under a CRF-as-RNN head (train.crf_rnn)
+    body = [q for n, q in named if n.startswith(("backbone.", "net.backbone."))]
+    head = [q for n, q in named if not n.startswith(("backbone.", "net.backbone."))]
     groups = [g for g in ({"params": body, "lr": p.lr},) if g["params"]]
     if head:
         groups.append({"params": head, "lr": p.lr * p.head_lr_mult})
