@@ -29,12 +29,12 @@ bit for bit whatever the number of workers.
 
 from __future__ import annotations
 
-import functools
 import math
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -46,6 +46,9 @@ from segflow.config import LoaderParams
 from segflow.data.shards import INDEX_NAME, read_index
 from segflow.data.transforms import eval_transform, reseed, train_transform
 from segflow.errors import SegflowError
+
+if TYPE_CHECKING:
+    from segflow.data.ray_loader import RayDataLoader
 
 Transform = Callable[..., dict]
 
@@ -315,12 +318,16 @@ class ShardDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        yield from self.samples_at(self.worker_positions(worker, num_workers))
+
+    def samples_at(self, positions: Sequence[int]) -> Iterator[dict]:
+        """The samples at ``positions`` of the current epoch's order, decoded and augmented."""
         reader = self._open()
         order = self.epoch_order()
-        for position in self.worker_positions(worker, num_workers):
+        for position in positions:
             # Positions past N are the padding of even=True: they wrap to the order's start.
             index = int(order[position % self.num_samples])
-            yield self.load(reader, index, position)
+            yield self.load(reader, index, int(position))
 
     def load(self, reader: ShardReader, index: int, position: int) -> dict:
         image, mask = reader.decoded(index)
@@ -349,8 +356,10 @@ def make_dataloader(
     world_size: int = 1,
     seed: int = 0,
     uint8: bool = False,
-) -> DataLoader:
-    """The DataLoader of one rank.
+) -> DataLoader | RayDataLoader:
+    """The DataLoader of one rank (for training with ``loader.backend: ray_data``, the
+    :class:`~segflow.data.ray_loader.RayDataLoader` over the same ShardDataset: same batches,
+    decoded in Ray tasks).
 
     Training: augmented crops, shuffled per epoch (call ``loader.dataset.set_epoch(e)`` before
     each epoch), padded to equal, whole batches per rank: an epoch is ceil(ceil(N / ranks) /
@@ -404,6 +413,10 @@ def make_dataloader(
             world_size=world_size,
             batch_size=batch_size,
         )
+    if train and params.backend == "ray_data":
+        from segflow.data.ray_loader import RayDataLoader  # imports Ray, only for this backend
+
+        return RayDataLoader(dataset, batch_size)
     return batches_of(dataset, batch_size, params.num_workers, drop_last=train)
 
 
@@ -427,39 +440,3 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])  # workers fork with torch, cv2 and this module loaded
     return ctx
-
-
-def ray_dataset(
-    shard_dir: Path, split: str, transform: Transform | None = None, seed: int = 0, epoch: int = 0
-):
-    """A Ray Data dataset of one split: rows ``{"id", "image": 3xHxW, "mask": HxW}`` as numpy,
-    typed as :func:`to_arrays` says (float32/int64 after a normalising transform, else uint8).
-
-    The memory-mapped tables go to Ray as they are (encoded bytes, so the object store holds the
-    compact form) and decoding runs in ``map`` on the Ray workers. Each row keeps its global
-    position so augmentation is seeded per (seed, epoch, position) like :class:`ShardDataset`.
-    """
-    import ray.data  # Ray is heavy to import; only this function needs it
-
-    tables, start = [], 0
-    for path, _ in split_files(Path(shard_dir), split):
-        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-        table = table.select(["id", "image", "mask"])
-        table = table.append_column("position", pa.array(np.arange(start, start + len(table))))
-        tables.append(table)
-        start += len(table)
-    decode = functools.partial(_decode_row, transform=transform, seed=seed, epoch=epoch)
-    return ray.data.from_arrow(tables).map(decode)
-
-
-def _decode_row(row: dict, transform: Transform | None, seed: int, epoch: int) -> dict:
-    image = decode_image(np.frombuffer(row["image"], np.uint8))
-    mask = decode_mask(np.frombuffer(row["mask"], np.uint8))
-    if image is None or mask is None:
-        raise SegflowError(f"sample {row['id']!r}: not decodable; rerun dvc repro shard")
-    if transform is not None:
-        reseed(transform, (seed, epoch, int(row["position"])))
-        out = transform(image=image, mask=mask)
-        image, mask = out["image"], out["mask"]
-    image, mask = to_arrays(image, mask)
-    return {"id": row["id"], "image": image, "mask": mask}

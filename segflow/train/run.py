@@ -135,7 +135,10 @@ def train_distributed(
     }
     try:
         with stop.interruptible() if stop is not None else nullcontext():
-            run = launch(train_func, config, p, "train", run_name, score=SCORE, echo=echo)
+            run = launch(
+                train_func, config, p, "train", run_name, score=SCORE, echo=echo,
+                data_cpus=1 if params.loader.backend == "ray_data" else 0,
+            )  # fmt: skip
     except BaseException:
         if stop is not None and stop():
             end_ray_job()
