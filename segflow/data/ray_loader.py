@@ -96,7 +96,9 @@ class RayDataLoader:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         world_size = self.dataset.world_size
         iterators = None
-        if self.dataset.rank == 0:
+        if world_size == 1:  # nothing to split: no coordinator actor to start every epoch
+            iterators = [epoch_dataset(self.dataset, 1)]
+        elif self.dataset.rank == 0:
             # Kept until the epoch ends: the split's coordinator actor lives while rank 0 holds
             # its iterators.
             iterators = epoch_dataset(self.dataset, world_size).streaming_split(
