@@ -34,7 +34,6 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -46,9 +45,6 @@ from segflow.config import LoaderParams
 from segflow.data.shards import INDEX_NAME, read_index
 from segflow.data.transforms import eval_transform, reseed, train_transform
 from segflow.errors import SegflowError
-
-if TYPE_CHECKING:
-    from segflow.data.ray_loader import RayDataLoader
 
 Transform = Callable[..., dict]
 
@@ -181,7 +177,7 @@ def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch
 
 
 def to_arrays(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The numpy side of :func:`to_tensors` (Ray Data rows are numpy).
+    """The numpy side of :func:`to_tensors`.
 
     The transposing copy is made here because collating permuted views costs ~4x more
     (torch.stack over strided inputs: ~1 ms per 360x480 float image against ~0.3 ms here).
@@ -356,10 +352,8 @@ def make_dataloader(
     world_size: int = 1,
     seed: int = 0,
     uint8: bool = False,
-) -> DataLoader | RayDataLoader:
-    """The DataLoader of one rank (for training with ``loader.backend: ray_data``, the
-    :class:`~segflow.data.ray_loader.RayDataLoader` over the same ShardDataset: same batches,
-    decoded in Ray tasks).
+) -> DataLoader:
+    """The DataLoader of one rank.
 
     Training: augmented crops, shuffled per epoch (call ``loader.dataset.set_epoch(e)`` before
     each epoch), padded to equal, whole batches per rank: an epoch is ceil(ceil(N / ranks) /
@@ -413,10 +407,6 @@ def make_dataloader(
             world_size=world_size,
             batch_size=batch_size,
         )
-    if train and params.backend == "ray_data":
-        from segflow.data.ray_loader import RayDataLoader  # imports Ray, only for this backend
-
-        return RayDataLoader(dataset, batch_size)
     return batches_of(dataset, batch_size, params.num_workers, drop_last=train)
 
 

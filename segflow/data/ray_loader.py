@@ -34,13 +34,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader
 
-from segflow.data.loader import ShardDataset
+from segflow.config import LoaderParams
+from segflow.data.loader import ShardDataset, ShardReader, make_dataloader
 
 #: Rows in flight per training worker beyond the batch being trained on (Ray's prefetch).
 PREFETCH_BATCHES = 2
@@ -87,6 +90,9 @@ class RayDataLoader:
     """
 
     def __init__(self, dataset: ShardDataset, batch_size: int) -> None:
+        # A shard file missing or unlike the index fails here, in one line naming it, rather
+        # than inside a Ray task.
+        ShardReader(dataset.files)
         self.dataset = dataset
         self.batch_size = batch_size
 
@@ -118,3 +124,17 @@ def _scatter_from_rank0(items: list | None, rank: int, world_size: int):
     box = [items]
     dist.broadcast_object_list(box, src=0)
     return box[0][rank]
+
+
+def training_loader(
+    shard_dir: Path, params: LoaderParams, batch_size: int, rank: int, world_size: int, seed: int
+) -> DataLoader | RayDataLoader:
+    """The training loader of one rank for ``params.backend``: the uint8 training DataLoader
+    of :func:`~segflow.data.loader.make_dataloader` (``mmap``), or a :class:`RayDataLoader`
+    over its ShardDataset (``ray_data``): the same epochs, decoded in Ray tasks."""
+    loader = make_dataloader(
+        shard_dir, "train", params, True, batch_size, rank, world_size, seed, uint8=True
+    )
+    if params.backend == "ray_data":
+        return RayDataLoader(loader.dataset, batch_size)
+    return loader

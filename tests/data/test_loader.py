@@ -19,7 +19,6 @@ from segflow.data.loader import (
     ShardReader,
     make_dataloader,
     normalize_batch,
-    ray_dataset,
     split_files,
 )
 from segflow.data.manifest import build_manifest
@@ -299,22 +298,3 @@ def test_shard_file_that_disagrees_with_the_index_is_an_error(shards, tmp_path):
         ShardReader([(files[0][0], 5)])
     with pytest.raises(SegflowError, match="missing"):
         ShardReader([(tmp_path / "gone.arrow", 1)])
-
-
-@pytest.mark.integration
-def test_ray_dataset_yields_every_sample_once_decoded(shards):
-    import ray
-
-    shard_dir, adapter = shards
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        rows = ray_dataset(shard_dir, "train").take_all()
-    finally:
-        ray.shutdown()
-    refs = {r.id: r for r in adapter.refs if r.split == "train"}
-    assert sorted(r["id"] for r in rows) == sorted(refs)
-    for row in rows:
-        ref = refs[row["id"]]
-        image = adapter.read_image(ref.image).transpose(2, 0, 1)
-        np.testing.assert_array_equal(row["image"], image)
-        np.testing.assert_array_equal(row["mask"], adapter.read_mask(ref.mask))
