@@ -63,6 +63,9 @@ def epoch_dataset(dataset: ShardDataset, world_size: int):
     total = len(dataset) * world_size
     ds = ray.data.range(total, override_num_blocks=max(1, math.ceil(total / dataset.batch_size)))
     ds.context.execution_options.preserve_order = True
+    # Progress as log lines (INFO: shown with -v), not as bars that Ray relays from the training
+    # worker to the driver's output between the loop's own progress lines.
+    ds.context.use_ray_tqdm = False
     return ds.map_batches(
         _decode_positions, batch_size=None, batch_format="numpy", fn_kwargs={"dataset": dataset}
     )

@@ -6,8 +6,8 @@ DDP and reads its own part of the shards (the rank-split ``ShardDataset``; with
 ``loader.backend: ray_data`` its share of the epoch, decoded by Ray Data tasks on any node with
 free CPUs: :mod:`segflow.data.ray_loader`). After every epoch the workers report the epoch's
 metrics and rank 0 attaches the checkpoint; the launcher (:mod:`.distributed`) keeps the best
-by val mIoU and the latest, and restarts crashed workers from the latest. Everything that can be checked before a worker starts is checked once, by the
-stage, in :func:`preflight`.
+by val mIoU and the latest, and restarts crashed workers from the latest. Everything that can
+be checked before a worker starts is checked once, by the stage, in :func:`preflight`.
 
 A diverged run (:class:`segflow.train.loop.TrainingDiverged`) is not a crash to restart from:
 the workers return its message and the driver raises it. A stop request (``stop``, a
