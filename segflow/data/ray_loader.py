@@ -33,6 +33,7 @@ an epoch.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,8 +45,9 @@ from torch.utils.data import DataLoader
 
 from segflow.config import LoaderParams
 from segflow.data.loader import ShardDataset, ShardReader, make_dataloader
+from segflow.errors import SegflowError
 
-#: Rows in flight per training worker beyond the batch being trained on (Ray's prefetch).
+#: Batches a training worker has Ray fetch ahead of the one it trains on.
 PREFETCH_BATCHES = 2
 
 
@@ -114,9 +116,32 @@ class RayDataLoader:
                 world_size, equal=True
             )
         mine = _scatter_from_rank0(iterators, self.dataset.rank, world_size)
-        yield from mine.iter_torch_batches(
-            batch_size=self.batch_size, drop_last=True, prefetch_batches=PREFETCH_BATCHES
-        )
+        try:
+            yield from mine.iter_torch_batches(
+                batch_size=self.batch_size, drop_last=True, prefetch_batches=PREFETCH_BATCHES
+            )
+        except Exception as exc:
+            message = segflow_message(exc)
+            if message is None:
+                raise
+            raise SegflowError(message) from None
+
+
+#: The last line of a SegflowError's traceback, as Ray quotes it in a failed task's error.
+_SEGFLOW_LINE = re.compile(
+    rf"^{re.escape(SegflowError.__module__)}\.{SegflowError.__qualname__}: (.+)$", re.MULTILINE
+)
+
+
+def segflow_message(exc: Exception) -> str | None:
+    """The message of the SegflowError that failed a Ray Data task, or None if none did.
+
+    Ray hands the consumer a RayTaskError(UserCodeException) that keeps the task's error only
+    as traceback text (the exception itself does not cross the process boundary), so a shard
+    error would reach the user as a traceback instead of the one line naming the file.
+    """
+    found = _SEGFLOW_LINE.findall(str(exc))
+    return found[-1] if found else None
 
 
 def _scatter_from_rank0(items: list | None, rank: int, world_size: int):

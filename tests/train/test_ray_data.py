@@ -77,6 +77,18 @@ def test_one_worker_gets_the_mmap_loaders_augmented_batches_in_its_order(ray_sha
         torch.testing.assert_close(b["mask"], a["mask"], rtol=0, atol=0)
 
 
+def test_a_shard_file_gone_while_ray_data_reads_is_a_one_line_error_naming_it(tmp_path):
+    shard_dir = make_shards(tmp_path, train=4, val=2)
+    loader = train_loader(shard_dir, "ray_data")  # the files are checked here: all present
+    gone = sorted((shard_dir / "train").glob("*.arrow"))[0]
+    gone.unlink()  # e.g. a `dvc repro shard` replacing the shards under a running training
+    with pytest.raises(SegflowError) as caught:
+        list(loader)
+    assert str(caught.value) == (
+        f"{gone}: shard file listed in the index is missing; rerun dvc repro shard"
+    )
+
+
 def test_two_splits_cover_the_padded_epoch_once_each_with_equal_shares(ray_shards):
     world = 2
     loaders = [train_loader(ray_shards, "ray_data", rank, world) for rank in range(world)]
