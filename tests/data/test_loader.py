@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from segflow.data.loader import (
     split_files,
 )
 from segflow.data.manifest import build_manifest
+from segflow.data.ray_loader import RayDataLoader, training_loader
 from segflow.data.shards import write_shards
 from segflow.data.transforms import eval_transform, train_transform
 from segflow.errors import SegflowError
@@ -298,3 +300,22 @@ def test_shard_file_that_disagrees_with_the_index_is_an_error(shards, tmp_path):
         ShardReader([(files[0][0], 5)])
     with pytest.raises(SegflowError, match="missing"):
         ShardReader([(tmp_path / "gone.arrow", 1)])
+
+
+def test_the_ray_data_loader_has_the_mmap_loaders_steps_per_epoch_without_starting_ray(shards):
+    # len() drives the LR schedule and the step counts: computed from the index, as for mmap.
+    shard_dir, _ = shards
+    for world_size in (1, 2, 3):
+        for batch_size in (1, 2, 3):
+            loaders = [
+                training_loader(
+                    shard_dir, LoaderParams(backend=backend), batch_size, 0, world_size, 0
+                )
+                for backend in ("mmap", "ray_data")
+            ]
+            assert isinstance(loaders[1], RayDataLoader)
+            assert (
+                len(loaders[1])
+                == len(loaders[0])
+                == math.ceil(math.ceil(N_TRAIN / world_size) / batch_size)
+            )
