@@ -138,6 +138,18 @@ def test_two_workers_fed_by_ray_data_step_like_one_mmap_process_with_the_doubled
         torch.testing.assert_close(ray_data[name], mmap[name], rtol=0, atol=1e-5, msg=name)
 
 
+def test_one_process_fed_by_ray_data_trains_the_mmap_run_of_the_same_seed(shards, tmp_path):
+    # launcher: local (no Ray Train): the loop alone, its two epochs each from Ray Data
+    mmap = fit(tiny_params(epochs=2), shards, tmp_path / "mmap", "cpu", echo=None)
+    ray_data = fit(with_ray_data(tiny_params(epochs=2)), shards, tmp_path / "rd", "cpu", echo=None)
+
+    assert [r["train_loss"] for r in ray_data.history] == [r["train_loss"] for r in mmap.history]
+    a = torch.load(tmp_path / "mmap" / LAST, weights_only=True)["model"]
+    b = torch.load(tmp_path / "rd" / LAST, weights_only=True)["model"]
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
+
+
 def test_workers_that_leave_no_cpu_for_ray_data_are_an_error_naming_the_backend():
     p = tiny_params(num_workers=CPUS).train
     check_cluster(p, "train")  # the mmap backend fits
