@@ -198,6 +198,10 @@ class LoaderParams(_Section):
     std: tuple[_Std, _Std, _Std] = (0.229, 0.224, 0.225)
     #: DataLoader processes per training worker; each holds a copy of the loader's state.
     num_workers: int = Field(0, ge=0, le=256)
+    #: Who decodes and augments the train stage's batches. mmap: each training worker (and its
+    #: ``num_workers`` DataLoader processes) memory-maps the shards; ray_data: Ray Data tasks
+    #: on any node with free CPUs, streamed to the training workers (validation stays mmap).
+    backend: Literal["mmap", "ray_data"] = "mmap"
 
     @model_validator(mode="after")
     def _scale_order(self) -> LoaderParams:

@@ -29,7 +29,6 @@ bit for bit whatever the number of workers.
 
 from __future__ import annotations
 
-import functools
 import math
 import multiprocessing
 import os
@@ -178,7 +177,7 @@ def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch
 
 
 def to_arrays(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The numpy side of :func:`to_tensors` (Ray Data rows are numpy).
+    """The numpy side of :func:`to_tensors`.
 
     The transposing copy is made here because collating permuted views costs ~4x more
     (torch.stack over strided inputs: ~1 ms per 360x480 float image against ~0.3 ms here).
@@ -315,12 +314,16 @@ class ShardDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        yield from self.samples_at(self.worker_positions(worker, num_workers))
+
+    def samples_at(self, positions: Sequence[int]) -> Iterator[dict]:
+        """The samples at ``positions`` of the current epoch's order, decoded and augmented."""
         reader = self._open()
         order = self.epoch_order()
-        for position in self.worker_positions(worker, num_workers):
+        for position in positions:
             # Positions past N are the padding of even=True: they wrap to the order's start.
             index = int(order[position % self.num_samples])
-            yield self.load(reader, index, position)
+            yield self.load(reader, index, int(position))
 
     def load(self, reader: ShardReader, index: int, position: int) -> dict:
         image, mask = reader.decoded(index)
@@ -427,39 +430,3 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])  # workers fork with torch, cv2 and this module loaded
     return ctx
-
-
-def ray_dataset(
-    shard_dir: Path, split: str, transform: Transform | None = None, seed: int = 0, epoch: int = 0
-):
-    """A Ray Data dataset of one split: rows ``{"id", "image": 3xHxW, "mask": HxW}`` as numpy,
-    typed as :func:`to_arrays` says (float32/int64 after a normalising transform, else uint8).
-
-    The memory-mapped tables go to Ray as they are (encoded bytes, so the object store holds the
-    compact form) and decoding runs in ``map`` on the Ray workers. Each row keeps its global
-    position so augmentation is seeded per (seed, epoch, position) like :class:`ShardDataset`.
-    """
-    import ray.data  # Ray is heavy to import; only this function needs it
-
-    tables, start = [], 0
-    for path, _ in split_files(Path(shard_dir), split):
-        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-        table = table.select(["id", "image", "mask"])
-        table = table.append_column("position", pa.array(np.arange(start, start + len(table))))
-        tables.append(table)
-        start += len(table)
-    decode = functools.partial(_decode_row, transform=transform, seed=seed, epoch=epoch)
-    return ray.data.from_arrow(tables).map(decode)
-
-
-def _decode_row(row: dict, transform: Transform | None, seed: int, epoch: int) -> dict:
-    image = decode_image(np.frombuffer(row["image"], np.uint8))
-    mask = decode_mask(np.frombuffer(row["mask"], np.uint8))
-    if image is None or mask is None:
-        raise SegflowError(f"sample {row['id']!r}: not decodable; rerun dvc repro shard")
-    if transform is not None:
-        reseed(transform, (seed, epoch, int(row["position"])))
-        out = transform(image=image, mask=mask)
-        image, mask = out["image"], out["mask"]
-    image, mask = to_arrays(image, mask)
-    return {"id": row["id"], "image": image, "mask": mask}

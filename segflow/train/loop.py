@@ -30,6 +30,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from segflow.config import Params, TrainParams
 from segflow.data.groups import DEV_SPLIT, VAL_SPLIT, decision_split
 from segflow.data.loader import make_dataloader, normalize_batch
+from segflow.data.ray_loader import training_loader
 from segflow.data.shards import read_index
 from segflow.errors import SegflowError
 from segflow.evaluate.metrics import ConfusionMatrix
@@ -413,9 +414,8 @@ def train_epochs(
     num_classes = int(index["num_classes"])
     lp = params.loader
     norm = (lp.mean, lp.std)
-    train_loader = make_dataloader(
-        shard_dir, "train", lp, True, p.batch_size, rank, world_size, params.seed, uint8=True
-    )
+    # Validation reads with the mmap loader whatever loader.backend says (segflow.data.ray_loader)
+    train_loader = training_loader(shard_dir, lp, p.batch_size, rank, world_size, params.seed)
     val_loader = make_dataloader(
         shard_dir, "val", lp, False, p.batch_size, rank, world_size, params.seed, uint8=True
     )
