@@ -22,7 +22,9 @@ from segflow.models.registry import check_options, register_model
 
 
 class PyramidPooling(nn.Module):
-    """Pool to each bin size, 1x1 conv to ``inp // len(bins)``, upsample, concat with the input.
+    """Pool to each bin size, 1x1 conv to ``out`` channels, upsample, concat with the input.
+
+    ``out`` defaults to PSPNet's ``inp // len(bins)``; UPerNet fixes it (512 published).
 
     The 1x1-bin branch has no BatchNorm: it holds one value per channel per image, so BN's
     training statistics would come from the batch alone (undefined at batch size 1, noise at
@@ -30,9 +32,9 @@ class PyramidPooling(nn.Module):
     bins keep the paper's BN, which sees ``bin * bin`` values per image.
     """
 
-    def __init__(self, inp: int, bins: Sequence[int]) -> None:
+    def __init__(self, inp: int, bins: Sequence[int], out: int | None = None) -> None:
         super().__init__()
-        out = inp // len(bins)
+        out = out or inp // len(bins)
         self.stages = nn.ModuleList()
         for b in bins:
             if b == 1:
@@ -49,6 +51,14 @@ class PyramidPooling(nn.Module):
             for stage in self.stages
         ]
         return torch.cat([x, *pooled], dim=1)
+
+
+def check_bins(model: str, bins: Sequence[int]) -> tuple[int, ...]:
+    """``bins`` as a tuple; none, or a size below 1, is a user error naming the model."""
+    bins = tuple(bins)
+    if not bins or any(b < 1 for b in bins):
+        raise SegflowError(f"model {model!r}: option bins must be positive sizes (got {bins})")
+    return bins
 
 
 class PSPNet(nn.Module):
@@ -105,9 +115,7 @@ def pspnet(
     ``backbone_options`` go to the backbone constructor (e.g. ``{"width": 16}`` for VGG).
     """
     check_options("pspnet", pspnet, unknown)
-    bins = tuple(bins)
-    if not bins or any(b < 1 for b in bins):
-        raise SegflowError(f"model 'pspnet': option bins must be positive sizes (got {bins})")
+    bins = check_bins("pspnet", bins)
     if head_channels < 1:
         raise SegflowError(
             f"model 'pspnet': option head_channels must be > 0 (got {head_channels})"

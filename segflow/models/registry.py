@@ -117,6 +117,7 @@ def _import_architectures() -> None:
         bisenet,
         deconvnet,
         deeplab,
+        enet,
         fcn,
         frrn,
         gridnet,
@@ -124,4 +125,5 @@ def _import_architectures() -> None:
         refinenet,
         segnet,
         unet,
+        upernet,
     )

@@ -40,6 +40,12 @@ class PublishedCount:
 PUBLISHED: tuple[PublishedCount, ...] = (
     PublishedCount("autodeeplab", 10.15, 19, "Liu et al. 2019, Table 4: Auto-DeepLab-S (F = 20)"),
     PublishedCount("deconvnet", 252.0, 21, "Noh et al. 2015: the network of their Table 1"),
+    PublishedCount(
+        "enet",
+        0.37,
+        19,
+        "Paszke et al. 2016, hardware-requirements table (classes change it by 65 per class)",
+    ),
     PublishedCount("frrn", 24.8, 19, "Pohlen et al. 2017: FRRN-B, with their Cityscapes results"),
     PublishedCount(
         "frrn",
@@ -54,6 +60,13 @@ PUBLISHED: tuple[PublishedCount, ...] = (
         118.0,
         21,
         "Nekrasov et al. 2018 (Light-Weight RefineNet), Table 1: RefineNet-101",
+    ),
+    PublishedCount(
+        "upernet",
+        64.1,
+        150,
+        "Xiao et al. 2018 give no count: mmsegmentation's UPerHead (channels 512) on "
+        "ResNet-50 without the auxiliary head, counted layer by layer (ADE20K's 150 classes)",
     ),
 )
 
