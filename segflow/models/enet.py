@@ -57,7 +57,7 @@ def _bn_act(channels: int, prelu: bool) -> list[nn.Module]:
 
 
 def _main_conv(channels: int, kind: str, value: int) -> nn.Module:
-    """The bottleneck's middle conv: 3x3, 3x3 dilated by ``value``, or ``value`` x1 then 1x ``value``."""
+    """The bottleneck's middle conv: 3x3, 3x3 dilated ``value``, or ``value``x1 then 1x``value``."""
     if kind == "asymmetric":
         return nn.Sequential(
             nn.Conv2d(channels, channels, (value, 1), padding=(value // 2, 0), bias=False),

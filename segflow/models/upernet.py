@@ -71,7 +71,8 @@ class UPerNet(nn.Module):
         """Class scores at 1/4 of the input from the backbone's feature dict."""
         top = self.ppm_out(self.ppm(feats["s32"]))
         levels = [top]
-        for key, lateral, smooth in reversed(list(zip(LATERAL_LEVELS, self.lateral, self.smooth))):
+        steps = zip(LATERAL_LEVELS, self.lateral, self.smooth, strict=True)
+        for key, lateral, smooth in reversed(list(steps)):  # top-down: s16, s8, s4
             top = lateral(feats[key]) + _resize(top, tuple(feats[key].shape[-2:]))
             levels.insert(0, smooth(top))
         size = tuple(levels[0].shape[-2:])

@@ -49,11 +49,11 @@ SMALL: dict[str, dict] = {
 }
 
 # For the overfit test only. Dropout (FCN's fc6/fc7, RefineNet's 0.5, GridNet's total dropout,
-# ENet's spatial dropout after each of its 16 stage 2-3 bottlenecks) exists to stop exactly the memorisation measured here, so it is off. Heads that upsample
-# bilinearly from stride 16 or 32 see a 64 x 80 image as a 4 x 5 or 2 x 3 grid of class scores,
-# whose best interpolation of a street scene stays below 95 % (measured plateaus: DeepLab v3 at
-# OS 16 0.93, FCN-16s 0.93, FCN-32s 0.76): DeepLab v3 runs at output stride 8 and FCN-16s/32s
-# learn their upsampling (FCN's option).
+# ENet's spatial dropout in every encoder bottleneck) exists to stop exactly the memorisation
+# measured here, so it is off. Heads that upsample bilinearly from stride 16 or 32 see a 64 x 80
+# image as a 4 x 5 or 2 x 3 grid of class scores, whose best interpolation of a street scene
+# stays below 95 % (measured plateaus: DeepLab v3 at OS 16 0.93, FCN-16s 0.93, FCN-32s 0.76):
+# DeepLab v3 runs at output stride 8 and FCN-16s/32s learn their upsampling (FCN's option).
 OVERFIT_EXTRA: dict[str, dict] = {
     "deeplab_largefov": {"dropout": 0.0},
     "deeplabv3": {"output_stride": 8},
