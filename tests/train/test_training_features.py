@@ -239,11 +239,13 @@ AUX_MODELS = {
     "pspnet": {**SMALL_RESNET, "head_channels": 16},
     "fcn_resnet": {**SMALL_RESNET, "head_channels": 16},
     "bisenetv2": {"width": 16, "head_channels": 16},
+    "upernet": {**SMALL_RESNET, "channels": 16},
 }
 
 
 @pytest.mark.parametrize(
-    ("name", "weight"), [("pspnet", 0.4), ("fcn_resnet", 0.5), ("bisenetv2", 1.0)]
+    ("name", "weight"),
+    [("pspnet", 0.4), ("fcn_resnet", 0.5), ("bisenetv2", 1.0), ("upernet", 0.4)],
 )
 def test_aux_head_adds_its_weighted_loss_in_training_and_is_dropped_for_export(name, weight):
     torch.manual_seed(0)
