@@ -290,6 +290,15 @@ class TrainParams(RayRunParams):
     #: decays with the fraction of it spent and the run stops at the last epoch that fits
     #: (segflow.train.budget); train.epochs is then an upper bound. A year at most (a typo).
     time_budget_min: float | None = Field(None, gt=0, le=525_600)
+    #: With a budget: the minutes the stages after training (crf_tune, evaluate, register)
+    #: take on a machine that trains at time_budget_reference_ips images/s. Where training
+    #: runs k times slower, they are expected to take k times longer too, and training ends
+    #: (k - 1) x this many minutes before its budget: the whole dvc repro keeps its total.
+    #: 0: the budget is training's alone.
+    time_budget_after_min: float = Field(0.0, ge=0, le=525_600)
+    #: The training images/s (all workers) at which time_budget_after_min was measured; null:
+    #: no scaling (training keeps its whole budget).
+    time_budget_reference_ips: float | None = Field(None, gt=0, le=1_000_000)
     #: Images per step on each worker (the global batch is batch_size x num_workers).
     batch_size: int = Field(8, gt=0, le=MAX_BATCH)
     optimizer: Literal["sgd", "adamw"] = "sgd"

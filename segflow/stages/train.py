@@ -13,8 +13,10 @@ run to continue, and the stage exits 143 (128 + SIGTERM, what a shell reports fo
 
 With ``train.time_budget_min`` the budget counts from this stage's start (segflow.train.budget),
 and the run records what it allowed: metrics ``budget_epochs``, ``budget_images_per_second``,
-``budget_epoch_seconds``, ``budget_spent_min`` and the tag ``segflow.budget_stopped_by``, beside
-the param ``train.time_budget_min``; the log says it in one line.
+``budget_epoch_seconds``, ``budget_spent_min``, ``budget_deadline_min`` (earlier than the
+budget when training ran slower than ``train.time_budget_reference_ips``), ``budget_slowdown``
+and the tag ``segflow.budget_stopped_by``, beside the param ``train.time_budget_min``; the log
+says it in one line.
 """
 
 from __future__ import annotations
@@ -144,6 +146,12 @@ def budget_line(budget: dict) -> str:
         line += (
             f", {budget['budget_images_per_second']:.1f} images/s, "
             f"~{budget['budget_epoch_seconds']:.0f} s an epoch with validation"
+        )
+    early = budget["time_budget_min"] - budget["budget_deadline_min"]
+    if early > 0:
+        line += (
+            f"; ended {early:.1f} min early for the later stages (training "
+            f"{budget['budget_slowdown']:.1f}x slower than train.time_budget_reference_ips)"
         )
     return line + (f"; stopped by {why}" if why else "")
 

@@ -112,10 +112,16 @@ class TimeBudget:
         minutes: float,
         max_epochs: int,
         *,
+        after_minutes: float = 0.0,
+        reference_ips: float | None = None,
         since: float | None = None,
         agree: Callable[[float], float] | None = None,
     ):
-        self.seconds = float(minutes) * 60.0
+        self.budget_seconds = float(minutes) * 60.0
+        #: The later stages' time at the reference pace, and that pace (images/s of training):
+        #: a slower machine is slower after training too, so its training ends earlier.
+        self.after_seconds = float(after_minutes) * 60.0
+        self.reference_ips = reference_ips
         self.max_epochs = max_epochs
         self.progress = 0.0
         self.costs: list[EpochCost] = []
@@ -141,7 +147,23 @@ class TimeBudget:
 
     @property
     def minutes(self) -> float:
-        return self.seconds / 60.0
+        """The configured budget (``train.time_budget_min``)."""
+        return self.budget_seconds / 60.0
+
+    def slowdown(self) -> float:
+        """How many times slower than the reference pace this run trains (>= 1; 1 without a
+        reference or before an epoch was measured)."""
+        estimate = self.epoch_estimate()
+        if self.reference_ips is None or estimate is None or estimate[2] <= 0:
+            return 1.0
+        return max(1.0, self.reference_ips / estimate[2])
+
+    @property
+    def seconds(self) -> float:
+        """The deadline, in seconds of the clock: the budget, less what the stages after
+        training will take beyond their time at the reference pace (``after_minutes`` x
+        (slowdown - 1)), so that the whole ``dvc repro`` keeps to its total."""
+        return max(0.0, self.budget_seconds - self.after_seconds * (self.slowdown() - 1.0))
 
     # -- estimates ---------------------------------------------------------------------------
 
@@ -283,6 +305,13 @@ class TimeBudget:
         """One line on why the run ends after ``epochs`` epochs."""
         left = self.seconds - self.local_spent()
         head = f"train: time budget {self.minutes:g} min (train.time_budget_min)"
+        early = self.budget_seconds - self.seconds
+        if early > 0:
+            head += (
+                f", {early / 60:.1f} min of it left to the later stages: training ran "
+                f"{self.slowdown():.1f}x slower than the reference {self.reference_ips:g} "
+                "images/s (train.time_budget_reference_ips), and so will they"
+            )
         if self.stopped_by == "epochs":
             return (
                 f"{head}: train.epochs ({self.max_epochs}) reached after {epochs} epochs with "
@@ -311,6 +340,8 @@ class TimeBudget:
         estimate = self.epoch_estimate()
         return {
             "time_budget_min": self.minutes,
+            "budget_deadline_min": self.seconds / 60.0,
+            "budget_slowdown": self.slowdown(),
             "budget_epochs": epochs,
             "budget_stopped_by": self.stopped_by or "",
             "budget_spent_min": self.local_spent() / 60.0,
@@ -323,7 +354,7 @@ class TimeBudget:
     def state_dict(self) -> dict:
         """Plain numbers and lists (a checkpoint is read with ``weights_only=True``)."""
         return {
-            "seconds": self.seconds,
+            "seconds": self.budget_seconds,
             "spent": self.local_spent(),
             "wall": time.time(),
             "progress": self.progress,

@@ -369,8 +369,10 @@ def time_budget(
     if p.time_budget_min is None:
         return None
     return TimeBudget(
-        p.time_budget_min, p.epochs, since=since, agree=lambda s: rank0_value(s, device)
-    )
+        p.time_budget_min, p.epochs, after_minutes=p.time_budget_after_min,
+        reference_ips=p.time_budget_reference_ips, since=since,
+        agree=lambda s: rank0_value(s, device),
+    )  # fmt: skip
 
 
 EpochHook = Callable[[TrainState, dict, bool], None]

@@ -17,7 +17,7 @@ import torch
 from segflow import tracking
 from segflow.data.shards import read_index
 from segflow.stages.train import budget_line
-from segflow.train.budget import TimeBudget, budget_factor
+from segflow.train.budget import EpochCost, TimeBudget, budget_factor
 from segflow.train.loop import fit
 from segflow.train.state import LAST
 from tests.train.conftest import make_shards, tiny_params
@@ -207,3 +207,29 @@ def test_the_budget_and_what_it_allowed_reach_mlflow_and_one_log_line(
     line = budget_line(summary)
     assert line.startswith(f"train: time budget 0.03 min: {state.epoch} epoch(s) in ")
     assert "images/s" in line and line.endswith("stopped by the budget")
+
+
+def test_a_machine_slower_than_the_reference_leaves_the_later_stages_their_share():
+    # 10 minutes, of which the stages after training take 2 at the reference 10 images/s.
+    budget = TimeBudget(10, MANY, after_minutes=2, reference_ips=10.0)
+    assert budget.seconds == 600  # nothing measured yet: the whole budget
+
+    budget.costs = [EpochCost(50, 5, 10, images_per_second=10.0)]
+    assert budget.slowdown() == 1.0 and budget.seconds == 600  # the reference pace
+    budget.costs = [EpochCost(50, 5, 10, images_per_second=20.0)]
+    assert budget.seconds == 600  # faster: training keeps its budget, never more
+
+    # 4x slower: the later stages are expected to take 8 minutes, 6 more than at the
+    # reference, and training ends that much earlier.
+    budget.costs = [EpochCost(200, 20, 10, images_per_second=2.5)]
+    assert budget.slowdown() == 4.0 and budget.seconds == 600 - 6 * 60
+    assert budget.summary(1)["budget_deadline_min"] == 4.0
+    assert "6.0 min of it left to the later stages: training ran 4.0x slower" in (
+        budget.stop_reason(1)
+    )
+    line = budget_line(budget.summary(1))
+    assert "ended 6.0 min early for the later stages (training 4.0x slower" in line
+
+    no_reference = TimeBudget(10, MANY, after_minutes=2)
+    no_reference.costs = [EpochCost(200, 20, 10, images_per_second=2.5)]
+    assert no_reference.seconds == 600
