@@ -73,7 +73,7 @@ def split_files(shard_dir: str | Path, split: str) -> list[tuple[Path, int]]:
     ``shard_dir`` may be an object-store URI: the files are then this node's cached copies
     (:func:`segflow.data.store.local_shards`), so everything below memory-maps local files.
     """
-    shard_dir = local_shards(shard_dir)
+    shard_dir = local_shards(shard_dir, split)
     index = read_index(shard_dir)
     splits = index["splits"]
     if split not in splits:
@@ -250,7 +250,7 @@ class ShardDataset(IterableDataset):
             raise SegflowError(f"rank {rank} is not in 0..world_size-1 (world_size {world_size})")
         if batch_size < 1:
             raise SegflowError(f"batch_size must be positive (got {batch_size})")
-        self.shard_dir = local_shards(shard_dir)
+        self.shard_dir = local_shards(shard_dir, split)
         self.split = split
         self.files = split_files(self.shard_dir, split)
         self.num_samples = sum(rows for _, rows in self.files)
@@ -374,7 +374,7 @@ def make_dataloader(
     a process whose OpenMP/OpenCV thread pools are live can deadlock in the child (seen here
     after a model had run in the parent), and a forkserver child is still cheap to start.
     """
-    shard_dir = local_shards(shard_dir)  # one index read and cache check per loader
+    shard_dir = local_shards(shard_dir, split)  # one index read and cache check per loader
     if train:
         pixels = None
         if params.rare_class_crop > 0:

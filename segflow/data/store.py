@@ -140,9 +140,11 @@ def store_error(uri: str, exc: BaseException, fix: str = "") -> SegflowError:
     if re.search(r"ACCESS_DENIED|AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|"
                  r"credentials|Forbidden|403", text):  # fmt: skip
         reason = "access denied: check the AWS_* credentials (or the bucket's policy)"
+        tail = ""  # rerunning a stage does not help
     elif re.search(r"NETWORK_CONNECTION|Could not connect|curlCode|timed out", text):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         reason = f"cannot reach the object store{f' at {endpoint}' if endpoint else ''}"
+        tail = ""
     elif isinstance(exc, FileNotFoundError) or "NO_SUCH" in text or "NoSuch" in text:
         bucket = _missing_bucket(uri)
         reason = f"bucket {bucket!r} does not exist" if bucket else "no such object"
@@ -203,13 +205,16 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
 
 
-def local_shards(where: str | Path) -> Path:
+def local_shards(where: str | Path, split: str | None = None) -> Path:
     """A local directory with the shards of ``where``: itself if local, else this node's cache
-    of the current version (downloaded on first use; see :func:`fetch_shards`)."""
-    return fetch_shards(where)[0]
+    of the current version, with ``split``'s files (every split's if None) downloaded on first
+    use (see :func:`fetch_shards`)."""
+    return fetch_shards(where, None if split is None else [split])[0]
 
 
-def fetch_shards(where: str | Path, fix: str = "run dvc repro shard") -> tuple[Path, CacheStats]:
+def fetch_shards(
+    where: str | Path, splits: list[str] | None = None, fix: str = "run dvc repro shard"
+) -> tuple[Path, CacheStats]:
     """:func:`local_shards` and what it cost: files found cached, downloaded, bytes moved.
 
     The remote ``index.json`` is read on every call (one small GET: it says which version is
@@ -230,7 +235,8 @@ def fetch_shards(where: str | Path, fix: str = "run dvc repro shard") -> tuple[P
     start = time.monotonic()
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        for entry in files_of(index):
+        wanted = index.get("splits", {}) if splits is None else splits
+        for entry in files_of({"splits": {s: index["splits"].get(s, {}) for s in wanted}}):
             target = root / entry["path"]
             if _verified(target, entry):
                 stats.hits += 1
@@ -314,15 +320,16 @@ def publish_shards(local_dir: Path, uri: str, index: dict) -> dict:
     for entry in files_of(index):
         target = object_uri(uri, remote, entry["path"])
         fs, path = filesystem(target)
-        try:
-            info = fs.get_file_info(path)
-            if info.type == pafs.FileType.File and info.size == int(entry["bytes"]):
-                continue
-            with open(local_dir / entry["path"], "rb") as src, fs.open_output_stream(path) as dst:
-                while block := src.read(CHUNK):
-                    dst.write(block)
-        except OSError as exc:
-            raise store_error(target, exc, fix) from None
+        with open(local_dir / entry["path"], "rb") as src:  # a local error stays a local one
+            try:
+                info = fs.get_file_info(path)
+                if info.type == pafs.FileType.File and info.size == int(entry["bytes"]):
+                    continue
+                with fs.open_output_stream(path) as dst:
+                    while block := src.read(CHUNK):
+                        dst.write(block)
+            except OSError as exc:
+                raise store_error(target, exc, fix) from None
     index_uri = join(uri, INDEX_NAME)
     fs, path = filesystem(index_uri)
     try:
