@@ -32,6 +32,7 @@ file is downloaded once and nobody maps a half-written one.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -116,21 +117,34 @@ def filesystem(uri: str) -> tuple:
         return pafs.LocalFileSystem(), os.path.abspath(uri)
     scheme, rest = uri.split("://", 1)
     if scheme == "s3":
-        options: dict = {}
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint:
-            parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
-            options.update(endpoint_override=parts.netloc, scheme=parts.scheme)
-        fs = pafs.S3FileSystem(
-            connect_timeout=CONNECT_TIMEOUT_S,
-            request_timeout=REQUEST_TIMEOUT_S,
-            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=MAX_ATTEMPTS),
-            **options,
-        )
-        return fs, rest
+        return _s3(endpoint, tuple(os.environ.get(name) for name in _AWS_SETTINGS)), rest
     if scheme in SHARD_URI_SCHEMES:
         return pafs.FileSystem.from_uri(uri)
     raise SegflowError(f"{uri}: scheme {scheme}:// is not one of {', '.join(SHARD_URI_SCHEMES)}")
+
+
+#: What the AWS SDK reads from the environment: a client is reused only while they are unchanged.
+_AWS_SETTINGS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_REGION", "AWS_DEFAULT_REGION")  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4)
+def _s3(endpoint: str | None, settings: tuple):
+    """One S3 client per endpoint and credentials (creating one costs milliseconds, and a
+    verify or a download touches every object); ``settings`` only keys the cache."""
+    import pyarrow.fs as pafs
+
+    options: dict = {}
+    if endpoint:
+        parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        options.update(endpoint_override=parts.netloc, scheme=parts.scheme)
+    return pafs.S3FileSystem(
+        connect_timeout=CONNECT_TIMEOUT_S,
+        request_timeout=REQUEST_TIMEOUT_S,
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=MAX_ATTEMPTS),
+        **options,
+    )
 
 
 def store_error(uri: str, exc: BaseException, fix: str = "") -> SegflowError:
