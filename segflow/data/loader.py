@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from segflow.config import LoaderParams
 from segflow.data.shards import INDEX_NAME, read_index
+from segflow.data.store import is_remote, local_shards
 from segflow.data.transforms import eval_transform, reseed, train_transform
 from segflow.errors import SegflowError
 
@@ -65,8 +66,13 @@ def decode_mask(buf: np.ndarray) -> np.ndarray | None:
     return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
 
 
-def split_files(shard_dir: Path, split: str) -> list[tuple[Path, int]]:
-    """(shard file, rows) of one split, in index order; an unknown split names the index."""
+def split_files(shard_dir: str | Path, split: str) -> list[tuple[Path, int]]:
+    """(shard file, rows) of one split, in index order; an unknown split names the index.
+
+    ``shard_dir`` may be an object-store URI: the files are then this node's cached copies
+    (:func:`segflow.data.store.local_shards`), so everything below memory-maps local files.
+    """
+    shard_dir = local_shards(shard_dir, split)
     index = read_index(shard_dir)
     splits = index["splits"]
     if split not in splits:
@@ -226,7 +232,7 @@ class ShardDataset(IterableDataset):
 
     def __init__(
         self,
-        shard_dir: Path,
+        shard_dir: str | Path,
         split: str,
         transform: Transform | None = None,
         shuffle: bool = False,
@@ -243,7 +249,10 @@ class ShardDataset(IterableDataset):
             raise SegflowError(f"rank {rank} is not in 0..world_size-1 (world_size {world_size})")
         if batch_size < 1:
             raise SegflowError(f"batch_size must be positive (got {batch_size})")
-        self.shard_dir = Path(shard_dir)
+        # Where the shards are (an object-store URI stays one): a process on another node (a
+        # Ray Data task) fetches its own copy from there; files are this node's (cached) copies.
+        self.location = shard_dir
+        self.shard_dir = local_shards(shard_dir, split)
         self.split = split
         self.files = split_files(self.shard_dir, split)
         self.num_samples = sum(rows for _, rows in self.files)
@@ -302,6 +311,8 @@ class ShardDataset(IterableDataset):
     def _open(self) -> ShardReader:
         # Opened in the process that iterates (a worker, after fork), never shared across a fork.
         if self._reader is None or self._reader_pid != os.getpid():
+            if is_remote(self.location) and not all(path.is_file() for path, _ in self.files):
+                self.files = split_files(self.location, self.split)  # unpickled on another node
             self._reader = ShardReader(self.files)
             self._reader_pid = os.getpid()
         return self._reader
@@ -343,7 +354,7 @@ def _init_worker(_: int) -> None:
 
 
 def make_dataloader(
-    shard_dir: Path,
+    shard_dir: str | Path,
     split: str,
     params: LoaderParams,
     train: bool,
@@ -371,10 +382,11 @@ def make_dataloader(
     a process whose OpenMP/OpenCV thread pools are live can deadlock in the child (seen here
     after a model had run in the parent), and a forkserver child is still cheap to start.
     """
+    index = read_index(local_shards(shard_dir, split))  # the index of this node's copy
     if train:
         pixels = None
         if params.rare_class_crop > 0:
-            pixels = read_index(shard_dir)["splits"][split]["class_pixels"]
+            pixels = index["splits"][split]["class_pixels"]
         dataset = ShardDataset(
             shard_dir,
             split,
@@ -394,7 +406,7 @@ def make_dataloader(
                 f"fewer than the batch size {batch_size}: no full training batch"
             )
     else:
-        sizes = read_index(shard_dir)["splits"].get(split, {}).get("sizes", [])
+        sizes = index["splits"].get(split, {}).get("sizes", [])
         if len(sizes) != 1:
             batch_size = 1
         dataset = ShardDataset(

@@ -155,7 +155,12 @@ def _scatter_from_rank0(items: list | None, rank: int, world_size: int):
 
 
 def training_loader(
-    shard_dir: Path, params: LoaderParams, batch_size: int, rank: int, world_size: int, seed: int
+    shard_dir: str | Path,
+    params: LoaderParams,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    seed: int,
 ) -> DataLoader | RayDataLoader:
     """The training loader of one rank for ``params.backend``: the uint8 training DataLoader
     of :func:`~segflow.data.loader.make_dataloader` (``mmap``), or a :class:`RayDataLoader`
