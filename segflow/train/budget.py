@@ -114,6 +114,7 @@ class TimeBudget:
         *,
         after_minutes: float = 0.0,
         reference_ips: float | None = None,
+        batch_images: int | None = None,
         since: float | None = None,
         agree: Callable[[float], float] | None = None,
     ):
@@ -122,6 +123,10 @@ class TimeBudget:
         #: a slower machine is slower after training too, so its training ends earlier.
         self.after_seconds = float(after_minutes) * 60.0
         self.reference_ips = reference_ips
+        #: Images per training step (all workers): the running epoch's pace in images/s.
+        self.batch_images = batch_images
+        self._current_ips: float | None = None
+        self._plan_eval = 0.0
         self.max_epochs = max_epochs
         self.progress = 0.0
         self.costs: list[EpochCost] = []
@@ -153,10 +158,15 @@ class TimeBudget:
     def slowdown(self) -> float:
         """How many times slower than the reference pace this run trains (>= 1; 1 without a
         reference or before an epoch was measured)."""
-        estimate = self.epoch_estimate()
-        if self.reference_ips is None or estimate is None or estimate[2] <= 0:
+        if self.reference_ips is None:
             return 1.0
-        return max(1.0, self.reference_ips / estimate[2])
+        estimate = self.epoch_estimate()
+        # The slower of the recent epochs' pace and the running epoch's: a machine that slows
+        # down mid-epoch moves the deadline at once, not after the epoch it overran.
+        paces = [estimate[2]] if estimate is not None else []
+        paces += [self._current_ips] if self._current_ips is not None else []
+        paces = [ips for ips in paces if ips > 0]
+        return max(1.0, self.reference_ips / min(paces)) if paces else 1.0
 
     @property
     def seconds(self) -> float:
@@ -229,6 +239,8 @@ class TimeBudget:
                 return None
         self.plan = plan
         self._epoch_t0 = self._step_t = now
+        self._current_ips = None
+        self._plan_eval = self.seconds - plan.horizon  # the validation the plan keeps free
         return plan
 
     @staticmethod
@@ -246,7 +258,12 @@ class TimeBudget:
         if plan is None:
             raise RuntimeError("TimeBudget.step before next_epoch")
         now = self.spent()
-        progress = now / plan.horizon if plan.horizon > 0 else 1.0
+        if self.batch_images and step >= 2 and now > self._epoch_t0:
+            self._current_ips = step * self.batch_images / (now - self._epoch_t0)
+        # The horizon follows a deadline that moves (time_budget_after_min): where the plan put
+        # it, less how much earlier the deadline is now.
+        horizon = self.seconds - self._plan_eval
+        progress = now / horizon if horizon > 0 else 1.0
         if plan.end is not None:
             progress = max(progress, plan.start + (plan.end - plan.start) * step / steps)
         self.progress = min(1.0, max(self.progress, progress))

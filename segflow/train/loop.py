@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
@@ -371,6 +372,7 @@ def time_budget(
     return TimeBudget(
         p.time_budget_min, p.epochs, after_minutes=p.time_budget_after_min,
         reference_ips=p.time_budget_reference_ips, since=since,
+        batch_images=p.batch_size * (dist.get_world_size() if is_distributed() else 1),
         agree=lambda s: rank0_value(s, device),
     )  # fmt: skip
 

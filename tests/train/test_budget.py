@@ -233,3 +233,28 @@ def test_a_machine_slower_than_the_reference_leaves_the_later_stages_their_share
     no_reference = TimeBudget(10, MANY, after_minutes=2)
     no_reference.costs = [EpochCost(200, 20, 10, images_per_second=2.5)]
     assert no_reference.seconds == 600
+
+
+def test_a_machine_that_slows_down_mid_epoch_moves_the_deadline_at_once_and_meets_it():
+    clock = [0.0]
+    # 10 minutes, 2 of them the later stages' at 10 images/s; 10 images a step.
+    budget = TimeBudget(10, MANY, after_minutes=2, reference_ips=10.0, batch_images=10,
+                        agree=lambda _: clock[0])  # fmt: skip
+    budget.next_epoch(0)
+    clock[0] = 1.0
+    assert not budget.step(1, 1000)
+    assert budget.seconds == 600  # one step says nothing of the pace yet
+    clock[0] = 4.0  # 20 images in 4 s: 5 images/s, 2x slower than the reference
+    assert not budget.step(2, 1000)
+    assert budget.seconds == 600 - 120
+    assert budget.progress == pytest.approx(4.0 / 480)  # the LR follows the moved deadline
+    # On at 2 s a step (still 5 images/s): the step after which another would pass the moved
+    # deadline (480 s) is the last, with the LR at its floor.
+    step = 2
+    while True:
+        step += 1
+        clock[0] = 2.0 * step
+        if budget.step(step, 1000):
+            break
+    assert step == 239 and clock[0] == 478.0
+    assert budget.progress == 1.0
