@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 #: Credentials moto accepts (any); real ones never appear in tests.
@@ -95,6 +96,27 @@ class S3Server:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
         self.proc = None
+
+
+@contextlib.contextmanager
+def local_ray(temp_dir: Path, env: dict[str, str], num_cpus: int = 2) -> Iterator[None]:
+    """A Ray started in this process (not $RAY_ADDRESS's) whose processes inherit ``env``,
+    as a cluster's nodes have their environment; this process's environment is restored after."""
+    import ray
+
+    saved = {key: os.environ.get(key) for key in (*env, "RAY_ADDRESS")}
+    os.environ.update(env)
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=str(temp_dir))
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _boto_credentials() -> dict[str, str]:

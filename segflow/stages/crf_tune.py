@@ -22,14 +22,16 @@ from segflow.evaluate.metrics import metrics_from_confusion
 from segflow.evaluate.predict_split import predict_split
 from segflow.evaluate.serving import ServingSpec, load_predictor
 from segflow.logs import console
-from segflow.paths import BEST_MODEL, CRF_PARAMS, DECISION_PROBS, RAY_RESULTS, SHARDS
+from segflow.paths import BEST_MODEL, CRF_PARAMS, DECISION_PROBS, SHARDS
 from segflow.postprocess.crf_params import CRFChoice, decide_crf, write_crf_choice
 from segflow.tune.crf_search import crf_sweep
 
 
 def main(params: Params) -> None:
     verify_shards(SHARDS)  # a damaged shard: one line naming it, before any worker starts
-    choice = tune_crf(params, BEST_MODEL, SHARDS, DECISION_PROBS, RAY_RESULTS, CRF_PARAMS)
+    choice = tune_crf(
+        params, BEST_MODEL, SHARDS, DECISION_PROBS, params.train.storage_path, CRF_PARAMS
+    )
     console.print(summary_line(choice))
 
 

@@ -27,6 +27,7 @@ from segflow.evaluate.crf_split import crf_over_split_serial
 from segflow.postprocess.crf_params import CRFParams
 from segflow.postprocess.probs import list_ids
 from segflow.raycluster import connect_ray
+from segflow.storage import check_storage, open_storage
 
 METRIC = "miou"
 SEARCHES = ("grid", "optuna")
@@ -141,6 +142,8 @@ def crf_sweep(
     if not ids:
         raise SegflowError(f"{prob_dir}: no saved probabilities (*.npz) to tune on")
 
+    check_storage(str(storage_path), "train.storage_path")
+    filesystem, storage = open_storage(str(storage_path))
     connect_ray(num_cpus)
     search_alg = None
     if search == "optuna":
@@ -164,7 +167,7 @@ def crf_sweep(
             max_concurrent_trials=max_concurrent,
         ),
         run_config=tune.RunConfig(
-            storage_path=str(Path(storage_path).resolve()), name=name, verbose=0
+            storage_path=storage, storage_filesystem=filesystem, name=name, verbose=0
         ),
     )
     results = tuner.fit()
