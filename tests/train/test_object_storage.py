@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 
-import boto3
 import pytest
 
 from segflow.config import Params
@@ -32,12 +31,6 @@ def s3_ray(s3_server, tmp_path_factory):
         yield s3_server
 
 
-def keys(server, bucket: str) -> list[str]:
-    client = boto3.client("s3", endpoint_url=server.url)
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-    return [o["Key"] for page in pages for o in page.get("Contents", [])]
-
-
 def test_a_run_checkpoints_to_s3_and_a_rerun_of_its_name_resumes_from_there(
     s3_ray, shards, tmp_path, monkeypatch
 ):
@@ -47,7 +40,7 @@ def test_a_run_checkpoints_to_s3_and_a_rerun_of_its_name_resumes_from_there(
         tiny_params(epochs=1, storage_path=storage, run_name="s3run"), shards, tmp_path / "a"
     )
     assert first.run_path == f"{storage}/s3run"
-    assert "runs/s3run/epoch-0001/checkpoint.pt" in keys(s3_ray, "ckpt-resume")
+    assert "runs/s3run/epoch-0001/checkpoint.pt" in s3_ray.keys("ckpt-resume")
     params = tiny_params(epochs=2, storage_path=storage, run_name="s3run")
     assert has_checkpoint(params, "s3run")
 
@@ -56,18 +49,18 @@ def test_a_run_checkpoints_to_s3_and_a_rerun_of_its_name_resumes_from_there(
     assert again.resumed_from == 1  # epoch 1 came from the S3 checkpoint, only epoch 2 ran
     assert [r["epoch"] for r in again.history] == [1, 2]
     assert again.history[0] == first.history[0]
-    assert "runs/s3run/epoch-0002/checkpoint.pt" in keys(s3_ray, "ckpt-resume")
+    assert "runs/s3run/epoch-0002/checkpoint.pt" in s3_ray.keys("ckpt-resume")
     assert not (tmp_path / "ray_results").exists()
 
 
 def test_old_runs_in_an_object_store_are_never_pruned(s3_ray):
     storage = s3_ray.create_bucket("ckpt-prune") + "/runs"
-    client = boto3.client("s3", endpoint_url=s3_ray.url)
+    client = s3_ray.client()
     for name in ("train-20260101-000000", "train-20260102-000000"):
         client.put_object(Bucket="ckpt-prune", Key=f"runs/{name}/epoch-0001/checkpoint.pt")
     params = Params.model_validate({"train": {"storage_path": storage}})
     assert prune_runs(params, keep=0) == []
-    assert len(keys(s3_ray, "ckpt-prune")) == 2
+    assert len(s3_ray.keys("ckpt-prune")) == 2
 
 
 def test_a_missing_bucket_is_one_line_naming_the_field_and_the_uri(s3_ray):
