@@ -225,9 +225,13 @@ def check_params(
 
 @app.command()
 def shards(
-    shard_dir: Path = typer.Argument(Path("data/shards")),
+    shard_dir: str = typer.Argument(
+        "data/shards", help="A shard directory or an object-store prefix (s3://bucket/prefix)."
+    ),
     verify: bool = typer.Option(
-        False, "--verify", help="Re-hash every shard against index.json (reads every byte)."
+        False,
+        "--verify",
+        help="Re-hash every shard against index.json (reads every byte, streams every object).",
     ),
 ) -> None:
     """Summarise the shards: samples per split, and every class's share of each split's pixels."""

@@ -45,6 +45,8 @@ STORAGE_URI_PATTERN = (
     r"^(?P<scheme>[a-z0-9]+)://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])"
     r"(?P<prefix>(/[A-Za-z0-9][A-Za-z0-9_.-]{0,127})*)/?$"
 )
+#: Object stores shard.uri may name (through pyarrow.fs); anything else with a scheme is refused.
+SHARD_URI_SCHEMES = STORAGE_SCHEMES
 
 #: Pixels of an image side: a resize, crop or sliding window. 8K is 4x Cityscapes' 2048 and
 #: above common aerial tiles; a typo such as 10**6 would allocate terabytes before failing.
@@ -186,6 +188,10 @@ class SyntheticParams(_Section):
 
 
 class ShardParams(_Section):
+    #: Where the shards live: a local directory (relative to the project) or an object-store
+    #: prefix, ``s3://bucket/prefix`` (any S3-compatible endpoint via ``AWS_ENDPOINT_URL``) or
+    #: ``gs://bucket/prefix``; every node then reads them through a per-node cache.
+    uri: str = "data/shards"
     #: Upper bound on the rows in one .arrow file; bounds the memory a reader maps at once.
     rows_per_shard: int = Field(64, gt=0)
     #: Optional resize to a training scale before encoding (masks use nearest neighbour).
@@ -195,11 +201,33 @@ class ShardParams(_Section):
     image_codec: Literal["png", "jpg"] = "png"
     jpeg_quality: int = Field(95, ge=1, le=100)
 
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme_with_bucket(cls, uri: str) -> str:
+        return check_shard_uri(uri)
+
     @model_validator(mode="after")
     def _both_or_neither(self) -> ShardParams:
         if (self.resize_height is None) != (self.resize_width is None):
             raise ValueError("resize_height and resize_width must be set together")
         return self
+
+
+def check_shard_uri(uri: str) -> str:
+    """``uri`` as given if it is a local path or ``<scheme>://<bucket>[/prefix]`` of a known
+    object store; a ValueError saying which rule it breaks otherwise (no trailing slash kept)."""
+    if not uri.strip():
+        raise ValueError("must name a directory or an s3:// or gs:// prefix")
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", uri)
+    if match is None:
+        return uri
+    scheme, rest = match.group(1).lower(), match.group(2)
+    if scheme not in SHARD_URI_SCHEMES:
+        raise ValueError(f"scheme {scheme}:// is not one of {', '.join(SHARD_URI_SCHEMES)}")
+    bucket = rest.split("/", 1)[0]
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]", bucket):
+        raise ValueError(f"{uri!r} names no bucket (expected {scheme}://bucket/prefix)")
+    return f"{scheme}://{rest.rstrip('/')}"
 
 
 _Unit = Annotated[float, Field(ge=0, le=1)]

@@ -45,6 +45,29 @@ def test_resize_needs_both_sides():
         parse_params({"shard": {"resize_height": 64}})
 
 
+@pytest.mark.parametrize(
+    "uri, rule",
+    [
+        ("ftp://host/shards", r"scheme ftp:// is not one of s3, gs"),
+        ("s3://", r"names no bucket"),
+        ("s3:///prefix", r"names no bucket"),
+        ("gs://Not_A_Bucket/p", r"names no bucket"),
+        ("", r"must name a directory or an s3:// or gs:// prefix"),
+    ],
+)
+def test_shard_uri_is_a_local_path_or_a_bucket_of_a_known_object_store(uri, rule):
+    with pytest.raises(SegflowError, match=rf"params.yaml: shard.uri: .*{rule}"):
+        parse_params({"shard": {"uri": uri}})
+
+
+def test_shard_uri_keeps_a_local_path_as_written_and_drops_a_trailing_slash():
+    assert parse_params({}).shard.uri == "data/shards"
+    assert parse_params({"shard": {"uri": "../shared/shards"}}).shard.uri == "../shared/shards"
+    assert parse_params({"shard": {"uri": "s3://my-bucket/camvid/"}}).shard.uri == (
+        "s3://my-bucket/camvid"
+    )
+
+
 def test_the_synthetic_dataset_lives_where_the_synthesize_stage_writes_it():
     with pytest.raises(SegflowError, match=r"dataset.root must be data/synthetic"):
         parse_params({"dataset": {"name": "synthetic", "root": "/elsewhere"}})

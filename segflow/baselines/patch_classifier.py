@@ -237,7 +237,7 @@ def train_patch_classifier(
     index = read_index(shard_dir)
     num_classes = int(index["num_classes"])
     weights = centre_weights(index["splits"]["train"]["class_pixels"], options.class_balance)
-    reader = ShardReader(split_files(Path(shard_dir), "train"))
+    reader = ShardReader(split_files(shard_dir, "train"))
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     model = PatchCNN(num_classes, options.patch, options.width)

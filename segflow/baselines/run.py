@@ -95,7 +95,7 @@ def run_baseline(
     import mlflow
 
     options = baseline_options(name, option_items)
-    index = verify_shards(Path(shard_dir))  # a damaged shard: one line naming it, before work
+    index = verify_shards(shard_dir)  # a damaged shard: one line naming it, before work
     split = split or params.dataset.test_split
     if split not in index["splits"]:
         raise SegflowError(
@@ -153,5 +153,5 @@ def baseline_main(
     baseline_options(name, option_items)  # option errors before params and shards are read
     params = load_params(params_path)
     return run_baseline(
-        name, params, SHARDS, split, option_items, echo=lambda line: console.print(line)
+        name, params, params.shard.uri, split, option_items, echo=lambda line: console.print(line)
     )

@@ -72,7 +72,7 @@ def score_split(
 ) -> SplitScore:
     """Label every image of ``split`` (the first ``max_images``) at its original resolution and
     score the labels against the original masks."""
-    reader = ShardReader(split_files(Path(shard_dir), split))
+    reader = ShardReader(split_files(shard_dir, split))
     count = len(reader) if max_images is None else min(max_images, len(reader))
     if count == 0:
         raise SegflowError(f"{shard_dir}: split {split!r} has no images to score")

@@ -303,7 +303,7 @@ def train_split_and_merge(
     pixels = np.asarray(index["splits"]["train"]["class_pixels"], dtype=np.float64)
     share = pixels / max(pixels.sum(), 1.0)
     class_weight = np.where(share > 0, np.maximum(share, 1e-12) ** -options.class_balance, 0.0)
-    reader = ShardReader(split_files(Path(shard_dir), "train"))
+    reader = ShardReader(split_files(shard_dir, "train"))
     started = time.perf_counter()
     features, targets, weights = [], [], []
     for i in range(len(reader)):

@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from segflow.config import LoaderParams
 from segflow.data.shards import INDEX_NAME, read_index
+from segflow.data.store import local_shards
 from segflow.data.transforms import eval_transform, reseed, train_transform
 from segflow.errors import SegflowError
 
@@ -66,8 +67,13 @@ def decode_mask(buf: np.ndarray) -> np.ndarray | None:
     return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
 
 
-def split_files(shard_dir: Path, split: str) -> list[tuple[Path, int]]:
-    """(shard file, rows) of one split, in index order; an unknown split names the index."""
+def split_files(shard_dir: str | Path, split: str) -> list[tuple[Path, int]]:
+    """(shard file, rows) of one split, in index order; an unknown split names the index.
+
+    ``shard_dir`` may be an object-store URI: the files are then this node's cached copies
+    (:func:`segflow.data.store.local_shards`), so everything below memory-maps local files.
+    """
+    shard_dir = local_shards(shard_dir, split)
     index = read_index(shard_dir)
     splits = index["splits"]
     if split not in splits:
@@ -227,7 +233,7 @@ class ShardDataset(IterableDataset):
 
     def __init__(
         self,
-        shard_dir: Path,
+        shard_dir: str | Path,
         split: str,
         transform: Transform | None = None,
         shuffle: bool = False,
@@ -244,7 +250,7 @@ class ShardDataset(IterableDataset):
             raise SegflowError(f"rank {rank} is not in 0..world_size-1 (world_size {world_size})")
         if batch_size < 1:
             raise SegflowError(f"batch_size must be positive (got {batch_size})")
-        self.shard_dir = Path(shard_dir)
+        self.shard_dir = local_shards(shard_dir, split)
         self.split = split
         self.files = split_files(self.shard_dir, split)
         self.num_samples = sum(rows for _, rows in self.files)
@@ -340,7 +346,7 @@ def _init_worker(_: int) -> None:
 
 
 def make_dataloader(
-    shard_dir: Path,
+    shard_dir: str | Path,
     split: str,
     params: LoaderParams,
     train: bool,
@@ -368,6 +374,7 @@ def make_dataloader(
     a process whose OpenMP/OpenCV thread pools are live can deadlock in the child (seen here
     after a model had run in the parent), and a forkserver child is still cheap to start.
     """
+    shard_dir = local_shards(shard_dir, split)  # one index read and cache check per loader
     if train:
         pixels = None
         if params.rare_class_crop > 0:
@@ -430,7 +437,11 @@ def _worker_context() -> multiprocessing.context.BaseContext:
 
 
 def ray_dataset(
-    shard_dir: Path, split: str, transform: Transform | None = None, seed: int = 0, epoch: int = 0
+    shard_dir: str | Path,
+    split: str,
+    transform: Transform | None = None,
+    seed: int = 0,
+    epoch: int = 0,
 ):
     """A Ray Data dataset of one split: rows ``{"id", "image": 3xHxW, "mask": HxW}`` as numpy,
     typed as :func:`to_arrays` says (float32/int64 after a normalising transform, else uint8).
@@ -442,7 +453,7 @@ def ray_dataset(
     import ray.data  # Ray is heavy to import; only this function needs it
 
     tables, start = [], 0
-    for path, _ in split_files(Path(shard_dir), split):
+    for path, _ in split_files(shard_dir, split):
         table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
         table = table.select(["id", "image", "mask"])
         table = table.append_column("position", pa.array(np.arange(start, start + len(table))))

@@ -37,12 +37,13 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
+from segflow.data import store
 from segflow.data.datasets.base import IGNORE_INDEX, DatasetAdapter
 from segflow.data.manifest import Manifest, sha256_file
+from segflow.data.store import INDEX_NAME
 from segflow.errors import SegflowError
-from segflow.io import atomic_dir, read_json, write_json
+from segflow.io import atomic_dir, write_json
 
-INDEX_NAME = "index.json"
 IMAGE_CODECS = ("png", "jpg")
 
 SCHEMA = pa.schema(
@@ -108,19 +109,28 @@ def write_shards(
     return index
 
 
+def write_pointer(out_dir: Path, index: dict) -> None:
+    """Replace ``out_dir`` with just ``index.json``: ``index`` (which names the shards' ``uri``)
+    marked as a pointer. Readers given ``out_dir`` follow it to the URI (:func:`store.follow`);
+    it is what DVC tracks when the shards live elsewhere."""
+    with atomic_dir(out_dir) as tmp:
+        write_json(tmp / INDEX_NAME, {**index, store.POINTER_KEY: True})
+
+
 def content_hash(file_hashes: Iterable[str]) -> str:
     """sha256 over the sorted per-file hashes: one name for the exact shard contents."""
     return hashlib.sha256("\n".join(sorted(file_hashes)).encode()).hexdigest()
 
 
-def shard_index_path(out_dir: str | Path) -> Path:
+def shard_index_path(out_dir: str | Path) -> str:
     """Where the shards' index lives (for messages; read it with :func:`read_index`)."""
-    return Path(out_dir) / INDEX_NAME
+    return store.join(out_dir, INDEX_NAME)
 
 
 def read_index(out_dir: str | Path) -> dict:
-    """Load ``<out_dir>/index.json``; a missing one means the shard stage has not run."""
-    return read_json(shard_index_path(out_dir), "run the shard stage (dvc repro shard)")
+    """Load ``<out_dir>/index.json`` (a directory or an object-store prefix); a missing one
+    means the shard stage has not run."""
+    return store.read_index(out_dir, "run the shard stage (dvc repro shard)")
 
 
 def split_hash(index: dict, split: str) -> str:
@@ -131,62 +141,69 @@ def split_hash(index: dict, split: str) -> str:
     return content_hash(f["sha256"] for f in splits[split]["files"])
 
 
-def verify_shards(out_dir: Path, full_hash: bool = False) -> dict:
+def verify_shards(out_dir: str | Path, full_hash: bool = False) -> dict:
     """Check the shards against their index before any worker reads them; return the index.
 
     A damaged shard found inside a Ray worker surfaces as a long traceback that names no file,
     after Ray has retried the worker. Checked here instead, in the driver, it is one line naming
     the file. Every run checks what is cheap: each listed file exists with the size the index
-    recorded, its Arrow footer opens with the expected schema and row count, and no stray
-    ``.arrow`` file sits beside them. ``full_hash`` also re-hashes every byte against the
-    index's per-file sha256 and ``content_hash`` (seconds per GB; ``segflow shards --verify``).
+    recorded, its Arrow footer opens with the expected schema (and, on a local disk, where it
+    costs nothing, the row count), and no stray ``.arrow`` file sits beside them. ``full_hash``
+    also re-hashes every byte against the index's per-file sha256 and ``content_hash`` (seconds
+    per GB; ``segflow shards --verify``). ``out_dir`` may be an object-store prefix: sizes come
+    from the store's metadata, the footer from one ranged read, the hashes from streaming each
+    object; a message then names the object's URI.
     """
-    out_dir = Path(out_dir)
-    index = read_index(out_dir)
+    where = store.location(store.follow(out_dir))
+    index = read_index(where)
+    index_path = shard_index_path(where)
     fix = "run dvc repro shard"
     listed = set()
     for split, info in index.get("splits", {}).items():
         for entry in info.get("files", []):
-            path = out_dir / entry["path"]
+            path = store.object_uri(where, index, entry["path"])
             listed.add(path)
-            if not path.is_file():
-                raise SegflowError(
-                    f"{path}: shard listed in {out_dir / INDEX_NAME} is missing; {fix}"
-                )
-            size = path.stat().st_size
+            size = store.object_size(path, fix)
+            if size is None:
+                raise SegflowError(f"{path}: shard listed in {index_path} is missing; {fix}")
             if "bytes" in entry and size != entry["bytes"]:
                 raise SegflowError(
-                    f"{path}: shard is {size} bytes, {out_dir / INDEX_NAME} says "
+                    f"{path}: shard is {size} bytes, {index_path} says "
                     f"{entry['bytes']}; it is damaged or from another run; {fix}"
                 )
-            _check_footer(path, entry["rows"], fix)
-            if full_hash and sha256_file(path) != entry["sha256"]:
+            _check_footer(path, None if store.is_remote(where) else entry["rows"], fix)
+            if full_hash and store.sha256_object(path, fix) != entry["sha256"]:
                 raise SegflowError(
-                    f"{path}: content differs from the sha256 in {out_dir / INDEX_NAME}; {fix}"
+                    f"{path}: content differs from the sha256 in {index_path}; {fix}"
                 )
-        for stray in sorted(set((out_dir / split).glob("*.arrow")) - listed):
-            raise SegflowError(f"{stray}: shard not listed in {out_dir / INDEX_NAME}; {fix}")
+        split_dir = store.object_uri(where, index, split)
+        for stray in sorted(set(store.list_objects(split_dir, ".arrow", fix)) - listed):
+            raise SegflowError(f"{stray}: shard not listed in {index_path}; {fix}")
     if full_hash:
         hashes = [f["sha256"] for s in index["splits"].values() for f in s["files"]]
         if content_hash(hashes) != index.get("content_hash"):
             raise SegflowError(
-                f"{out_dir / INDEX_NAME}: content_hash does not match its files' hashes; {fix}"
+                f"{index_path}: content_hash does not match its files' hashes; {fix}"
             )
     return index
 
 
-def _check_footer(path: Path, rows: int, fix: str) -> None:
-    """Open the Arrow IPC footer (the end of the file) and compare schema and row count."""
+def _check_footer(path: str, rows: int | None, fix: str) -> None:
+    """Open the Arrow IPC footer (the end of the file) and compare the schema, and the row
+    count when ``rows`` is given (counting reads each batch: free when memory-mapped)."""
     try:
-        with pa.memory_map(str(path)) as source:
+        source = pa.memory_map(path) if not store.is_remote(path) else store.open_object(path, fix)
+        with source:
             reader = pa.ipc.open_file(source)
             schema = reader.schema
-            num_rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+            if rows is not None:
+                batches = range(reader.num_record_batches)
+                num_rows = sum(reader.get_batch(i).num_rows for i in batches)
     except (pa.ArrowInvalid, OSError) as exc:
         raise SegflowError(f"{path}: not a readable Arrow shard ({exc}); {fix}") from None
     if not schema.equals(SCHEMA):
         raise SegflowError(f"{path}: Arrow schema differs from segflow's shard schema; {fix}")
-    if num_rows != rows:
+    if rows is not None and num_rows != rows:
         raise SegflowError(f"{path}: {num_rows} rows, the index says {rows}; it is damaged; {fix}")
 
 

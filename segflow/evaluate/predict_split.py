@@ -69,7 +69,7 @@ def predict_split(
     """Predict the first ``max_images`` (default: all) images of ``split`` in shard order at
     their original resolution and save one probability file per image in ``out_dir``, which is
     replaced as a whole (atomically: a failure leaves the previous directory in place)."""
-    reader = ShardReader(split_files(Path(shard_dir), split))
+    reader = ShardReader(split_files(shard_dir, split))
     count = len(reader) if max_images is None else min(max_images, len(reader))
     sample_ids = [reader.sample_id(i) for i in range(count)]
     names = file_ids(sample_ids)

@@ -82,7 +82,7 @@ def score_version(
     from segflow.evaluate.serving import ServingSpec, load_predictor
     from segflow.evaluate.split_scores import score_split
 
-    num_classes = int(read_index(Path(shard_dir))["num_classes"])
+    num_classes = int(read_index(shard_dir)["num_classes"])
     with tempfile.TemporaryDirectory(prefix="segflow-champion-") as tmp:
         model = fetch_checked(f"models:/{version.name}/{version.version}", Path(tmp) / "model")
         spec = ServingSpec.from_dict(model.serving, f"{model.source} serving spec")

@@ -64,7 +64,7 @@ class SubsetShardDataset(ShardDataset):
     The rank/worker split and the per-epoch order work as in the parent, over the subset.
     """
 
-    def __init__(self, shard_dir: Path, split: str, indices: np.ndarray, **kwargs) -> None:
+    def __init__(self, shard_dir: str | Path, split: str, indices: np.ndarray, **kwargs) -> None:
         super().__init__(shard_dir, split, **kwargs)
         self.indices = np.asarray(indices, dtype=np.int64)
         self.num_samples = len(self.indices)
@@ -74,7 +74,12 @@ class SubsetShardDataset(ShardDataset):
 
 
 def half_loader(
-    params: Params, shard_dir: Path, indices: np.ndarray, rank: int, world_size: int, salt: int
+    params: Params,
+    shard_dir: str | Path,
+    indices: np.ndarray,
+    rank: int,
+    world_size: int,
+    salt: int,
 ) -> DataLoader:
     """The augmented, shuffled loader of one half at the search crop."""
     sp = params.search
@@ -181,7 +186,7 @@ EpochHook = Callable[[SearchState, dict], None]
 
 def search_epochs(
     params: Params,
-    shard_dir: Path,
+    shard_dir: str | Path,
     device: torch.device,
     on_epoch: EpochHook,
     *,

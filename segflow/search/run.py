@@ -20,6 +20,7 @@ import torch
 
 from segflow.config import Params
 from segflow.data.shards import read_index, shard_index_path
+from segflow.data.store import location
 from segflow.errors import SegflowError
 from segflow.io import atomic_path
 from segflow.models.checkpoint import default_device, read_checkpoint
@@ -51,7 +52,7 @@ class SearchOutcome:
     run_path: str
 
 
-def preflight(params: Params, shard_dir: Path) -> dict:
+def preflight(params: Params, shard_dir: str | Path) -> dict:
     """What would otherwise fail inside every worker: empty train, too small halves."""
     sp = params.search
     index = read_index(shard_dir)
@@ -83,7 +84,7 @@ def search_local(params: Params, shard_dir: str | Path, echo: Echo = echo_line) 
             torch.save(state.payload(), tmp)
 
     device = default_device() if sp.use_gpu else torch.device("cpu")
-    state = search_epochs(params, Path(shard_dir), device, on_epoch, resume=resume, echo=echo)
+    state = search_epochs(params, shard_dir, device, on_epoch, resume=resume, echo=echo)
     return SearchOutcome(state.history, state.arch_history, run_name, str(run_dir))
 
 
@@ -99,7 +100,7 @@ def search_func(config: dict) -> dict:
         report_epoch(metrics, state.epoch, payload, CHECKPOINT_FILE)
 
     state = search_epochs(
-        params, Path(config["shard_dir"]), device, on_epoch,
+        params, config["shard_dir"], device, on_epoch,
         rank=rank, world_size=world_size, resume=resume, echo=echo_line,
     )  # fmt: skip
     # Every rank returns its architecture so the driver can check they agree.
@@ -112,7 +113,7 @@ def search_distributed(
     """Run :func:`search_func` under the Ray launcher on ``search.num_workers`` workers."""
     sp = params.search
     run_name = sp.run_name or default_run_name("search")
-    config = {"params": params.model_dump(mode="json"), "shard_dir": str(Path(shard_dir).resolve())}
+    config = {"params": params.model_dump(mode="json"), "shard_dir": location(shard_dir)}
     run = launch(search_func, config, sp, "search", run_name, echo=echo)
     history, arch_history = run.value.get("history"), run.value.get("arch_history")
     if history is None:  # a resumed run that had already finished: the checkpoint has it

@@ -22,15 +22,16 @@ from segflow.evaluate.metrics import metrics_from_confusion
 from segflow.evaluate.predict_split import predict_split
 from segflow.evaluate.serving import ServingSpec, load_predictor
 from segflow.logs import console
-from segflow.paths import BEST_MODEL, CRF_PARAMS, DECISION_PROBS, SHARDS
+from segflow.paths import BEST_MODEL, CRF_PARAMS, DECISION_PROBS
 from segflow.postprocess.crf_params import CRFChoice, decide_crf, write_crf_choice
 from segflow.tune.crf_search import crf_sweep
 
 
 def main(params: Params) -> None:
-    verify_shards(SHARDS)  # a damaged shard: one line naming it, before any worker starts
+    shards = params.shard.uri  # a local directory or an object-store prefix
+    verify_shards(shards)  # a damaged shard: one line naming it, before any worker starts
     choice = tune_crf(
-        params, BEST_MODEL, SHARDS, DECISION_PROBS, params.train.storage_path, CRF_PARAMS
+        params, BEST_MODEL, shards, DECISION_PROBS, params.train.storage_path, CRF_PARAMS
     )
     console.print(summary_line(choice))
 
@@ -61,7 +62,7 @@ def tune_crf(
     """Predict the decision split (dev when the shards have it, else val) into ``prob_dir``,
     sweep ``params.crf`` over it, decide CRF on or off on those images and write the choice to
     ``out_path`` (reports/crf_params.json)."""
-    index = read_index(Path(shard_dir))
+    index = read_index(shard_dir)
     split = decision_split(index["splits"])
     num_classes = int(index["num_classes"])
     c = params.crf

@@ -51,7 +51,6 @@ from segflow.paths import (
     METRICS,
     RUN_INFO,
     SERVING_SPEC,
-    SHARDS,
     TRAIN_CURVE,
     TRAIN_METRICS,
 )
@@ -64,10 +63,11 @@ SPEED_WARMUP = 2
 
 
 def main(params: Params) -> None:
-    verify_shards(SHARDS)  # a damaged shard: one line naming it, before any worker starts
+    shards = params.shard.uri  # a local directory or an object-store prefix
+    verify_shards(shards)  # a damaged shard: one line naming it, before any worker starts
     provenance = model_provenance(RUN_INFO, BEST_MODEL, TRAIN_METRICS)
     m = evaluate_split(
-        params, BEST_MODEL, SHARDS, CRF_PARAMS, METRICS, EVAL_REPORT, IMAGE_COUNTS,
+        params, BEST_MODEL, shards, CRF_PARAMS, METRICS, EVAL_REPORT, IMAGE_COUNTS,
         provenance=provenance, curve=read_curve(TRAIN_CURVE),
     )  # fmt: skip
     console.print(
@@ -97,7 +97,7 @@ def evaluate_split(
     decision split the same way and write its per-image counts without and with the CRF
     (``counts_path``, what the promotion gate resamples); return the flat metrics."""
     choice = read_crf_choice(crf_path)  # before any work: a missing file is the first error
-    index = read_index(Path(shard_dir))
+    index = read_index(shard_dir)
     num_classes = int(index["num_classes"])
     classes = [ClassInfo.from_dict(c) for c in index["classes"]]
     ev = params.evaluate

@@ -56,7 +56,6 @@ from segflow.paths import (
     REGISTRY_RECORD,
     RUN_INFO,
     SERVING_SPEC,
-    SHARDS,
 )
 from segflow.run_info import read_run_info
 
@@ -64,8 +63,9 @@ from segflow.run_info import read_run_info
 def main(params: Params) -> None:
     import mlflow
 
+    shards = params.shard.uri  # a local directory or an object-store prefix
     record = register_and_gate(
-        params, BEST_MODEL, RUN_INFO, METRICS, EVAL_REPORT, SERVING_SPEC, IMAGE_COUNTS, SHARDS
+        params, BEST_MODEL, RUN_INFO, METRICS, EVAL_REPORT, SERVING_SPEC, IMAGE_COUNTS, shards
     )
     report = gate_markdown(record)
     # Logged from a copy first: a store that fails now leaves both local reports as they were.
@@ -91,7 +91,7 @@ def register_and_gate(
     report_dir: Path,
     serving_path: Path,
     counts_path: Path,
-    shard_dir: Path,
+    shard_dir: str | Path,
 ) -> dict:
     """Register ``model_path`` and run the gate; the record for reports/registry.json."""
     import mlflow

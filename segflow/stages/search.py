@@ -14,23 +14,24 @@ from segflow import tracking
 from segflow.config import Params
 from segflow.data.shards import verify_shards
 from segflow.logs import console
-from segflow.paths import GENOTYPE, SEARCH_HISTORY, SHARDS
+from segflow.paths import GENOTYPE, SEARCH_HISTORY
 from segflow.search.outputs import disabled_outputs, final_genotype, write_outputs
 from segflow.search.run import preflight, search
 from segflow.train.distributed import with_run_name
 
 
 def main(params: Params) -> None:
+    shards = params.shard.uri  # a local directory or an object-store prefix
     if not params.search.enabled:
         disabled_outputs(GENOTYPE, SEARCH_HISTORY)
         console.print(
             f"search: disabled (search.enabled: false); the paper's genotype -> {GENOTYPE}"
         )
         return
-    verify_shards(SHARDS)  # a damaged shard: one line naming it, before any worker starts
+    verify_shards(shards)  # a damaged shard: one line naming it, before any worker starts
     params = with_run_name(params, "search")
-    index = preflight(params, SHARDS)
-    outcome = search(params, SHARDS)
+    index = preflight(params, shards)
+    outcome = search(params, shards)
     genotype = final_genotype(outcome.arch_history)
     write_outputs(genotype, outcome.history, outcome.arch_history, GENOTYPE, SEARCH_HISTORY)
     run_id = log_search_run(params, index, outcome.history, GENOTYPE, SEARCH_HISTORY)

@@ -33,7 +33,6 @@ from segflow.paths import (
     GENOTYPE,
     MODELS,
     RUN_INFO,
-    SHARDS,
     TRAIN_CURVE,
     TRAIN_METRICS,
 )
@@ -51,12 +50,13 @@ EXIT_SIGTERM = 143
 
 
 def main(params: Params) -> None:
+    shards = params.shard.uri  # a local directory or an object-store prefix
     since = time.time()  # a time budget counts the stage's start-up too
     stop = SigtermStop.install()  # from here on, SIGTERM stops the run at a checkpoint
-    verify_shards(SHARDS)  # a damaged shard: one line naming it, before any worker starts
+    verify_shards(shards)  # a damaged shard: one line naming it, before any worker starts
     params = with_searched_genotype(params, GENOTYPE)
     params, tune_tags = tuned_params(params, BEST_TRAIN_PARAMS)
-    index = preflight(params, SHARDS)
+    index = preflight(params, shards)
     device = "cuda" if params.train.use_gpu else "cpu"
     console.print(f"train: {describe_precision(device, params.train.bf16)}")
     plan = plan_run(params, index, tracking.setup(params.train.experiment))
@@ -82,7 +82,7 @@ def main(params: Params) -> None:
         mlflow_client().delete_tag(run_id, INTERRUPTED_TAG)  # it runs again
     try:
         with staging(MODELS) as scratch:
-            outcome = train(params, SHARDS, scratch, stop=stop, since=since)
+            outcome = train(params, shards, scratch, stop=stop, since=since)
             # The last point to stop at: what follows is bookkeeping of a finished training
             # (seconds), and a run that has replaced models/* must end FINISHED.
             stop.check()

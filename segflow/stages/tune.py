@@ -16,20 +16,21 @@ from segflow import tracking
 from segflow.config import Params
 from segflow.data.shards import verify_shards
 from segflow.logs import console
-from segflow.paths import BEST_TRAIN_PARAMS, SHARDS
+from segflow.paths import BEST_TRAIN_PARAMS
 from segflow.tune.best_params import METRIC, disabled_result, sweep_result, write_best_params
 from segflow.tune.train_search import TrainSweepResult, train_sweep
 
 
 def main(params: Params) -> None:
+    shards = params.shard.uri  # a local directory or an object-store prefix
     if not params.tune.enabled:
         write_best_params(BEST_TRAIN_PARAMS, disabled_result(params))
         console.print(
             f"tune: disabled (tune.enabled: false); current values -> {BEST_TRAIN_PARAMS}"
         )
         return
-    verify_shards(SHARDS)  # a damaged shard: one line naming it, before any trial starts
-    result = train_sweep(params, SHARDS, params.train.storage_path)
+    verify_shards(shards)  # a damaged shard: one line naming it, before any trial starts
+    result = train_sweep(params, shards, params.train.storage_path)
     result.parent_run_id = log_sweep(params, result)
     write_best_params(BEST_TRAIN_PARAMS, sweep_result(result))
     console.print(

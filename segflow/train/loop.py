@@ -376,7 +376,7 @@ EpochHook = Callable[[TrainState, dict, bool], None]
 
 def train_epochs(
     params: Params,
-    shard_dir: Path,
+    shard_dir: str | Path,
     device: torch.device,
     on_epoch: EpochHook,
     *,
@@ -607,7 +607,7 @@ def fit(
     :class:`TrainingStopped`. ``train.time_budget_min`` trains to that budget
     (:func:`time_budget`), counted from ``since`` (a ``time.time()``; None: from this call).
     """
-    shard_dir, out_dir = Path(shard_dir), Path(out_dir)
+    out_dir = Path(out_dir)
     device = torch.device(device) if device is not None else default_device()
     index = read_index(shard_dir)
     extra = checkpoint_extra(params, index)

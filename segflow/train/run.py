@@ -23,6 +23,7 @@ from pathlib import Path
 
 from segflow.config import Params
 from segflow.data.shards import read_index, shard_index_path
+from segflow.data.store import location
 from segflow.errors import SegflowError
 from segflow.io import atomic_path
 from segflow.models.checkpoint import read_checkpoint
@@ -65,7 +66,7 @@ class TrainOutcome:
     budget: dict | None = None
 
 
-def preflight(params: Params, shard_dir: Path) -> dict:
+def preflight(params: Params, shard_dir: str | Path) -> dict:
     """Check what would otherwise fail inside every worker; returns the shard index."""
     p = params.train
     index = read_index(shard_dir)
@@ -83,7 +84,7 @@ def train_func(config: dict) -> dict:
     import ray
 
     params = Params.model_validate(config["params"])
-    shard_dir = Path(config["shard_dir"])
+    shard_dir = config["shard_dir"]  # a local path or an object-store URI
     rank, world_size, device = worker_context(config, params.train.cpus_per_worker)
     node_ids = gather_objects(ray.get_runtime_context().get_node_id())
     resume = resume_payload(CHECKPOINT_FILE)
@@ -126,7 +127,7 @@ def train_distributed(
     ``work_dir``. A ``stop`` request while it runs ends this driver's Ray job (its workers
     with it) and re-raises. A time budget counts from ``since`` (the stage's start)."""
     p = params.train
-    shard_dir = Path(shard_dir).resolve()
+    shard_dir = location(shard_dir)  # absolute: workers run elsewhere
     run_name = p.run_name or default_run_name("train")
     config = {
         "params": params.model_dump(mode="json"),

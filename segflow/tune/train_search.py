@@ -23,6 +23,7 @@ from typing import Any
 
 from segflow.config import Params, TuneModelChoice
 from segflow.data.shards import read_index
+from segflow.data.store import location
 from segflow.errors import SegflowError
 from segflow.storage import check_storage, open_storage
 from segflow.tune.best_params import METRIC, train_values
@@ -84,7 +85,7 @@ def _run_trial(config: dict, params: Params, shard_dir: str) -> None:
         tune.report({k: v for k, v in record.items() if isinstance(v, int | float)})
 
     try:
-        train_epochs(trial_params, Path(shard_dir), device, on_epoch, echo=None)
+        train_epochs(trial_params, shard_dir, device, on_epoch, echo=None)
     except TrainingDiverged:
         # A setting that diverges (too high an lr) is a bad point of the space, not a failed
         # sweep: it ends with the worst mIoU there is, and the search moves away from it.
@@ -125,7 +126,7 @@ def train_sweep(
     from segflow.raycluster import connect_ray
 
     t = params.tune
-    shard_dir = Path(shard_dir).resolve()
+    shard_dir = location(shard_dir)  # absolute: workers run elsewhere
     # What would fail in every trial fails here once, before Ray starts.
     index = read_index(shard_dir)
     num_train = int(index.get("splits", {}).get("train", {}).get("num_samples", 0))
