@@ -114,12 +114,9 @@ class S3Server:
         return [p for p in paths if p.startswith(under)]
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self.proc = None
+        if self.proc is not None:
+            _end_group(self.proc, (signal.SIGKILL,))
+            self.proc = None
 
 
 @contextlib.contextmanager
@@ -221,12 +218,9 @@ class PostgresServer:
         return self.dsn(name).replace("postgresql://", "postgresql+psycopg2://", 1)
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self.proc = None
+        if self.proc is not None:
+            _end_group(self.proc, (signal.SIGKILL,))
+            self.proc = None
 
 
 #: Nothing reaches the network; the job runner (a pool of huey consumers) is not needed here
