@@ -18,10 +18,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from segflow.errors import SegflowError
 
-#: Seconds: connecting to the endpoint, and one request (a checkpoint part is one request).
+#: Seconds: connecting to the endpoint, and one request (a checkpoint part is one request). A
+#: dead endpoint fails within ~30 s: connect timeout x attempts, plus the SDK's short backoff.
 CONNECT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 60.0
 #: Attempts per request (AWS's standard strategy backs off between them).
@@ -33,10 +35,13 @@ def is_uri(storage_path: str) -> bool:
 
 
 def open_storage(storage_path: str) -> tuple[Any, str]:
-    """``(filesystem, path)`` for ``RunConfig(storage_filesystem=fs, storage_path=path)``.
+    """``(filesystem, path)`` for ``RunConfig(storage_filesystem=fs, storage_path=path)``, and
+    for any object under an object-store location (the shards, segflow.data.store).
 
     A local path: ``(None, the absolute path)``; Ray opens it itself. A URI: its pyarrow
-    filesystem and the path inside it (``bucket/prefix``).
+    filesystem and the path inside it (``bucket/prefix``). S3's endpoint comes from
+    ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (``http://host:port``, or a bare
+    ``host:port`` meaning https).
     """
     if not is_uri(storage_path):
         return None, str(Path(storage_path).expanduser().resolve())
@@ -45,12 +50,16 @@ def open_storage(storage_path: str) -> tuple[Any, str]:
     scheme, _, path = storage_path.partition("://")
     path = path.rstrip("/")
     if scheme == "s3":
+        options: dict[str, str] = {}
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+            options.update(endpoint_override=parts.netloc, scheme=parts.scheme)
         fs = pafs.S3FileSystem(
-            endpoint_override=endpoint or None,
             connect_timeout=CONNECT_TIMEOUT_S,
             request_timeout=REQUEST_TIMEOUT_S,
             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS),
+            **options,
         )
         return fs, path
     fs, inner = pafs.FileSystem.from_uri(storage_path)

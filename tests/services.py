@@ -364,7 +364,11 @@ class RayCluster:
     ) -> int:
         """Start a worker node (``cwd``: its working directory; ``hide``: directories it sees
         empty); returns its index for :meth:`kill` and :meth:`restart`."""
-        self._start([f"--address={self.address}", f"--num-cpus={num_cpus}"], cwd, hide)
+        # A session directory of its own, as on another machine: two nodes tailing one logs
+        # directory would forward every worker line to the driver twice.
+        temp = self.temp / f"n{len(self.nodes)}"
+        args = [f"--address={self.address}", f"--num-cpus={num_cpus}", f"--temp-dir={temp}"]
+        self._start(args, cwd, hide)
         self.wait_for_nodes(len(self.nodes))
         return len(self.nodes) - 1
 
