@@ -31,8 +31,9 @@ demo: $(STAMP) .dvc/config
 
 # Two pytest workers (a test module stays on one worker, with its fixtures): about half of the
 # suite's time is spent waiting on Ray, MLflow and subprocess start-ups, which overlap.
+# --durations lists the 30 slowest tests: CI must stay under 35 minutes.
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -n 2 --dist loadfile
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=30
 
 test-fast: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not integration"

@@ -252,6 +252,10 @@ class LoaderParams(_Section):
     std: tuple[_Std, _Std, _Std] = (0.229, 0.224, 0.225)
     #: DataLoader processes per training worker; each holds a copy of the loader's state.
     num_workers: int = Field(0, ge=0, le=256)
+    #: Who decodes and augments the train stage's batches. mmap: each training worker (and its
+    #: ``num_workers`` DataLoader processes) memory-maps the shards; ray_data: Ray Data tasks
+    #: on any node with free CPUs, streamed to the training workers (validation stays mmap).
+    backend: Literal["mmap", "ray_data"] = "mmap"
 
     @model_validator(mode="after")
     def _scale_order(self) -> LoaderParams:
@@ -297,6 +301,33 @@ class RayRunParams(_Section):
         return value
 
 
+class CRFRNNParams(_Section):
+    """CRF as RNN (``train.crf_rnn``): the dense CRF's mean-field iterations as a head trained
+    with the network (segflow.models.crf_rnn; Zheng et al. 2015, ConvCRF's window)."""
+
+    #: Mean-field iterations unrolled (the paper: 5 in training).
+    iterations: int = Field(5, ge=1, le=20)
+    #: Neighbourhood of each pixel, in cells of the (downsampled) grid; odd. Exact within it.
+    window: int = Field(11, ge=3, le=31)
+    #: Messages on a grid this many times coarser (ConvCRF's blur): reach = window // 2 x this.
+    downsample: int = Field(1, ge=1, le=16)
+    #: Bilateral kernel: position scale (input pixels) and intensity scale (normalised input:
+    #: 1 ~ one std of the dataset's intensities).
+    theta_alpha: float = Field(5.0, gt=0, le=1000)
+    theta_beta: float = Field(0.2, gt=0, le=100)
+    #: Spatial (smoothness) kernel's position scale, in input pixels.
+    theta_gamma: float = Field(3.0, gt=0, le=1000)
+    #: Train only the CRF on a frozen network (the paper's second stage); false: end to end.
+    freeze_net: bool = False
+
+    @field_validator("window")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"must be odd (got {value})")
+        return value
+
+
 class TrainParams(RayRunParams):
     """Model, optimisation, hardware and tracking of the train stage.
 
@@ -313,6 +344,9 @@ class TrainParams(RayRunParams):
     #: {aspp_channels: 64} for a narrow DeepLab head.
     #: Not num_classes, backbone, output_stride or pretrained (RESERVED_MODEL_OPTIONS).
     model_options: dict[str, int | float | str | bool | list | dict] = {}
+    #: CRF as RNN on the model's logits, trained with it (segflow.models.crf_rnn); null: none.
+    #: E.g. {iterations: 5, window: 11, downsample: 4}.
+    crf_rnn: CRFRNNParams | None = None
     epochs: int = Field(8, gt=0, le=MAX_EPOCHS)
     #: Train to this many minutes of wall time (null: off, train.epochs as they are): the LR
     #: decays with the fraction of it spent and the run stops at the last epoch that fits

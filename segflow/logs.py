@@ -69,6 +69,9 @@ def quiet_libraries(verbose: bool | None = None) -> None:
     # Ray Tune's new output engine prints its experiment box, result paths and a TensorBoard
     # hint whatever RunConfig(verbose=0) says; the legacy engine honours verbose=0.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ray Data (loader.backend: ray_data) logs each epoch's plan, start and end at INFO, in
+    # whichever Ray process runs it; its workers read the level from the environment.
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
     _hide_user_warnings_from("mlflow")
 
 

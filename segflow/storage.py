@@ -15,6 +15,7 @@ with one line (:func:`check_storage`) instead of AWS's default minutes of retrie
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -50,20 +51,33 @@ def open_storage(storage_path: str) -> tuple[Any, str]:
     scheme, _, path = storage_path.partition("://")
     path = path.rstrip("/")
     if scheme == "s3":
-        options: dict[str, str] = {}
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint:
-            parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
-            options.update(endpoint_override=parts.netloc, scheme=parts.scheme)
-        fs = pafs.S3FileSystem(
-            connect_timeout=CONNECT_TIMEOUT_S,
-            request_timeout=REQUEST_TIMEOUT_S,
-            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS),
-            **options,
-        )
-        return fs, path
+        return _s3(endpoint, tuple(os.environ.get(name) for name in _AWS_SETTINGS)), path
     fs, inner = pafs.FileSystem.from_uri(storage_path)
     return fs, inner.rstrip("/")
+
+
+#: What the AWS SDK reads from the environment: a client is reused only while they are unchanged.
+_AWS_SETTINGS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_REGION", "AWS_DEFAULT_REGION")  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4)
+def _s3(endpoint: str | None, settings: tuple) -> Any:
+    """One S3 client per endpoint and credentials (creating one costs milliseconds, and a
+    verify or a download touches every object); ``settings`` only keys the cache."""
+    import pyarrow.fs as pafs
+
+    options: dict[str, str] = {}
+    if endpoint:
+        parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        options.update(endpoint_override=parts.netloc, scheme=parts.scheme)
+    return pafs.S3FileSystem(
+        connect_timeout=CONNECT_TIMEOUT_S,
+        request_timeout=REQUEST_TIMEOUT_S,
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS),
+        **options,
+    )
 
 
 def check_storage(storage_path: str, field: str) -> None:

@@ -228,7 +228,8 @@ def mlflow_run_name(params: Params) -> str:
 
 def log_dataset_input(index: dict) -> None:
     """The shards as the active run's training input (MLflow's Datasets column): their
-    dataset name, content hash as the digest, and where they are; no data is uploaded."""
+    dataset name, content hash as the digest, and where they are (the index's ``uri`` when
+    shard.uri names another place); no data is uploaded."""
     import mlflow
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.sources import LocalArtifactDatasetSource
@@ -236,7 +237,13 @@ def log_dataset_input(index: dict) -> None:
     from segflow.paths import SHARDS
 
     digest = str(index.get("content_hash", "unknown"))  # the store keeps 36 characters
-    source = LocalArtifactDatasetSource(str(SHARDS.resolve()))
+    where = str(index.get("uri") or SHARDS.resolve())  # shard.uri when not data/shards
+    if "://" in where:  # s3:// or gs://: MLflow's own source for that store
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+        source = resolve_dataset_source(where)
+    else:
+        source = LocalArtifactDatasetSource(where)
     name = f"{index.get('dataset', 'unknown')}-shards"
     mlflow.log_input(MetaDataset(source, name=name, digest=digest[:36]), context="training")
 

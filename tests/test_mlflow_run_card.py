@@ -96,6 +96,17 @@ def project(tmp_path, monkeypatch):
     tracking.end_run()
 
 
+def test_shards_on_an_object_store_are_the_runs_input_at_their_uri(project: Path):
+    params = tiny_params(run_name="train-20261207-131501")
+    index = {"content_hash": "d" * 64, "dataset": "bands", "uri": "s3://bucket/bands"}
+    run_id = tracking.start_training_run(params, index, root=project)
+    tracking.end_run()
+    run = mlflow.MlflowClient(tracking.tracking_uri(project)).get_run(run_id)
+    [dataset] = run.inputs.dataset_inputs
+    assert dataset.dataset.source_type == "s3"
+    assert json.loads(dataset.dataset.source)["uri"] == "s3://bucket/bands"
+
+
 def test_a_registered_version_is_one_model_with_a_signature_per_class_metrics_and_a_description(
     project: Path,
 ):

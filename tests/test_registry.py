@@ -89,6 +89,7 @@ def store(tmp_path_factory) -> dict:
     yield {
         "uri": uri,
         "root": root,
+        "experiment": experiment,
         "run_id": run.info.run_id,
         "checkpoint": write_checkpoint(root / "best.pt"),
     }
@@ -106,8 +107,11 @@ def tracking(store, monkeypatch) -> dict:
 
 
 def register(store: dict, dataset: str, miou: float, split_hash: str):
+    """A new version, as a new training run registers it (one run's model registers once)."""
+    with mlflow.start_run(experiment_id=store["experiment"]) as run:
+        pass
     return register_model(
-        store["run_id"], dataset, {"miou": miou, "pa": 0.9}, miou, SERVING, CLASSES,
+        run.info.run_id, dataset, {"miou": miou, "pa": 0.9}, miou, SERVING, CLASSES,
         store["checkpoint"], split_hash, prefix="segflow",
     )  # fmt: skip
 
@@ -336,8 +340,20 @@ def test_register_stage_rescores_the_champion_on_the_same_images_and_records_the
     gate_logged = {f.path for f in client.list_artifacts(tracking["run_id"], "evaluation")}
     assert "evaluation/gate.md" in gate_logged
 
-    # The same model again: the champion, scored here on the same images, gets exactly the
-    # evaluate stage's counts, so the difference is 0 on every resample: kept.
+    # The stage run again for the same training run (DVC re-runs it when a gate param
+    # changes): its model is already version 1, the champion; nothing new is registered.
+    again = run_stage()
+    assert again["version"] == "1" and again["aliases"] == [CHALLENGER, CHAMPION]
+    assert again["decision"]["decision"] == "kept" and again["onnx"] == first["onnx"]
+    assert "is already the champion" in again["decision"]["reason"]
+    versions = client.search_model_versions("name = 'segflow-bands'")
+    assert [str(v.version) for v in versions] == ["1"]
+
+    # The same model from another training run: the champion, scored here on the same images,
+    # gets exactly the evaluate stage's counts, so the difference is 0 on every resample: kept.
+    with mlflow.start_run(experiment_id=run.info.experiment_id) as other:
+        pass
+    (root / "models" / "run.json").write_text(json.dumps({"mlflow_run_id": other.info.run_id}))
     second = run_stage()
     assert second["version"] == "2" and second["aliases"] == [CHALLENGER]
     gate = second["decision"]

@@ -29,7 +29,6 @@ bit for bit whatever the number of workers.
 
 from __future__ import annotations
 
-import functools
 import math
 import multiprocessing
 import os
@@ -44,7 +43,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from segflow.config import LoaderParams
 from segflow.data.shards import INDEX_NAME, read_index
-from segflow.data.store import local_shards
+from segflow.data.store import is_remote, local_shards
 from segflow.data.transforms import eval_transform, reseed, train_transform
 from segflow.errors import SegflowError
 
@@ -184,7 +183,7 @@ def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch
 
 
 def to_arrays(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The numpy side of :func:`to_tensors` (Ray Data rows are numpy).
+    """The numpy side of :func:`to_tensors`.
 
     The transposing copy is made here because collating permuted views costs ~4x more
     (torch.stack over strided inputs: ~1 ms per 360x480 float image against ~0.3 ms here).
@@ -250,6 +249,9 @@ class ShardDataset(IterableDataset):
             raise SegflowError(f"rank {rank} is not in 0..world_size-1 (world_size {world_size})")
         if batch_size < 1:
             raise SegflowError(f"batch_size must be positive (got {batch_size})")
+        # Where the shards are (an object-store URI stays one): a process on another node (a
+        # Ray Data task) fetches its own copy from there; files are this node's (cached) copies.
+        self.location = shard_dir
         self.shard_dir = local_shards(shard_dir, split)
         self.split = split
         self.files = split_files(self.shard_dir, split)
@@ -309,6 +311,8 @@ class ShardDataset(IterableDataset):
     def _open(self) -> ShardReader:
         # Opened in the process that iterates (a worker, after fork), never shared across a fork.
         if self._reader is None or self._reader_pid != os.getpid():
+            if is_remote(self.location) and not all(path.is_file() for path, _ in self.files):
+                self.files = split_files(self.location, self.split)  # unpickled on another node
             self._reader = ShardReader(self.files)
             self._reader_pid = os.getpid()
         return self._reader
@@ -321,12 +325,16 @@ class ShardDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        yield from self.samples_at(self.worker_positions(worker, num_workers))
+
+    def samples_at(self, positions: Sequence[int]) -> Iterator[dict]:
+        """The samples at ``positions`` of the current epoch's order, decoded and augmented."""
         reader = self._open()
         order = self.epoch_order()
-        for position in self.worker_positions(worker, num_workers):
+        for position in positions:
             # Positions past N are the padding of even=True: they wrap to the order's start.
             index = int(order[position % self.num_samples])
-            yield self.load(reader, index, position)
+            yield self.load(reader, index, int(position))
 
     def load(self, reader: ShardReader, index: int, position: int) -> dict:
         image, mask = reader.decoded(index)
@@ -374,11 +382,11 @@ def make_dataloader(
     a process whose OpenMP/OpenCV thread pools are live can deadlock in the child (seen here
     after a model had run in the parent), and a forkserver child is still cheap to start.
     """
-    shard_dir = local_shards(shard_dir, split)  # one index read and cache check per loader
+    index = read_index(local_shards(shard_dir, split))  # the index of this node's copy
     if train:
         pixels = None
         if params.rare_class_crop > 0:
-            pixels = read_index(shard_dir)["splits"][split]["class_pixels"]
+            pixels = index["splits"][split]["class_pixels"]
         dataset = ShardDataset(
             shard_dir,
             split,
@@ -398,7 +406,7 @@ def make_dataloader(
                 f"fewer than the batch size {batch_size}: no full training batch"
             )
     else:
-        sizes = read_index(shard_dir)["splits"].get(split, {}).get("sizes", [])
+        sizes = index["splits"].get(split, {}).get("sizes", [])
         if len(sizes) != 1:
             batch_size = 1
         dataset = ShardDataset(
@@ -434,43 +442,3 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])  # workers fork with torch, cv2 and this module loaded
     return ctx
-
-
-def ray_dataset(
-    shard_dir: str | Path,
-    split: str,
-    transform: Transform | None = None,
-    seed: int = 0,
-    epoch: int = 0,
-):
-    """A Ray Data dataset of one split: rows ``{"id", "image": 3xHxW, "mask": HxW}`` as numpy,
-    typed as :func:`to_arrays` says (float32/int64 after a normalising transform, else uint8).
-
-    The memory-mapped tables go to Ray as they are (encoded bytes, so the object store holds the
-    compact form) and decoding runs in ``map`` on the Ray workers. Each row keeps its global
-    position so augmentation is seeded per (seed, epoch, position) like :class:`ShardDataset`.
-    """
-    import ray.data  # Ray is heavy to import; only this function needs it
-
-    tables, start = [], 0
-    for path, _ in split_files(shard_dir, split):
-        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-        table = table.select(["id", "image", "mask"])
-        table = table.append_column("position", pa.array(np.arange(start, start + len(table))))
-        tables.append(table)
-        start += len(table)
-    decode = functools.partial(_decode_row, transform=transform, seed=seed, epoch=epoch)
-    return ray.data.from_arrow(tables).map(decode)
-
-
-def _decode_row(row: dict, transform: Transform | None, seed: int, epoch: int) -> dict:
-    image = decode_image(np.frombuffer(row["image"], np.uint8))
-    mask = decode_mask(np.frombuffer(row["mask"], np.uint8))
-    if image is None or mask is None:
-        raise SegflowError(f"sample {row['id']!r}: not decodable; rerun dvc repro shard")
-    if transform is not None:
-        reseed(transform, (seed, epoch, int(row["position"])))
-        out = transform(image=image, mask=mask)
-        image, mask = out["image"], out["mask"]
-    image, mask = to_arrays(image, mask)
-    return {"id": row["id"], "image": image, "mask": mask}

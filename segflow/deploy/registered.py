@@ -43,6 +43,15 @@ FILES = {ONNX: f"{ARTIFACT_PATH}/{MODEL_FILE['onnx']}", ONNX_SPEC: f"{ARTIFACT_P
 ERROR_TAG = "segflow.onnx.error"
 
 
+def registered_onnx(version) -> dict | None:
+    """The record of the ONNX export already attached to ``version`` (its digest tags), or
+    None: a version registered again by a re-run register stage keeps the export it has."""
+    digests = {key: version.tags.get(DIGEST_TAG.format(key)) for key in FILES}
+    if not all(digests.values()):
+        return None
+    return {"files": FILES, "sha256": digests}
+
+
 def attach_onnx(version, checkpoint: Path, serving: dict, classes: list[dict]) -> dict:
     """Export the version's served model to ONNX and log it beside the model, checked.
 

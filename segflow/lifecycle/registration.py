@@ -35,7 +35,7 @@ import numpy as np
 
 from segflow.errors import SegflowError
 from segflow.lifecycle.run_card import run_test_metrics, version_description
-from segflow.logs import is_verbose
+from segflow.logs import console, is_verbose
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 #: Name of the pyfunc model inside the training run: its one logged model, the served path
@@ -120,11 +120,7 @@ def _log_served_model(
         raise SegflowError(f"{model_path}: checkpoint not found; run the train stage")
     package = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
-        artifacts = {CHECKPOINT: str(model_path)}
-        for key, value in ((SERVING, serving), (CLASSES, classes)):
-            path = Path(tmp) / f"{key}.json"
-            path.write_text(json.dumps(value, indent=2) + "\n")
-            artifacts[key] = str(path)
+        artifacts = _artifact_files(Path(tmp), model_path, serving, classes)
         digests = {DIGEST_TAG.format(key): sha256_file(path) for key, path in artifacts.items()}
         # MLflow runs the model on the input example and says so at INFO: hidden unless verbose
         with _quiet_logger("mlflow.pyfunc"):
@@ -146,6 +142,38 @@ def _log_served_model(
                 tags=digests,
             )
     return info.model_uri, digests
+
+
+def _artifact_files(
+    into: Path, model_path: Path, serving: dict, classes: list[dict]
+) -> dict[str, str]:
+    """The served model's three artifacts as files (the JSON ones written into ``into``)."""
+    artifacts = {CHECKPOINT: str(model_path)}
+    for key, value in ((SERVING, serving), (CLASSES, classes)):
+        path = into / f"{key}.json"
+        path.write_text(json.dumps(value, indent=2) + "\n")
+        artifacts[key] = str(path)
+    return artifacts
+
+
+def _served_digests(model_path: Path, serving: dict, classes: list[dict]) -> dict[str, str]:
+    """The digest tags the served model of these files would get when logged."""
+    with tempfile.TemporaryDirectory() as tmp:
+        files = _artifact_files(Path(tmp), model_path, serving, classes)
+        return {DIGEST_TAG.format(key): sha256_file(path) for key, path in files.items()}
+
+
+def registered_from_run(name: str, run_id: str, digests: dict[str, str]):
+    """The newest version of ``name`` registered from run ``run_id`` with exactly these
+    artifacts (``digests``, as :data:`DIGEST_TAG` tags), or None."""
+    import mlflow
+
+    versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}'")
+    same = [
+        v for v in versions
+        if v.run_id == run_id and all(v.tags.get(tag) == d for tag, d in digests.items())
+    ]  # fmt: skip
+    return max(same, key=lambda v: int(v.version)) if same else None
 
 
 @contextmanager
@@ -185,7 +213,9 @@ def register_model(
     (:data:`DIGEST_TAG`), which :func:`fetch_checked` requires. Its description is the
     served path's test metrics and ``per_class`` IoU (reports/eval/per_class_iou.json) as
     markdown tables (:func:`segflow.lifecycle.run_card.version_description`). Returns the new
-    ``ModelVersion``.
+    ``ModelVersion``, or the version already registered from ``run_id`` with the same three
+    artifacts (:func:`registered_from_run`; it gets the alias ``challenger`` back unless it is
+    the champion): one training run's served model is registered once.
     """
     import mlflow
 
@@ -197,6 +227,18 @@ def register_model(
     check_run(run_id)
     client = mlflow.MlflowClient()
     name = registered_name(dataset, prefix)
+    # The register stage run again for the same training run (a gate param changed, DVC
+    # re-ran it): the model it would register is already a version. Registering it again would
+    # fill the registry with copies and let the gate judge a model against itself.
+    existing = registered_from_run(name, run_id, _served_digests(model_path, serving, classes))
+    if existing is not None:
+        console.print(
+            f"register: {name} v{existing.version} is already run {run_id}'s model (the same "
+            "checkpoint, serving spec and classes): not registered again"
+        )
+        if CHAMPION not in existing.aliases:
+            client.set_registered_model_alias(name, CHALLENGER, existing.version)
+        return client.get_model_version(name, existing.version)
     # Reopening the finished training run attaches the model to the run that made it.
     with mlflow.start_run(run_id=run_id):
         model_uri, digests = _log_served_model(model_path, serving, classes, MODEL_NAME)

@@ -43,7 +43,10 @@ def aux_output(model: nn.Module, out: Tensor, features: Tensor, size: tuple[int,
 
 
 def without_aux(model: nn.Module) -> nn.Module:
-    """The model without its auxiliary head (in place): what is exported and served."""
+    """The model without its auxiliary head (in place): what is exported and served. A model
+    under a CRF-as-RNN head (segflow.models.crf_rnn) has it on its network, ``model.net``."""
+    if getattr(model, "crf", None) is not None and hasattr(model, "net"):
+        without_aux(model.net)
     if getattr(model, "aux_head", None) is not None:
         model.aux_head = None
     return model

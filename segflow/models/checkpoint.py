@@ -39,8 +39,9 @@ def default_device() -> torch.device:
 
 
 def build_model(p: TrainParams, num_classes: int) -> nn.Module:
-    """The model ``train`` params describe (weights freshly initialised)."""
-    return build(
+    """The model ``train`` params describe (weights freshly initialised), with its CRF-as-RNN
+    head when ``train.crf_rnn`` is set."""
+    net = build(
         p.model,
         num_classes,
         backbone=p.backbone,
@@ -48,6 +49,16 @@ def build_model(p: TrainParams, num_classes: int) -> nn.Module:
         pretrained=p.pretrained,
         **p.model_options,
     )
+    if p.crf_rnn is None:
+        return net
+    from segflow.models.crf_rnn import CRFasRNN, MeanFieldCRF
+
+    c = p.crf_rnn
+    crf = MeanFieldCRF(
+        num_classes, iterations=c.iterations, window=c.window, downsample=c.downsample,
+        theta_alpha=c.theta_alpha, theta_beta=c.theta_beta, theta_gamma=c.theta_gamma,
+    )  # fmt: skip
+    return CRFasRNN(net, crf, freeze_net=c.freeze_net)
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -32,7 +32,7 @@ from segflow import tracking
 from segflow.config import Params
 from segflow.data.groups import gate_split
 from segflow.data.shards import read_index, split_hash
-from segflow.deploy.registered import attach_onnx
+from segflow.deploy.registered import attach_onnx, registered_onnx
 from segflow.errors import SegflowError
 from segflow.evaluate.bootstrap import load_image_counts
 from segflow.evaluate.report import REPORT_DATA, registry_text, render_registered
@@ -136,7 +136,9 @@ def register_and_gate(
             per_class=per_class_iou(report_dir),
         )  # fmt: skip
         # The ONNX export beside the model (onnx/): a deployment takes it from the registry.
-        onnx = attach_onnx(version, model_path, serving, index.get("classes", []))
+        onnx = registered_onnx(version) or attach_onnx(
+            version, model_path, serving, index.get("classes", [])
+        )
         decision = run_gate(version, new_counts, split, params, shard_dir, test)
         version_aliases = aliases(version.name, version.version)
         log_registered_report(run["mlflow_run_id"], report_dir, version, version_aliases)

@@ -111,11 +111,23 @@ def check_workers(
         raise SegflowError(f"params.yaml: {section}.use_gpu: true but this machine has no CUDA GPU")
 
 
-def check_cluster(p: RayRunParams, section: str) -> None:
-    """More workers than the cluster can place would wait forever: fail now, naming the field."""
+def check_cluster(p: RayRunParams, section: str, data_cpus: int = 0) -> None:
+    """More workers than the cluster can place would wait forever: fail now, naming the field.
+
+    ``data_cpus``: CPUs the run needs beside its workers' (Ray Data's decoding tasks with
+    ``loader.backend: ray_data``); without one free CPU those tasks never start.
+    """
     import ray
 
     have = ray.cluster_resources()
+    need = p.num_workers * p.cpus_per_worker
+    if data_cpus and have.get("CPU", 0) < need + data_cpus:
+        raise SegflowError(
+            f"params.yaml: loader.backend: ray_data decodes in Ray tasks beside the "
+            f"{section} workers, but their {section}.num_workers x {section}.cpus_per_worker = "
+            f"{need} CPUs leave none of the Ray cluster's {have.get('CPU', 0):g} (add CPUs or "
+            f"nodes, or use fewer workers)"
+        )
     for kind, per_worker, used in (
         ("CPU", p.cpus_per_worker, True),
         ("GPU", p.gpus_per_worker, p.use_gpu),
@@ -223,11 +235,13 @@ def launch(
     *,
     score: str | None = None,
     echo: Echo = echo_line,
+    data_cpus: int = 0,
 ) -> RayRun:
     """Run ``worker(config)`` on ``p.num_workers`` Ray Train workers; the run named
     ``run_name`` under ``p.storage_path`` is resumed from its latest checkpoint if it exists.
 
-    ``score`` is the reported metric the kept checkpoint is chosen by (higher is better).
+    ``score`` is the reported metric the kept checkpoint is chosen by (higher is better);
+    ``data_cpus`` the CPUs the run needs beside its workers' (:func:`check_cluster`).
     A failed run raises RuntimeError naming it (after ``max_failures`` restarts).
     """
     import ray.train
@@ -235,7 +249,7 @@ def launch(
 
     check_storage(p.storage_path, f"{section}.storage_path")
     connect_ray()
-    check_cluster(p, section)
+    check_cluster(p, section, data_cpus)
     filesystem, storage = open_storage(p.storage_path)
     resources = {"CPU": p.cpus_per_worker}
     if p.use_gpu:

@@ -30,6 +30,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from segflow.config import Params, TrainParams
 from segflow.data.groups import DEV_SPLIT, VAL_SPLIT, decision_split
 from segflow.data.loader import make_dataloader, normalize_batch
+from segflow.data.ray_loader import training_loader
 from segflow.data.shards import read_index
 from segflow.errors import SegflowError
 from segflow.evaluate.metrics import ConfusionMatrix
@@ -79,8 +80,9 @@ def build_optimizer(model: nn.Module, p: TrainParams) -> Optimizer:
     so the poly schedule scales both.
     """
     named = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
-    body = [q for n, q in named if n.startswith("backbone.")]
-    head = [q for n, q in named if not n.startswith("backbone.")]
+    # "net.backbone.": the backbone of a model under a CRF-as-RNN head (train.crf_rnn)
+    body = [q for n, q in named if n.startswith(("backbone.", "net.backbone."))]
+    head = [q for n, q in named if not n.startswith(("backbone.", "net.backbone."))]
     groups = [g for g in ({"params": body, "lr": p.lr},) if g["params"]]
     if head:
         groups.append({"params": head, "lr": p.lr * p.head_lr_mult})
@@ -412,9 +414,8 @@ def train_epochs(
     num_classes = int(index["num_classes"])
     lp = params.loader
     norm = (lp.mean, lp.std)
-    train_loader = make_dataloader(
-        shard_dir, "train", lp, True, p.batch_size, rank, world_size, params.seed, uint8=True
-    )
+    # Validation reads with the mmap loader whatever loader.backend says (segflow.data.ray_loader)
+    train_loader = training_loader(shard_dir, lp, p.batch_size, rank, world_size, params.seed)
     val_loader = make_dataloader(
         shard_dir, "val", lp, False, p.batch_size, rank, world_size, params.seed, uint8=True
     )

@@ -2,11 +2,12 @@
 process (``local``), each ending with the best checkpoint copied where the stage wants it.
 
 Each Ray worker runs :func:`segflow.train.loop.train_epochs` unchanged: it wraps the model in
-DDP and reads its own part of the shards (the rank-split ``ShardDataset``). After every epoch
-the workers report the epoch's metrics and rank 0 attaches the checkpoint; the launcher
-(:mod:`.distributed`) keeps the best by val mIoU and the latest, and restarts crashed workers
-from the latest. Everything that can be checked before a worker starts is checked once, by the
-stage, in :func:`preflight`.
+DDP and reads its own part of the shards (the rank-split ``ShardDataset``; with
+``loader.backend: ray_data`` its share of the epoch, decoded by Ray Data tasks on any node with
+free CPUs: :mod:`segflow.data.ray_loader`). After every epoch the workers report the epoch's
+metrics and rank 0 attaches the checkpoint; the launcher (:mod:`.distributed`) keeps the best
+by val mIoU and the latest, and restarts crashed workers from the latest. Everything that can
+be checked before a worker starts is checked once, by the stage, in :func:`preflight`.
 
 A diverged run (:class:`segflow.train.loop.TrainingDiverged`) is not a crash to restart from:
 the workers return its message and the driver raises it. A stop request (``stop``, a
@@ -136,7 +137,10 @@ def train_distributed(
     }
     try:
         with stop.interruptible() if stop is not None else nullcontext():
-            run = launch(train_func, config, p, "train", run_name, score=SCORE, echo=echo)
+            run = launch(
+                train_func, config, p, "train", run_name, score=SCORE, echo=echo,
+                data_cpus=1 if params.loader.backend == "ray_data" else 0,
+            )  # fmt: skip
     except BaseException:
         if stop is not None and stop():
             end_ray_job()

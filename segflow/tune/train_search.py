@@ -72,6 +72,10 @@ def _run_trial(config: dict, params: Params, shard_dir: str) -> None:
     from segflow.train.loop import TrainingDiverged, train_epochs
 
     trial_params = apply_trial(params, config)
+    # A trial decodes in its own process whatever loader.backend says: Ray Data's tasks would
+    # wait for CPUs that the sweep's trials hold.
+    mmap = trial_params.loader.model_copy(update={"backend": "mmap"})
+    trial_params = trial_params.model_copy(update={"loader": mmap})
     torch.set_num_threads(max(1, int(params.tune.cpus_per_trial)))
     use_gpu = params.tune.gpus_per_trial > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +20,10 @@ from segflow.data.loader import (
     ShardReader,
     make_dataloader,
     normalize_batch,
-    ray_dataset,
     split_files,
 )
 from segflow.data.manifest import build_manifest
+from segflow.data.ray_loader import RayDataLoader, training_loader
 from segflow.data.shards import write_shards
 from segflow.data.transforms import eval_transform, train_transform
 from segflow.errors import SegflowError
@@ -301,20 +302,20 @@ def test_shard_file_that_disagrees_with_the_index_is_an_error(shards, tmp_path):
         ShardReader([(tmp_path / "gone.arrow", 1)])
 
 
-@pytest.mark.integration
-def test_ray_dataset_yields_every_sample_once_decoded(shards):
-    import ray
-
-    shard_dir, adapter = shards
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        rows = ray_dataset(shard_dir, "train").take_all()
-    finally:
-        ray.shutdown()
-    refs = {r.id: r for r in adapter.refs if r.split == "train"}
-    assert sorted(r["id"] for r in rows) == sorted(refs)
-    for row in rows:
-        ref = refs[row["id"]]
-        image = adapter.read_image(ref.image).transpose(2, 0, 1)
-        np.testing.assert_array_equal(row["image"], image)
-        np.testing.assert_array_equal(row["mask"], adapter.read_mask(ref.mask))
+def test_the_ray_data_loader_has_the_mmap_loaders_steps_per_epoch_without_starting_ray(shards):
+    # len() drives the LR schedule and the step counts: computed from the index, as for mmap.
+    shard_dir, _ = shards
+    for world_size in (1, 2, 3):
+        for batch_size in (1, 2, 3):
+            loaders = [
+                training_loader(
+                    shard_dir, LoaderParams(backend=backend), batch_size, 0, world_size, 0
+                )
+                for backend in ("mmap", "ray_data")
+            ]
+            assert isinstance(loaders[1], RayDataLoader)
+            assert (
+                len(loaders[1])
+                == len(loaders[0])
+                == math.ceil(math.ceil(N_TRAIN / world_size) / batch_size)
+            )

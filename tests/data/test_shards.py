@@ -12,8 +12,10 @@ import pyarrow as pa
 import pytest
 
 from segflow.data.datasets.base import ClassInfo, DatasetAdapter, SampleRef
+from segflow.data.loader import ShardDataset
 from segflow.data.manifest import build_manifest
-from segflow.data.shards import read_index, verify_shards, write_shards
+from segflow.data.shards import read_index, verify_shards, write_pointer, write_shards
+from segflow.data.store import local_shards
 from segflow.errors import SegflowError
 
 NUM_CLASSES = 4
@@ -253,3 +255,22 @@ def test_a_stray_shard_beside_the_listed_ones_is_named(tmp_path):
     stray.write_bytes((tmp_path / "shards" / "train" / "train-00000.arrow").read_bytes())
     with pytest.raises(SegflowError, match=f"{stray}: shard not listed in"):
         verify_shards(tmp_path / "shards")
+
+
+def test_a_pointer_in_data_shards_leads_every_reader_to_the_shards_elsewhere(tmp_path):
+    """shard.uri naming another directory (or a bucket): data/shards keeps only the index,
+    marked as a pointer, and readers given data/shards (``segflow shards``) follow it."""
+    _, index = shard(tmp_path, out="elsewhere")
+    write_pointer(tmp_path / "data" / "shards", {**index, "uri": str(tmp_path / "elsewhere")})
+    assert [p.name for p in (tmp_path / "data" / "shards").iterdir()] == ["index.json"]
+    assert local_shards(tmp_path / "data" / "shards") == tmp_path / "elsewhere"
+    assert verify_shards(tmp_path / "data" / "shards", full_hash=True) == index
+    ids = [s["id"] for s in ShardDataset(tmp_path / "data" / "shards", "val")]
+    assert ids == ["val_000", "val_001", "val_002"]
+
+
+def test_the_local_default_index_names_no_uri(tmp_path):
+    """With shard.uri a local directory nothing about the shards changes: no uri, no pointer."""
+    _, index = shard(tmp_path)
+    assert not {"uri", "objects", "pointer"} & set(read_index(tmp_path / "shards"))
+    assert local_shards(tmp_path / "shards") == tmp_path / "shards"

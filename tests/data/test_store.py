@@ -4,6 +4,7 @@ verification and the one-line errors. GETs are counted in the server's own reque
 from __future__ import annotations
 
 import itertools
+import pickle
 import re
 import shutil
 import subprocess
@@ -122,6 +123,19 @@ def test_concurrent_readers_on_one_node_download_each_file_once(s3_env, bucket, 
     assert sum(stats.downloads for _, stats in results) == len(files)
     assert len(arrow_gets(s3_env, uri)) == len(files)
     assert verify_shards(results[0][0], full_hash=True)["content_hash"] == remote["content_hash"]
+
+
+def test_a_dataset_unpickled_on_another_node_fetches_its_own_copy(s3_env, bucket, tmp_path, cache):
+    """A Ray Data task gets the training ShardDataset pickled; on a node without the driver's
+    cache (here: the cache removed) it fetches the split from the store before reading."""
+    uri = f"{bucket}/tiny"
+    publish(tmp_path, uri)
+    dataset = ShardDataset(uri, "val")
+    expected = [s["id"] for s in dataset]
+    shutil.rmtree(cache)
+    elsewhere = pickle.loads(pickle.dumps(dataset))
+    assert [s["id"] for s in elsewhere.samples_at(range(len(expected)))] == expected
+    assert all(path.is_file() for path, _ in elsewhere.files)
 
 
 def test_a_damaged_object_is_named_by_verify_and_by_the_cache(s3_env, bucket, tmp_path, cache):

@@ -59,7 +59,12 @@ def store(tmp_path_factory) -> dict:
     experiment = mlflow.create_experiment("trust", artifact_location=(root / "art").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
         pass
-    yield {"uri": uri, "run_id": run.info.run_id, "checkpoint": write_checkpoint(root / "best.pt")}
+    yield {
+        "uri": uri,
+        "experiment": experiment,
+        "run_id": run.info.run_id,
+        "checkpoint": write_checkpoint(root / "best.pt"),
+    }
     if old is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
@@ -74,8 +79,11 @@ def tracking(store, monkeypatch) -> dict:
 
 
 def register(store: dict, dataset: str, checkpoint: Path | None = None):
+    """A new version, as a new training run registers it (one run's model registers once)."""
+    with mlflow.start_run(experiment_id=store["experiment"]) as run:
+        pass
     return register_model(
-        store["run_id"], dataset, {"miou": 0.5}, 0.5, SERVING, CLASSES,
+        run.info.run_id, dataset, {"miou": 0.5}, 0.5, SERVING, CLASSES,
         checkpoint or store["checkpoint"], "a" * 64, prefix="segflow",
     )  # fmt: skip
 
