@@ -36,8 +36,17 @@ SYNTHETIC_DIR = "data/synthetic"
 #: A Ray run's name is an identifier: it becomes a directory under the storage path, and a
 #: name that could climb out of it (``..``, ``a/../..``, an absolute path) must never parse.
 RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+#: Object stores a storage path may name (pyarrow.fs opens them; segflow.storage).
+STORAGE_SCHEMES = ("s3", "gs")
+#: ``scheme://bucket/prefix``: the bucket by S3's and GCS's rules, then run-name-like segments,
+#: so that no URI climbs out of its prefix (``..``), hides credentials (``key:secret@``) or
+#: carries a query string a filesystem would interpret.
+STORAGE_URI_PATTERN = (
+    r"^(?P<scheme>[a-z0-9]+)://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])"
+    r"(?P<prefix>(/[A-Za-z0-9][A-Za-z0-9_.-]{0,127})*)/?$"
+)
 #: Object stores shard.uri may name (through pyarrow.fs); anything else with a scheme is refused.
-SHARD_URI_SCHEMES = ("s3", "gs")
+SHARD_URI_SCHEMES = STORAGE_SCHEMES
 
 #: Pixels of an image side: a resize, crop or sliding window. 8K is 4x Cityscapes' 2048 and
 #: above common aerial tiles; a typo such as 10**6 would allocate terabytes before failing.
@@ -63,6 +72,23 @@ class _Section(BaseModel):
     # allow_inf_nan: .inf and .nan are not numbers a user means (checked for every float,
     # also inside tuples and lists; model_options' free-form values by _check_model_options).
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def check_storage_uri(value: str) -> None:
+    """A local path passes as it is (the user's own disk); a URI must be
+    ``s3://bucket/prefix`` or ``gs://bucket/prefix`` (:data:`STORAGE_URI_PATTERN`), with no
+    ``.``/``..`` segment: whatever a run deletes or resumes under it stays under the prefix."""
+    if "://" not in value:
+        return
+    match = re.fullmatch(STORAGE_URI_PATTERN, value)
+    if match is None or match["scheme"] not in STORAGE_SCHEMES:
+        raise ValueError(
+            f"must be a local path or scheme://bucket/prefix with scheme in {STORAGE_SCHEMES}, "
+            "a bucket name (a-z, 0-9, '.', '-') and path segments of letters, digits, '_', '-', "
+            "'.'"
+        )
+    if ".." in match["bucket"] or any(part in (".", "..") for part in match["prefix"].split("/")):
+        raise ValueError("'.' and '..' may not appear as a bucket or path segment")
 
 
 def _check_model_options(options: dict, where: str) -> None:
@@ -257,7 +283,9 @@ class RayRunParams(_Section):
     #: Worker crashes to recover from (each resumes at the last checkpoint); -1: unlimited.
     max_failures: int = Field(1, ge=-1)
     #: Where Ray Train keeps run state and checkpoints: a local directory (relative to the repo)
-    #: or any pyarrow filesystem URI (s3://bucket/prefix, gs://..., hdfs://...).
+    #: or an object store, s3://bucket/prefix (endpoint and keys from $AWS_ENDPOINT_URL and
+    #: $AWS_*; MinIO works the same) or gs://bucket/prefix: what a cluster whose nodes share no
+    #: disk needs, since a worker on another node writes the checkpoints.
     storage_path: str = Field("ray_results", min_length=1)
     #: Run name (letters, digits, '_', '-', '.'; a directory under storage_path); null makes a
     #: fresh time-stamped one. Naming an earlier run (same storage_path) resumes it from its
@@ -265,6 +293,12 @@ class RayRunParams(_Section):
     run_name: str | None = Field(None, pattern=RUN_NAME_PATTERN)
     #: MLflow experiment of the runs ($MLFLOW_TRACKING_URI picks the server).
     experiment: str = Field("segflow", min_length=1)
+
+    @field_validator("storage_path")
+    @classmethod
+    def _storage_uri(cls, value: str) -> str:
+        check_storage_uri(value)
+        return value
 
 
 class CRFRNNParams(_Section):

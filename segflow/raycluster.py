@@ -112,6 +112,11 @@ def connect_ray(num_cpus: int | None = None) -> None:
         # Cluster nodes may not have this checkout: ship the segflow package with the job.
         package = Path(__file__).resolve().parent
         runtime_env = {"py_modules": [str(package)], **worker_runtime_env()}
+        if "://" not in address and address != "auto":
+            # The GCS address itself: the job's workers join this cluster by it, whatever other
+            # Ray runs on their host (Ray's state API, which Ray Train's placement-group cleaner
+            # calls, otherwise looks for "the" local Ray and fails when it finds two).
+            runtime_env["env_vars"]["RAY_ADDRESS"] = address
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
         start_local_ray(num_cpus)

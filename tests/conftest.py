@@ -64,3 +64,37 @@ def s3_env(s3_server, monkeypatch):
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
     return s3_server
+
+
+@pytest.fixture(scope="module")
+def postgres_server():
+    """PostgreSQL on 127.0.0.1 in a short temp dir (its Unix socket must fit 108 bytes), run as
+    ``nobody`` when the tests run as root (tests/services.py)."""
+    import shutil
+    import tempfile
+
+    from tests.services import PostgresServer
+
+    root = Path(tempfile.mkdtemp(prefix="segflow-pg-", dir="/tmp"))
+    server = PostgresServer(root).start()
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster_tracking(postgres_server, s3_server, tmp_path_factory):
+    """A cluster's tracking server: `mlflow server` with its runs and registry in PostgreSQL
+    and its artifacts in the S3 bucket ``mlflow`` (``--artifacts-destination
+    s3://mlflow/mlartifacts``), served through it, so clients need only its URL."""
+    from tests.services import MlflowServer
+
+    backend = postgres_server.create_database("mlflow")
+    artifacts = s3_server.create_bucket("mlflow") + "/mlartifacts"
+    server = MlflowServer(
+        tmp_path_factory.mktemp("mlflow-server"), backend=backend, artifacts=artifacts,
+        env=s3_server.env(),
+    ).start()  # fmt: skip
+    server.wait_until_up(timeout=180)  # the first start creates the schema: slow on 2 cores
+    yield server
+    server.kill()

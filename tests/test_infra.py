@@ -76,7 +76,7 @@ def test_cronjob_submits_a_rayjob_that_runs_segflow_retrain_in_the_workspace_che
     assert words[:2] == ["bash", "-c"] and len(words) == 3
     assert words[2] == "cd /workspace/segflow && segflow retrain"
 
-    # it runs on the RayCluster of infra/ray, whose pods mount the workspace at /workspace
+    # it runs on the RayCluster of infra/ray, whose head mounts the workspace at /workspace
     cluster = _kind(INFRA / "ray" / "raycluster.yaml", "RayCluster")
     assert rayjob["spec"]["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
     head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
@@ -84,7 +84,8 @@ def test_cronjob_submits_a_rayjob_that_runs_segflow_retrain_in_the_workspace_che
     volume = next(v for v in head["volumes"] if v["name"] == mounts["/workspace"])
     claim = _kind(INFRA / "ray" / "raycluster.yaml", "PersistentVolumeClaim")
     assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
-    assert "ReadWriteMany" in claim["spec"]["accessModes"]
+    # the head's alone: the workers share no disk with it (tests/test_infra_cluster.py)
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert {"secretRef": {"name": "segflow-env"}} in head["containers"][0]["envFrom"]
 
     # the CronJob's pod creates it from the ConfigMap with a service account allowed to

@@ -39,8 +39,8 @@ LAYERS: list[tuple[str, ...]] = [
         "segflow.config",
         "segflow.run_info",
     ),
-    # the services segflow talks to: MLflow and Ray
-    ("segflow.tracking", "segflow.raycluster"),
+    # the services segflow talks to: MLflow, Ray and object storage
+    ("segflow.tracking", "segflow.raycluster", "segflow.storage"),
     # data, networks and post-processing of their outputs
     ("segflow.data", "segflow.models", "segflow.postprocess"),
     # training and evaluation

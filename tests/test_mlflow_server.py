@@ -11,125 +11,33 @@ nothing in the project's local mlruns/.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from segflow.train.outputs import STAGING
 from tests.project import BIN, make_project
+from tests.services import SERVER_ENV, MlflowServer
 
 pytestmark = pytest.mark.integration
 
 TINY = {"num_train": 6, "num_val": 3, "num_test": 3, "height": 48, "width": 64}
 EPOCHS = 3
 TRAIN = {"epochs": EPOCHS, "launcher": "local", "batch_size": 2, "cpus_per_worker": 1}
-#: Nothing reaches the network; the job runner (a pool of huey consumers) is not needed here
-#: and would compete for the 2 CI cores.
-SERVER_ENV = {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-}
 MODEL = "segflow-synthetic"
-
-
-def running(pgid: int) -> list[int]:
-    """Processes of group ``pgid`` still running (a zombie waits only for its reaper)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):  # a process may exit while we read
-            state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
-            if int(group) == pgid and state != "Z":
-                pids.append(int(stat.parent.name))
-    return pids
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`mlflow server` on one port over a store and artifact directory that outlive it."""
-
-    def __init__(self, root: Path, port: int) -> None:
-        self.root = root
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def log(self, start: int) -> Path:
-        return self.root / f"server-{start}.log"
-
-    def start(self) -> None:
-        """Launch it; :meth:`wait_until_up` waits for it (boot takes seconds: overlap them)."""
-        self.starts += 1
-        cmd = [
-            str(BIN / "mlflow"), "server",
-            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-            "--serve-artifacts", "--artifacts-destination", str(self.root / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-        ]  # fmt: skip
-        with self.log(self.starts).open("w") as log:
-            # Its own process group: the CLI runs uvicorn as a child, and both must go.
-            self.proc = subprocess.Popen(
-                cmd,
-                cwd=self.root,
-                env={**os.environ, **SERVER_ENV},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def wait_until_up(self, timeout: float = 60.0) -> float:
-        """Wait until /health answers; returns that moment (epoch seconds)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited:\n{self.log(self.starts).read_text()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
-                    if response.status == 200:
-                        return time.time()
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(
-            f"mlflow server not up in {timeout} s:\n{self.log(self.starts).read_text()}"
-        )
-
-    def kill(self) -> None:
-        """SIGKILL the whole group, as a crash would: no graceful shutdown, no orphans."""
-        if self.proc is None:
-            return
-        pgid = self.proc.pid
-        with contextlib.suppress(ProcessLookupError):  # the group outlives an exited leader
-            os.killpg(pgid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self.proc = None
-        # uvicorn too: a survivor would hold the port the restarted server needs.
-        deadline = time.monotonic() + 10
-        while running(pgid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not running(pgid), f"mlflow server processes left: {running(pgid)}"
 
 
 @pytest.fixture
 def mlflow_server(tmp_path):
     root = tmp_path / "server"
     root.mkdir()
-    server = Server(root, free_port())
+    server = MlflowServer(root)
     server.start()  # booting while the test sets up; the test waits for it
     yield server
     server.kill()

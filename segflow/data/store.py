@@ -32,7 +32,6 @@ file is downloaded once and nobody maps a half-written one.
 from __future__ import annotations
 
 import fcntl
-import functools
 import hashlib
 import json
 import logging
@@ -42,20 +41,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from segflow.config import SHARD_URI_SCHEMES, check_shard_uri
 from segflow.errors import SegflowError
+from segflow.storage import open_storage
 
 INDEX_NAME = "index.json"
 CACHE_ENV = "SEGFLOW_CACHE_DIR"
 #: Marks an index.json that only points to shards stored at its ``uri``.
 POINTER_KEY = "pointer"
 DEFAULT_CACHE = Path("~/.cache/segflow/shards")
-#: A dead endpoint fails within ~30 s: connect timeout x attempts, plus the SDK's short backoff.
-CONNECT_TIMEOUT_S = 5.0
-REQUEST_TIMEOUT_S = 20.0
-MAX_ATTEMPTS = 3
 CHUNK = 8 << 20
 
 log = logging.getLogger(__name__)
@@ -105,46 +100,19 @@ def join(base: str | Path, *parts: str) -> str:
 
 
 def filesystem(uri: str) -> tuple:
-    """(pyarrow FileSystem, path inside it) for a location or an object under one.
-
-    S3 gets bounded connect/request timeouts and a fixed number of attempts (an unreachable
-    endpoint fails in seconds, not the SDK's minutes), and the endpoint from
-    ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (MinIO, moto, any S3-compatible store).
-    """
+    """(pyarrow FileSystem, path inside it) for a location or an object under one: the one
+    opening of an object store that checkpoints use too (:func:`segflow.storage.open_storage`:
+    bounded timeouts and attempts, the endpoint from ``AWS_ENDPOINT_URL``)."""
     import pyarrow.fs as pafs
 
     if not is_remote(uri):
         return pafs.LocalFileSystem(), os.path.abspath(uri)
-    scheme, rest = uri.split("://", 1)
-    if scheme == "s3":
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        return _s3(endpoint, tuple(os.environ.get(name) for name in _AWS_SETTINGS)), rest
-    if scheme in SHARD_URI_SCHEMES:
-        return pafs.FileSystem.from_uri(uri)
-    raise SegflowError(f"{uri}: scheme {scheme}:// is not one of {', '.join(SHARD_URI_SCHEMES)}")
-
-
-#: What the AWS SDK reads from the environment: a client is reused only while they are unchanged.
-_AWS_SETTINGS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                 "AWS_REGION", "AWS_DEFAULT_REGION")  # fmt: skip
-
-
-@functools.lru_cache(maxsize=4)
-def _s3(endpoint: str | None, settings: tuple):
-    """One S3 client per endpoint and credentials (creating one costs milliseconds, and a
-    verify or a download touches every object); ``settings`` only keys the cache."""
-    import pyarrow.fs as pafs
-
-    options: dict = {}
-    if endpoint:
-        parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
-        options.update(endpoint_override=parts.netloc, scheme=parts.scheme)
-    return pafs.S3FileSystem(
-        connect_timeout=CONNECT_TIMEOUT_S,
-        request_timeout=REQUEST_TIMEOUT_S,
-        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=MAX_ATTEMPTS),
-        **options,
-    )
+    scheme = uri.split("://", 1)[0]
+    if scheme not in SHARD_URI_SCHEMES:
+        raise SegflowError(
+            f"{uri}: scheme {scheme}:// is not one of {', '.join(SHARD_URI_SCHEMES)}"
+        )
+    return open_storage(uri)
 
 
 def store_error(uri: str, exc: BaseException, fix: str = "") -> SegflowError:

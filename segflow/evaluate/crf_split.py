@@ -1,14 +1,18 @@
 """The dense CRF over a whole split of saved probabilities, scored as confusion counts.
 
 A split is refined image by image: :func:`crf_over_split_serial` in this process, or
-:func:`crf_over_split` as Ray tasks (one task per few images; tasks get file paths, not arrays,
-so the object store carries only the C x C confusion counts each task returns). Counts are
-int64, so the Ray sum equals the serial sum exactly, whatever order the tasks finish in.
-``params=None`` scores the plain argmax: the "without CRF" figure.
+:func:`crf_over_split` as Ray tasks (one task per few images). A task may run on a node that
+cannot see the driver's disk (a cluster shares none), so it gets the saved files' bytes
+(:class:`SavedProbs`, ~1-2 MB compressed each, through Ray's object store), not their paths nor
+the decoded arrays, and returns only the C x C confusion counts. The bytes are decoded exactly as
+the file is, and counts are int64, so the Ray sum equals the serial sum exactly, whatever node
+ran a task and whatever order the tasks finish in. ``params=None`` scores the plain argmax: the
+"without CRF" figure.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +24,7 @@ from segflow.evaluate.bootstrap import SplitCounts
 from segflow.evaluate.metrics import ConfusionMatrix, metrics_from_confusion
 from segflow.postprocess.crf import dense_crf
 from segflow.postprocess.crf_params import CRFParams
-from segflow.postprocess.probs import list_ids, prob_path, read_prob_file
+from segflow.postprocess.probs import list_ids, prob_path, read_prob_bytes
 from segflow.raycluster import connect_ray
 
 
@@ -36,15 +40,37 @@ class SplitResult:
     image_counts: np.ndarray
 
 
-def confusion_of_files(paths: list[str], params: CRFParams | None, num_classes: int) -> np.ndarray:
+@dataclass(frozen=True)
+class SavedProbs:
+    """One saved-probabilities file's bytes, with its path (to name it in messages)."""
+
+    path: str
+    data: bytes
+
+    @classmethod
+    def read(cls, path: str | Path) -> SavedProbs:
+        if not Path(path).is_file():
+            raise SegflowError(f"{path}: saved probabilities not found")
+        return cls(str(path), Path(path).read_bytes())
+
+
+def read_split(prob_dir: str | Path, ids: list[str] | None = None) -> list[SavedProbs]:
+    """The saved files of ``ids`` (default: all) in ``prob_dir``, in that order, as bytes: what
+    the driver hands to Ray tasks and trials that may run on other nodes."""
+    return [SavedProbs.read(path) for path in _split_paths(prob_dir, ids)]
+
+
+def confusion_of_files(
+    files: list[SavedProbs], params: CRFParams | None, num_classes: int
+) -> np.ndarray:
     """Confusion counts of each saved-probability file (N x C x C int64); ``params=None``: no CRF.
 
-    This is the unit of work of a Ray task; it reads its inputs itself so that only paths go
-    into the object store and only the small matrices come back.
+    This is the unit of work of a Ray task: only the compressed files go in and only the small
+    matrices come back.
     """
-    out = np.zeros((len(paths), num_classes, num_classes), dtype=np.int64)
-    for i, path in enumerate(paths):
-        label, pred = labels_of_file(path, params, num_classes)
+    out = np.zeros((len(files), num_classes, num_classes), dtype=np.int64)
+    for i, saved in enumerate(files):
+        label, pred = labels_of_file(saved, params, num_classes)
         cm = ConfusionMatrix(num_classes)
         cm.update(torch.from_numpy(label.astype(np.int64)), torch.from_numpy(pred))
         out[i] = cm.mat.numpy()
@@ -52,14 +78,14 @@ def confusion_of_files(paths: list[str], params: CRFParams | None, num_classes: 
 
 
 def labels_of_file(
-    path: str | Path, params: CRFParams | None, num_classes: int
+    saved: SavedProbs, params: CRFParams | None, num_classes: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(true labels, predicted labels) of one saved-probability file: the argmax of its
     probabilities, after the CRF unless ``params`` is None. What the evaluate stage scores."""
-    record = read_prob_file(path)
+    record = read_prob_bytes(saved.data, saved.path)
     if record.probs.shape[0] != num_classes:
         raise SegflowError(
-            f"{path}: probs have {record.probs.shape[0]} classes, expected {num_classes}"
+            f"{saved.path}: probs have {record.probs.shape[0]} classes, expected {num_classes}"
         )
     if params is None:
         return record.label, record.probs.argmax(axis=0)
@@ -86,12 +112,20 @@ def crf_over_split_serial(
     num_classes: int,
     ids: list[str] | None = None,
 ) -> SplitResult:
-    """The CRF over every image of ``prob_dir`` in this process (no Ray); ``params=None``
-    scores the raw argmax, the "without CRF" figure."""
+    """The CRF over every image of ``prob_dir`` in this process (no Ray), one file in memory at
+    a time; ``params=None`` scores the raw argmax, the "without CRF" figure."""
     paths = _split_paths(prob_dir, ids)
-    counts = SplitCounts(len(paths), num_classes)
-    for i, mat in enumerate(confusion_of_files(paths, params, num_classes)):
-        counts.add(i, mat)
+    return crf_over_files((SavedProbs.read(p) for p in paths), len(paths), params, num_classes)
+
+
+def crf_over_files(
+    files: Iterable[SavedProbs], count: int, params: CRFParams | None, num_classes: int
+) -> SplitResult:
+    """The same as :func:`crf_over_split_serial` over ``count`` files already read (a Tune
+    trial's, handed over by the driver)."""
+    counts = SplitCounts(count, num_classes)
+    for i, saved in enumerate(files):
+        counts.add(i, confusion_of_files([saved], params, num_classes)[0])
     return _result(counts)
 
 
@@ -106,20 +140,20 @@ def crf_over_split(
     """The same as :func:`crf_over_split_serial`, as Ray tasks of one CPU each.
 
     One image per task is the default: an image of 360x480 takes ~1 s of CRF against ~1 ms of
-    task overhead, and small tasks balance best over few cores. ``prob_dir`` must be readable
-    from every node (shared or network storage) when running on a cluster. ``num_cpus`` sizes
-    a local Ray started here; it is ignored when Ray is already running or $RAY_ADDRESS is set.
+    task overhead, and small tasks balance best over few cores. ``prob_dir`` is read here, by
+    the driver: the tasks get the files' bytes, so they run on any node. ``num_cpus`` sizes a
+    local Ray started here; it is ignored when Ray is already running or $RAY_ADDRESS is set.
     """
     import ray
 
     if images_per_task < 1:
         raise SegflowError(f"crf.images_per_task: {images_per_task} must be >= 1")
-    paths = _split_paths(prob_dir, ids)
+    files = read_split(prob_dir, ids)
     connect_ray(num_cpus)
     task = ray.remote(num_cpus=1)(confusion_of_files)
-    starts = range(0, len(paths), images_per_task)
-    refs = {task.remote(paths[i : i + images_per_task], params, num_classes): i for i in starts}
-    counts = SplitCounts(len(paths), num_classes)
+    starts = range(0, len(files), images_per_task)
+    refs = {task.remote(files[i : i + images_per_task], params, num_classes): i for i in starts}
+    counts = SplitCounts(len(files), num_classes)
     # ray.wait hands back results as tasks finish; each lands at its files' positions.
     pending = list(refs)
     while pending:

@@ -22,6 +22,7 @@ twice the size, for when near-ties matter.
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,11 +104,17 @@ def read_prob_file(path: str | Path) -> ProbRecord:
     path = Path(path)
     if not path.is_file():
         raise SegflowError(f"{path}: saved probabilities not found")
+    return read_prob_bytes(path.read_bytes(), path)
+
+
+def read_prob_bytes(data: bytes, name: str | Path) -> ProbRecord:
+    """The same as :func:`read_prob_file`, from the file's bytes (``name`` for messages): how a
+    Ray task on a node that cannot open the file reads it."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return ProbRecord(data["image"], data["label"], dequantize(data["probs"]))
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            return ProbRecord(arrays["image"], arrays["label"], dequantize(arrays["probs"]))
     except (KeyError, ValueError, OSError) as err:
-        raise SegflowError(f"{path}: not a saved-probabilities file ({err})") from err
+        raise SegflowError(f"{name}: not a saved-probabilities file ({err})") from err
 
 
 def load_probs(directory: str | Path, sample_id: str | None = None) -> ProbRecord:

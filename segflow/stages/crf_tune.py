@@ -22,7 +22,7 @@ from segflow.evaluate.metrics import metrics_from_confusion
 from segflow.evaluate.predict_split import predict_split
 from segflow.evaluate.serving import ServingSpec, load_predictor
 from segflow.logs import console
-from segflow.paths import BEST_MODEL, CRF_PARAMS, DECISION_PROBS, RAY_RESULTS
+from segflow.paths import BEST_MODEL, CRF_PARAMS, DECISION_PROBS
 from segflow.postprocess.crf_params import CRFChoice, decide_crf, write_crf_choice
 from segflow.tune.crf_search import crf_sweep
 
@@ -30,7 +30,9 @@ from segflow.tune.crf_search import crf_sweep
 def main(params: Params) -> None:
     shards = params.shard.uri  # a local directory or an object-store prefix
     verify_shards(shards)  # a damaged shard: one line naming it, before any worker starts
-    choice = tune_crf(params, BEST_MODEL, shards, DECISION_PROBS, RAY_RESULTS, CRF_PARAMS)
+    choice = tune_crf(
+        params, BEST_MODEL, shards, DECISION_PROBS, params.train.storage_path, CRF_PARAMS
+    )
     console.print(summary_line(choice))
 
 

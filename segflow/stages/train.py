@@ -38,6 +38,7 @@ from segflow.paths import (
     TRAIN_CURVE,
     TRAIN_METRICS,
 )
+from segflow.storage import is_uri
 from segflow.train.loop import TrainingStopped
 from segflow.train.outputs import publish, staging
 from segflow.train.precision import describe_precision
@@ -66,6 +67,11 @@ def main(params: Params) -> None:
         console.print(plan.note)
     if plan.killed:
         console.print(f"train: marked interrupted MLflow run(s) {', '.join(plan.killed)} KILLED")
+    if is_uri(params.train.storage_path):
+        console.print(
+            f"train: train.keep_runs not applied to {params.train.storage_path}: old runs in "
+            "an object store are left to its lifecycle rules (e.g. an expiry on the prefix)"
+        )
     pruned = prune_runs(params, params.train.keep_runs, protect=params.train.run_name)
     if pruned:
         console.print(

@@ -16,7 +16,7 @@ from segflow import tracking
 from segflow.config import Params
 from segflow.data.shards import verify_shards
 from segflow.logs import console
-from segflow.paths import BEST_TRAIN_PARAMS, RAY_RESULTS
+from segflow.paths import BEST_TRAIN_PARAMS
 from segflow.tune.best_params import METRIC, disabled_result, sweep_result, write_best_params
 from segflow.tune.train_search import TrainSweepResult, train_sweep
 
@@ -30,7 +30,7 @@ def main(params: Params) -> None:
         )
         return
     verify_shards(shards)  # a damaged shard: one line naming it, before any trial starts
-    result = train_sweep(params, shards, RAY_RESULTS)
+    result = train_sweep(params, shards, params.train.storage_path)
     result.parent_run_id = log_sweep(params, result)
     write_best_params(BEST_TRAIN_PARAMS, sweep_result(result))
     console.print(

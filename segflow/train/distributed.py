@@ -5,7 +5,9 @@ run their plain-PyTorch core loop through it. Ray is a thin shell:
 
 * driver side, :func:`launch` builds the ``TorchTrainer`` from a :class:`RayRunParams` section
   (workers, CPUs/GPUs per worker, ``storage_path``, ``run_name``, ``max_failures``), runs it,
-  and turns a failure into one exception naming the run;
+  and turns a failure into one exception naming the run; an object-store ``storage_path``
+  (``s3://``, :mod:`segflow.storage`) is checked first and handed to Ray as a filesystem, so a
+  worker on any node writes checkpoints there and a restarted one reads them back;
 * worker side, :func:`worker_context` gives the rank, world size and device (Ray Train has set
   up torch.distributed: gloo on CPU, NCCL on GPU), :func:`resume_payload` the checkpoint to
   continue from, and :func:`report_epoch` reports an epoch, rank 0 attaching the checkpoint.
@@ -36,6 +38,7 @@ from segflow.errors import SegflowError
 from segflow.logs import is_verbose, quiet_ray_train_worker
 from segflow.models.checkpoint import read_checkpoint
 from segflow.raycluster import connect_ray
+from segflow.storage import check_storage, display, open_storage
 
 Echo = Callable[[str], None]
 
@@ -244,9 +247,10 @@ def launch(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    check_storage(p.storage_path, f"{section}.storage_path")
     connect_ray()
     check_cluster(p, section, data_cpus)
-    storage = resolve_storage(p.storage_path)
+    filesystem, storage = open_storage(p.storage_path)
     resources = {"CPU": p.cpus_per_worker}
     if p.use_gpu:
         resources["GPU"] = p.gpus_per_worker
@@ -264,6 +268,7 @@ def launch(
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=storage,
+            storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=p.max_failures),
             checkpoint_config=keep,
             # Ray Train's per-report INFO lines would drown the progress lines in a CI log.
@@ -271,7 +276,8 @@ def launch(
         ),
     )
     each = ", ".join(f"{amount:g} {name}" for name, amount in resources.items())
-    echo(f"{section}: ray run {run_name!r} in {storage}: {p.num_workers} worker(s), {each} each")
+    where = display(p.storage_path, storage)
+    echo(f"{section}: ray run {run_name!r} in {where}: {p.num_workers} worker(s), {each} each")
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
@@ -282,4 +288,5 @@ def launch(
     # that diverged in its first epoch); the caller reads why from the return value.
     has_checkpoint = result.checkpoint is not None
     best = result.get_best_checkpoint(score, "max") if score and has_checkpoint else None
-    return RayRun(run_name, str(result.path), result.return_value or {}, best, result.checkpoint)
+    path = display(p.storage_path, str(result.path))
+    return RayRun(run_name, path, result.return_value or {}, best, result.checkpoint)

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from segflow.config import RUN_NAME_PATTERN, Params
+from segflow.storage import open_storage
 from segflow.train.distributed import resolve_storage, with_run_name
 from segflow.train.state import BEST, LAST
 
@@ -150,11 +151,20 @@ def run_dir(params: Params, name: str) -> str:
     return path
 
 
+def _run_in_storage(params: Params, name: str):
+    """(pyarrow filesystem, path) of run ``name``'s directory (:func:`run_dir` checks it)."""
+    import pyarrow.fs as pafs
+
+    run_dir(params, name)
+    fs, root = open_storage(params.train.storage_path)
+    return fs or pafs.LocalFileSystem(), f"{root}/{name}"
+
+
 def has_checkpoint(params: Params, name: str) -> bool:
     """A checkpoint of run ``name`` in storage: Ray's ``epoch-*`` directories or ``last.pt``."""
     import pyarrow.fs as pafs
 
-    fs, path = pafs.FileSystem.from_uri(_as_uri(run_dir(params, name)))
+    fs, path = _run_in_storage(params, name)
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     return any(
         Path(info.path).name == LAST or Path(info.path).name.startswith("epoch-") for info in infos
@@ -165,7 +175,7 @@ def remove_run(params: Params, name: str) -> None:
     """Delete run ``name``'s directory (checkpoints, Ray's state) from storage."""
     import pyarrow.fs as pafs
 
-    fs, path = pafs.FileSystem.from_uri(_as_uri(run_dir(params, name)))
+    fs, path = _run_in_storage(params, name)
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         fs.delete_dir(path)
 
@@ -176,10 +186,6 @@ def _inside_storage(params: Params, name: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _as_uri(path: str) -> str:
-    return path if "://" in path else Path(path).as_uri()
 
 
 def _mismatch(run, params: Params, index: dict) -> str | None:
@@ -258,7 +264,9 @@ def prune_runs(params: Params, keep: int, protect: str | None = None) -> list[st
     named as the stage names its runs, holding Ray Train's or the local launcher's files. A run
     named in params.yaml, another stage's runs (``search-*``, Tune's) and anything else in
     the storage stay. Deleting removes links inside a run, never what they point to. Object
-    stores (``s3://``) are left to their own lifecycle rules.
+    stores (``s3://``) are left to their own lifecycle rules (nothing is deleted there; the
+    train stage says so in its log): an object store has no directories or symlinks to check,
+    only key prefixes.
     """
     storage = resolve_storage(params.train.storage_path)
     root = Path(storage)

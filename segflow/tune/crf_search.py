@@ -1,8 +1,10 @@
 """Ray Tune sweep over dense-CRF parameters on a split's saved probabilities, maximising mIoU.
 
-Each trial scores one :class:`CRFParams` over the whole split with
-:func:`crf_over_split_serial`: the trials are the parallelism (one CPU each by default), so a
-trial runs its images one after another instead of nesting Ray tasks inside Ray trials.
+Each trial scores one :class:`CRFParams` over the whole split with :func:`crf_over_files`: the
+trials are the parallelism (one CPU each by default), so a trial runs its images one after
+another instead of nesting Ray tasks inside Ray trials. The driver reads the saved files once
+and hands their bytes to every trial through Ray's object store (``tune.with_parameters``), so a
+trial on a node that cannot see the driver's disk scores exactly the same images.
 
 The default space follows DeepLab v2's cross-validation on VOC val: Gaussian kernel fixed at
 w_gauss = 3, sigma_gamma = 3, 10 mean-field iterations; bilateral w_bilateral in 3..6,
@@ -23,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from segflow.errors import SegflowError
-from segflow.evaluate.crf_split import crf_over_split_serial
+from segflow.evaluate.crf_split import SavedProbs, crf_over_files, read_split
 from segflow.postprocess.crf_params import CRFParams
 from segflow.postprocess.probs import list_ids
 from segflow.raycluster import connect_ray
+from segflow.storage import check_storage, open_storage
 
 METRIC = "miou"
 SEARCHES = ("grid", "optuna")
@@ -91,10 +94,10 @@ def to_param_space(space: dict[str, Any], search: str) -> dict[str, Any]:
     return out
 
 
-def _run_trial(config: dict, prob_dir: str, num_classes: int, ids: list[str]) -> None:
+def _run_trial(config: dict, files: list[SavedProbs], num_classes: int) -> None:
     from ray import tune
 
-    result = crf_over_split_serial(prob_dir, CRFParams.from_dict(config), num_classes, ids)
+    result = crf_over_files(files, len(files), CRFParams.from_dict(config), num_classes)
     tune.report({k: result.metrics[k] for k in _REPORTED})
 
 
@@ -125,8 +128,8 @@ def crf_sweep(
 
         ``num_samples`` is the number of Optuna trials (a grid runs each point once).
         ``max_concurrent`` caps trials running at once (default: as many as the CPUs allow).
-        Tune's files go to ``storage_path/name``; on a cluster ($RAY_ADDRESS) ``prob_dir`` must be
-    readable from every node. Ties are broken by trial order, so a grid sweep
+        Tune's files go to ``storage_path/name`` (a local path or ``s3://``); ``prob_dir`` is
+    read here, and its bytes go to the trials. Ties are broken by trial order, so a grid sweep
         picks the same best every run. ``num_cpus`` sizes a local Ray started here. ``ids`` limits
     the sweep to those images (default: all in ``prob_dir``), e.g. a fixed subset of a large val.
     """
@@ -141,6 +144,8 @@ def crf_sweep(
     if not ids:
         raise SegflowError(f"{prob_dir}: no saved probabilities (*.npz) to tune on")
 
+    check_storage(str(storage_path), "train.storage_path")
+    filesystem, storage = open_storage(str(storage_path))
     connect_ray(num_cpus)
     search_alg = None
     if search == "optuna":
@@ -148,9 +153,7 @@ def crf_sweep(
 
         search_alg = OptunaSearch(seed=seed)
     trainable = tune.with_resources(
-        tune.with_parameters(
-            _run_trial, prob_dir=str(Path(prob_dir).resolve()), num_classes=num_classes, ids=ids
-        ),
+        tune.with_parameters(_run_trial, files=read_split(prob_dir, ids), num_classes=num_classes),
         {"cpu": cpus_per_trial},
     )
     tuner = tune.Tuner(
@@ -164,7 +167,7 @@ def crf_sweep(
             max_concurrent_trials=max_concurrent,
         ),
         run_config=tune.RunConfig(
-            storage_path=str(Path(storage_path).resolve()), name=name, verbose=0
+            storage_path=storage, storage_filesystem=filesystem, name=name, verbose=0
         ),
     )
     results = tuner.fit()

@@ -25,6 +25,7 @@ from segflow.config import Params, TuneModelChoice
 from segflow.data.shards import read_index
 from segflow.data.store import location
 from segflow.errors import SegflowError
+from segflow.storage import check_storage, open_storage
 from segflow.tune.best_params import METRIC, train_values
 
 
@@ -140,6 +141,8 @@ def train_sweep(
         )
     for i in range(len(t.models)):  # every architecture must build before a trial starts
         apply_trial(params, {"model": i})
+    check_storage(str(storage_path), "train.storage_path")
+    filesystem, storage = open_storage(str(storage_path))
     connect_ray(num_cpus)
     search_alg = None
     if t.search == "optuna":
@@ -169,7 +172,7 @@ def train_sweep(
             num_samples=t.num_samples,
         ),
         run_config=tune.RunConfig(
-            storage_path=str(Path(storage_path).resolve()), name=name, verbose=0
+            storage_path=storage, storage_filesystem=filesystem, name=name, verbose=0
         ),
     )
     started = time.time()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pytest
 
+from segflow.evaluate import crf_split
 from segflow.evaluate.crf_split import crf_over_split, crf_over_split_serial
 from segflow.postprocess.crf_params import CRFParams
+from segflow.tune import crf_search
 from segflow.tune.crf_search import crf_sweep
 from tests.postprocess.scenes import write_scenes
 
@@ -79,3 +82,45 @@ def test_optuna_sweep_runs_num_samples_trials_within_the_ranges(prob_dir, tmp_pa
         assert 0.5 <= row["w_bilateral"] <= 6.0 and row["sigma_beta"] in (5.0, 255.0)
         assert 2 <= row["iterations"] <= 4
     assert result.best_metrics["miou"] == max(row["miou"] for row in result.trials)
+
+
+def read_then_delete(monkeypatch, module) -> None:
+    """Make ``module.read_split`` (the driver's one read of the saved files) delete the directory
+    right after reading it: whatever runs later, in Ray's workers, cannot open a file of it, as
+    a worker on a node that shares no disk with the driver cannot."""
+    read = module.read_split
+
+    def read_and_delete(directory, ids=None):
+        files = read(directory, ids)
+        shutil.rmtree(directory)
+        return files
+
+    monkeypatch.setattr(module, "read_split", read_and_delete)
+
+
+def test_ray_tasks_need_no_file_of_the_split_only_what_the_driver_read(
+    prob_dir, tmp_path, monkeypatch
+):
+    params = CRFParams(w_bilateral=5.0, sigma_alpha=40.0)
+    serial = crf_over_split_serial(prob_dir, params, num_classes=2)
+    here = shutil.copytree(prob_dir, tmp_path / "probs")
+    read_then_delete(monkeypatch, crf_split)
+
+    parallel = crf_over_split(here, params, num_classes=2)
+
+    assert not here.exists()
+    assert np.array_equal(parallel.image_counts, serial.image_counts)
+
+
+def test_sweep_trials_need_no_file_of_the_split_only_what_the_driver_read(
+    prob_dir, tmp_path, monkeypatch
+):
+    space = {"w_bilateral": [0.0, 4.0], "sigma_beta": [255.0, 5.0], "iterations": 5}
+    before = crf_sweep(prob_dir, 2, tmp_path / "tune", space=space, search="grid", name="a")
+    here = shutil.copytree(prob_dir, tmp_path / "probs")
+    read_then_delete(monkeypatch, crf_search)
+
+    after = crf_sweep(here, 2, tmp_path / "tune", space=space, search="grid", name="b")
+
+    assert not here.exists()
+    assert after.trials == before.trials  # the same scores, trial for trial

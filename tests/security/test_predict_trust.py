@@ -277,11 +277,11 @@ def test_the_gate_refuses_to_score_a_champion_whose_checkpoint_changed(tracking,
 @pytest.fixture
 def server(tmp_path, monkeypatch):
     """A real `mlflow server` on 127.0.0.1 that proxies artifacts (mlflow-artifacts:/)."""
-    from tests.test_mlflow_server import Server, free_port
+    from tests.services import MlflowServer
 
     root = tmp_path / "server"
     root.mkdir()
-    server = Server(root, free_port())
+    server = MlflowServer(root)
     server.start()
     try:
         server.wait_until_up()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import pytest
@@ -15,6 +14,7 @@ from segflow.train.loop import fit
 from segflow.train.run import CHECKPOINT_FILE, train_distributed
 from segflow.train.state import LAST
 from tests.faults import crashing_ray_worker, patched_in_worker, register_by_value
+from tests.services import local_ray
 from tests.train.conftest import tiny_params
 
 pytestmark = pytest.mark.integration
@@ -22,26 +22,15 @@ HEALTH_CHECK_S = 0.5
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_ray(tmp_path_factory):
-    import ray
-
+def ray_here(tmp_path_factory):
     env = {
         "RAY_USAGE_STATS_ENABLED": "0",
         # The controller collects reports every health check; a short interval keeps the
         # crash test's wait (2.5 intervals after the report) short.
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(HEALTH_CHECK_S),
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    os.environ.pop("RAY_ADDRESS", None)
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray")))
-    yield
-    ray.shutdown()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with local_ray(tmp_path_factory.mktemp("ray"), env):
+        yield
 
 
 def model_weights(path) -> dict:
