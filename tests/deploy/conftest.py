@@ -45,15 +45,19 @@ class Trained:
         return path
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> Trained:
-    root = tmp_path_factory.mktemp("deploy_model")
+def train_band_model(root: Path, **train) -> Trained:
+    """Band scenes sharded at HALF and a tiny U-Net (``tiny_params(**train)``) trained on them."""
     adapter = BandsAdapter(root / "raw", {"train": 6, "val": 4})
     shards = root / "shards"
     write_shards(build_manifest(adapter), adapter, shards, rows_per_shard=8, resize=HALF, workers=1)
-    params = tiny_params(epochs=8)
+    params = tiny_params(**train)
     loader = params.loader.model_copy(update={"crop_height": HALF[0], "crop_width": HALF[1]})
     params = params.model_copy(update={"loader": loader})
     fit(params, shards, root / "run", "cpu", echo=None)
     spec = ServingSpec(mean=params.loader.mean, std=params.loader.std, input_size=HALF)
     return Trained(root / "run" / "best.pt", shards, read_index(shards)["classes"], spec)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Trained:
+    return train_band_model(tmp_path_factory.mktemp("deploy_model"), epochs=8)

@@ -6,30 +6,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segflow.data.manifest import build_manifest
-from segflow.data.shards import write_shards
 from segflow.deploy.export import export_model, load_runner, load_source
-from segflow.evaluate.serving import ServingSpec, load_predictor
+from segflow.evaluate.serving import load_predictor
 from segflow.models.checkpoint import model_from_payload, read_checkpoint
 from segflow.models.crf_rnn import CRFasRNN
-from segflow.train.loop import fit
-from tests.deploy.conftest import HALF, Trained
-from tests.train.conftest import BandsAdapter, tiny_params
+from tests.deploy.conftest import Trained, train_band_model
 
 pytestmark = pytest.mark.integration  # a training run and an export: seconds each
 
 
 @pytest.fixture(scope="module")
 def trained_with_crf(tmp_path_factory) -> Trained:
-    root = tmp_path_factory.mktemp("crf_rnn_model")
-    adapter = BandsAdapter(root / "raw", {"train": 6, "val": 4})
-    shards = root / "shards"
-    write_shards(build_manifest(adapter), adapter, shards, rows_per_shard=8, resize=HALF, workers=1)
-    params = tiny_params(epochs=6, crf_rnn={"iterations": 3, "window": 5, "downsample": 2})
-    loader = params.loader.model_copy(update={"crop_height": HALF[0], "crop_width": HALF[1]})
-    fit(params.model_copy(update={"loader": loader}), shards, root / "run", "cpu", echo=None)
-    spec = ServingSpec(mean=params.loader.mean, std=params.loader.std, input_size=HALF)
-    return Trained(root / "run" / "best.pt", shards, [], spec)
+    crf = {"iterations": 3, "window": 5, "downsample": 2}
+    return train_band_model(tmp_path_factory.mktemp("crf_rnn_model"), epochs=6, crf_rnn=crf)
 
 
 def test_the_checkpoint_rebuilds_the_network_with_its_trained_crf(trained_with_crf):
