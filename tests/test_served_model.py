@@ -11,7 +11,7 @@ import pytest
 
 from segflow.data.loader import ShardReader, split_files
 from segflow.errors import SegflowError
-from segflow.evaluate.crf_split import labels_of_file
+from segflow.evaluate.crf_split import SavedProbs, labels_of_file
 from segflow.evaluate.predict_split import predict_split
 from segflow.evaluate.serving import ServingSpec, load_predictor
 from segflow.lifecycle.registration import register_model
@@ -48,7 +48,7 @@ def test_pyfunc_labels_equal_the_labels_evaluate_scored_multiscale_flip_and_crf(
     predictor = load_predictor(checkpoint, dataclasses.replace(spec, crf=None), "cpu")
     pred = predict_split(predictor, shard_dir, "test", tmp_path / "probs", len(CLASSES))
     scored = [
-        labels_of_file(prob_path(tmp_path / "probs", f), spec.crf, len(CLASSES))[1]
+        labels_of_file(SavedProbs.read(prob_path(tmp_path / "probs", f)), spec.crf, len(CLASSES))[1]
         for f in pred.file_ids
     ]
 

@@ -193,7 +193,7 @@ def test_every_artifact_digest_is_a_tag_of_the_version_and_of_the_logged_model(t
 def test_the_run_and_logged_model_uris_are_checked_like_a_version(tracking, tmp_path):
     version = register(tracking, "trust-runs")
     model_id = version.source.removeprefix("models:/")
-    uris = (f"runs:/{tracking['run_id']}/{MODEL_NAME}", f"models:/{model_id}")
+    uris = (f"runs:/{version.run_id}/{MODEL_NAME}", f"models:/{model_id}")
     for uri in uris:  # both load, from the logged model's own digests
         predictor, classes = load_for_predict(uri)
         assert classes == CLASSES
@@ -203,8 +203,8 @@ def test_the_run_and_logged_model_uris_are_checked_like_a_version(tracking, tmp_
     for uri in uris:
         with pytest.raises(SegflowError, match=r"artifact checkpoint \(artifacts/best.pt\) does "):
             load_for_predict(uri)
-    with pytest.raises(SegflowError, match=f"run {tracking['run_id']} logged no model named 'x'"):
-        load_for_predict(f"runs:/{tracking['run_id']}/x")
+    with pytest.raises(SegflowError, match=f"run {version.run_id} logged no model named 'x'"):
+        load_for_predict(f"runs:/{version.run_id}/x")
 
 
 def test_a_version_without_digests_is_refused_with_a_way_out(tracking):
@@ -294,10 +294,8 @@ def server(tmp_path, monkeypatch):
 
 def test_every_uri_form_is_checked_through_a_tracking_server(server, tmp_path):
     experiment = mlflow.create_experiment("served")
-    with mlflow.start_run(experiment_id=experiment) as run:
-        pass
     checkpoint = write_checkpoint(tmp_path / "best.pt")
-    store = {"run_id": run.info.run_id, "checkpoint": checkpoint}
+    store = {"experiment": experiment, "checkpoint": checkpoint}
     version = register(store, "over-http")
     first_champion(version)
     model_id = version.source.removeprefix("models:/")
@@ -305,7 +303,7 @@ def test_every_uri_form_is_checked_through_a_tracking_server(server, tmp_path):
         f"models:/{version.name}@{CHAMPION}",
         f"models:/{version.name}/{version.version}",
         f"models:/{model_id}",
-        f"runs:/{run.info.run_id}/{MODEL_NAME}",
+        f"runs:/{version.run_id}/{MODEL_NAME}",
     ]
     for uri in uris:
         assert load_for_predict(uri)[1] == CLASSES, uri
