@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint format bench clean
+.PHONY: install demo test test-all test-fast lint format bench clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (segflow needs Python 3.11)"; exit 1; }
@@ -31,8 +31,12 @@ demo: $(STAMP) .dvc/config
 
 # Two pytest workers (a test module stays on one worker, with its fixtures): about half of the
 # suite's time is spent waiting on Ray, MLflow and subprocess start-ups, which overlap.
-# --durations lists the 30 slowest tests: CI must stay under 35 minutes.
+# --durations lists the 30 slowest tests: CI must stay under 35 minutes, so the few `slow`
+# end-to-end tests (1.5-4 min each) run only in `make test-all`.
 test: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=30 -m "not slow"
+
+test-all: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=30
 
 test-fast: $(STAMP)

@@ -136,6 +136,7 @@ def experiments(shown: list[dict]) -> dict[str, dict]:
     return found
 
 
+@pytest.mark.slow  # `make test-all`; CI's `make test` leaves it out (35-minute bound)
 def test_two_dvc_experiments_keep_their_own_test_miou_and_the_plots_all_load(tmp_path):
     """The metrics and plots files are git's (`cache: false`, not ignored), so each experiment
     commit holds its own: `dvc exp show`, `dvc metrics diff` and `dvc plots` compare them."""

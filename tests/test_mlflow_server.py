@@ -65,6 +65,7 @@ def training_run(client):
     return runs[0] if runs else None
 
 
+@pytest.mark.slow  # `make test-all`; CI's `make test` leaves it out (35-minute bound)
 def test_pipeline_logs_and_registers_over_http_through_a_server_restart(
     tmp_path, mlflow_server, monkeypatch
 ):

@@ -30,6 +30,7 @@ NOISE = (
 )
 
 
+@pytest.mark.slow  # `make test-all`; CI's `make test` leaves it out (35-minute bound)
 def test_the_pipeline_on_ray_prints_no_traceback_no_ray_error_and_no_escape_codes(tmp_path):
     project = make_project(
         tmp_path,
