@@ -100,7 +100,6 @@ def test_without_new_data_nothing_is_retrained_and_the_record_says_so(project):
     assert champion(project) == "1"
 
 
-@pytest.mark.slow  # `make test-all`; CI's `make test` leaves it out (35-minute bound)
 def test_new_data_retrains_a_better_model_is_promoted_and_a_concurrent_retrain_refuses(project):
     project.set_params(synthetic={"seed": 1}, train={"epochs": STRONG})
     first = subprocess.Popen(
@@ -150,7 +149,6 @@ def test_new_data_retrains_a_better_model_is_promoted_and_a_concurrent_retrain_r
     assert champion(project) == "2"
 
 
-@pytest.mark.slow  # `make test-all`; CI's `make test` leaves it out (35-minute bound)
 def test_new_data_with_a_worse_model_registers_it_but_keeps_the_champion(project):
     project.set_params(synthetic={"seed": 2}, train={"epochs": WEAK})
     result = retrain(project)
