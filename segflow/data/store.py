@@ -44,7 +44,8 @@ from pathlib import Path
 
 from segflow.config import SHARD_URI_SCHEMES, check_shard_uri
 from segflow.errors import SegflowError
-from segflow.storage import open_storage
+from segflow.io import atomic_path, write_json
+from segflow.storage import is_uri, open_storage
 
 INDEX_NAME = "index.json"
 CACHE_ENV = "SEGFLOW_CACHE_DIR"
@@ -67,7 +68,7 @@ class CacheStats:
 
 def is_remote(location: str | Path) -> bool:
     """True for an object-store URI (``s3://``, ``gs://``), False for a local path."""
-    return isinstance(location, str) and "://" in location
+    return isinstance(location, str) and is_uri(location)
 
 
 def location(value: str | Path) -> str:
@@ -227,7 +228,7 @@ def fetch_shards(
             stats.downloads += 1
             stats.bytes += int(entry["bytes"])
         if not (root / INDEX_NAME).is_file():
-            _write_atomic(root / INDEX_NAME, json.dumps(index, indent=2).encode() + b"\n")
+            write_json(root / INDEX_NAME, index)
     if stats.downloads:
         log.info(
             "shards %s: %d files (%.1f MB) downloaded to %s in %.1f s, %d already cached",
@@ -275,16 +276,10 @@ def _download(source: str, target: Path, entry: dict, uri: str, fix: str) -> Non
                 f"the object is damaged; {fix}"
             )
         os.replace(tmp, target)
-        _write_atomic(_marker(target), entry["sha256"].encode())
+        with atomic_path(_marker(target)) as tmp_marker:
+            tmp_marker.write_text(entry["sha256"])
     finally:
         Path(tmp).unlink(missing_ok=True)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.replace(tmp, path)
 
 
 def publish_shards(local_dir: Path, uri: str, index: dict) -> dict:
