@@ -31,6 +31,7 @@ from torch import nn
 from segflow.config import TrainParams
 from segflow.errors import SegflowError
 from segflow.models.aux import without_aux
+from segflow.models.crf_rnn import CRFasRNN, MeanFieldCRF
 from segflow.models.registry import build
 
 
@@ -51,7 +52,6 @@ def build_model(p: TrainParams, num_classes: int) -> nn.Module:
     )
     if p.crf_rnn is None:
         return net
-    from segflow.models.crf_rnn import CRFasRNN, MeanFieldCRF
 
     c = p.crf_rnn
     crf = MeanFieldCRF(
@@ -170,6 +170,22 @@ def _require_same_shapes(
         raise SegflowError(
             f"{source}: weights do not fit the model it describes ({what}): {problems[0]}{more}"
         )
+
+
+def load_initial_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Start ``model`` from another run's trained ``weights`` (a checkpoint's ``model``).
+
+    For fine-tuning, e.g. the CRF-as-RNN paper's second stage: a network trained without the
+    CRF head initialises the ``net.*`` part of a :class:`~segflow.models.crf_rnn.CRFasRNN`,
+    whose CRF starts from its own initial values. Every tensor of the network must be there with
+    its shape (one line naming the first that is not, as for a checkpoint).
+    """
+    weights = _state_dict(weights, source)
+    # A CRFasRNN takes a plain network's weights into its ``net``, a CRF-as-RNN run's whole.
+    has_crf = any(k.startswith("crf.") for k in weights)
+    target = model.net if isinstance(model, CRFasRNN) and not has_crf else model
+    _require_same_shapes(target.state_dict(), weights, source, type(target).__name__)
+    target.load_state_dict(weights)
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:

@@ -36,7 +36,12 @@ from segflow.data.shards import read_index
 from segflow.errors import SegflowError
 from segflow.evaluate.metrics import ConfusionMatrix
 from segflow.io import atomic_path, remove_killed_writes
-from segflow.models.checkpoint import build_model, default_device, read_checkpoint
+from segflow.models.checkpoint import (
+    build_model,
+    default_device,
+    load_initial_weights,
+    read_checkpoint,
+)
 from segflow.train.budget import TimeBudget, budget_lr, eta_seconds, format_duration
 from segflow.train.collectives import any_rank, is_distributed, mean_over_ranks, rank0_value
 from segflow.train.ema import ModelEMA
@@ -346,11 +351,17 @@ def make_state(
     iters_per_epoch: int,
     device: torch.device,
     budget: TimeBudget | None = None,
+    init_weights: dict[str, torch.Tensor] | None = None,
 ) -> TrainState:
     """Model, optimizer and LR schedule: poly over ``train.epochs`` epochs, or with a ``budget``
-    poly over the fraction of it spent (:mod:`segflow.train.budget`)."""
+    poly over the fraction of it spent (:mod:`segflow.train.budget`). ``init_weights`` (another
+    run's trained model) replaces the freshly initialised weights
+    (:func:`~segflow.models.checkpoint.load_initial_weights`)."""
     p = params.train
-    model = build_model(p, num_classes).to(device)
+    model = build_model(p, num_classes)
+    if init_weights is not None:
+        load_initial_weights(model, init_weights, "init_weights")
+    model = model.to(device)
     if p.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, p)
@@ -392,6 +403,7 @@ def train_epochs(
     echo: Callable[[str], None] | None = print,
     should_stop: Callable[[], bool] | None = None,
     budget: TimeBudget | None = None,
+    init_weights: dict[str, torch.Tensor] | None = None,
 ) -> TrainState:
     """The whole training of one rank: loaders, model, epochs from ``resume`` to the end.
 
@@ -434,7 +446,7 @@ def train_epochs(
         )  # fmt: skip
     # Every rank builds the same initial weights (DDP also broadcasts rank 0's at wrap time).
     torch.manual_seed(params.seed)
-    state = make_state(params, num_classes, len(train_loader), device, budget)
+    state = make_state(params, num_classes, len(train_loader), device, budget, init_weights)
     if resume is not None:
         restore_state(state, resume)
     if p.ema_decay > 0:
@@ -602,6 +614,7 @@ def fit(
     echo: Callable[[str], None] | None = print,
     should_stop: Callable[[], bool] | None = None,
     since: float | None = None,
+    init_weights: dict[str, torch.Tensor] | None = None,
 ) -> TrainState:
     """Single-process training (no Ray): ``out_dir/last.pt`` every epoch, ``best.pt`` on a new
     best val mIoU, both written atomically.
@@ -611,6 +624,8 @@ def fit(
     ``should_stop`` (asked between steps, e.g. after a SIGTERM) ends it with
     :class:`TrainingStopped`. ``train.time_budget_min`` trains to that budget
     (:func:`time_budget`), counted from ``since`` (a ``time.time()``; None: from this call).
+    ``init_weights`` starts the network from another run's trained weights (a checkpoint's
+    ``model``; ignored when ``last.pt`` resumes the run).
     """
     out_dir = Path(out_dir)
     device = torch.device(device) if device is not None else default_device()
@@ -630,5 +645,5 @@ def fit(
 
     return train_epochs(
         params, shard_dir, device, on_epoch, resume=payload, echo=echo, should_stop=should_stop,
-        budget=time_budget(params.train, device, since),
+        budget=time_budget(params.train, device, since), init_weights=init_weights,
     )  # fmt: skip

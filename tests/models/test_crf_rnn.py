@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from segflow.config import TrainParams
-from segflow.models.checkpoint import build_model
+from segflow.errors import SegflowError
+from segflow.models.checkpoint import build_model, load_initial_weights
 from segflow.models.crf_rnn import CRFasRNN, MeanFieldCRF
 from segflow.train.loop import build_optimizer
 
@@ -149,3 +150,20 @@ def test_freeze_net_trains_only_the_crf_and_keeps_the_batchnorm_statistics():
 def test_an_even_or_too_small_window_is_refused_at_parse_time(window):
     with pytest.raises(ValueError, match="window"):
         small_params(window=window)
+
+
+def test_a_trained_network_starts_the_crf_head_and_a_misfit_one_is_named():
+    """The paper's second stage: the CRF is trained on a network trained without it."""
+    plain = small_params().model_copy(update={"crf_rnn": None})
+    torch.manual_seed(5)
+    trained = build_model(plain, 2).state_dict()
+    model = build_model(small_params(freeze_net=True), 2)
+    crf_before = {k: v.clone() for k, v in model.crf.state_dict().items()}
+
+    load_initial_weights(model, trained, "run1/best.pt")
+
+    assert all(torch.equal(v, trained[k]) for k, v in model.net.state_dict().items())
+    assert all(torch.equal(v, crf_before[k]) for k, v in model.crf.state_dict().items())
+    wrong = build_model(plain.model_copy(update={"model_options": {"width": 8}}), 2).state_dict()
+    with pytest.raises(SegflowError, match=r"^run1/best.pt: weights do not fit .* is \("):
+        load_initial_weights(model, wrong, "run1/best.pt")
