@@ -62,6 +62,8 @@ from torch.optim.lr_scheduler import LambdaLR
 #: Whole epochs the cost estimate averages: recent enough to follow a change of load, more than
 #: one so that a single slow epoch does not cut the plan short.
 KEEP = 3
+#: Steps after an epoch's first that its running pace needs before it can move the deadline.
+PACE_STEPS = 5
 
 
 def budget_factor(it: int, progress: float, power: float = 0.9, warmup_iters: int = 0) -> float:
@@ -137,7 +139,7 @@ class TimeBudget:
         self._agree = agree if agree is not None else (lambda seconds: seconds)
         self._base = max(0.0, time.time() - since) if since is not None else 0.0
         self._t0 = time.perf_counter()
-        self._epoch_t0 = self._val_t0 = self._step_t = 0.0
+        self._epoch_t0 = self._val_t0 = self._step_t = self._first_step_t = 0.0
         self._steps = 0
 
     # -- the clock ---------------------------------------------------------------------------
@@ -238,7 +240,7 @@ class TimeBudget:
                 self.plan, self.stopped_by = None, "budget"
                 return None
         self.plan = plan
-        self._epoch_t0 = self._step_t = now
+        self._epoch_t0 = self._step_t = self._first_step_t = now
         self._current_ips = None
         self._plan_eval = self.seconds - plan.horizon  # the validation the plan keeps free
         return plan
@@ -258,8 +260,14 @@ class TimeBudget:
         if plan is None:
             raise RuntimeError("TimeBudget.step before next_epoch")
         now = self.spent()
-        if self.batch_images and step >= 2 and now > self._epoch_t0:
-            self._current_ips = step * self.batch_images / (now - self._epoch_t0)
+        # The running epoch's pace, from the end of its first step (which also waits for the
+        # loader's workers to start) and over enough steps not to mistake one slow batch for a
+        # slow machine: a pace from two steps once ended a run 9 minutes early.
+        if step == 1:
+            self._first_step_t = now
+        timed = step - 1
+        if self.batch_images and timed >= PACE_STEPS and now > self._first_step_t:
+            self._current_ips = timed * self.batch_images / (now - self._first_step_t)
         # The horizon follows a deadline that moves (time_budget_after_min): where the plan put
         # it, less how much earlier the deadline is now.
         horizon = self.seconds - self._plan_eval

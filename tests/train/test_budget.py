@@ -244,17 +244,21 @@ def test_a_machine_that_slows_down_mid_epoch_moves_the_deadline_at_once_and_meet
     clock[0] = 1.0
     assert not budget.step(1, 1000)
     assert budget.seconds == 600  # one step says nothing of the pace yet
-    clock[0] = 4.0  # 20 images in 4 s: 5 images/s, 2x slower than the reference
+    clock[0] = 3.0  # 10 images in 2 s after the first step: 5 images/s, 2x slower
     assert not budget.step(2, 1000)
-    assert budget.seconds == 600 - 120
-    assert budget.progress == pytest.approx(4.0 / 480)  # the LR follows the moved deadline
+    assert budget.seconds == 600  # one slow batch is not yet a slow machine
+    for step in range(3, 7):
+        clock[0] = 1.0 + 2.0 * (step - 1)
+        assert not budget.step(step, 1000)
+    assert budget.seconds == 600 - 120  # 5 steps at 5 images/s: the deadline moves
+    assert budget.progress == pytest.approx(11.0 / 480)  # the LR follows the moved deadline
     # On at 2 s a step (still 5 images/s): the step after which another would pass the moved
     # deadline (480 s) is the last, with the LR at its floor.
-    step = 2
+    step = 6
     while True:
         step += 1
-        clock[0] = 2.0 * step
+        clock[0] = 1.0 + 2.0 * (step - 1)
         if budget.step(step, 1000):
             break
-    assert step == 239 and clock[0] == 478.0
+    assert step == 240 and clock[0] == 479.0
     assert budget.progress == 1.0
