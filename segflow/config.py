@@ -347,6 +347,11 @@ class TrainParams(RayRunParams):
     #: CRF as RNN on the model's logits, trained with it (segflow.models.crf_rnn); null: none.
     #: E.g. {iterations: 5, window: 11, downsample: 4}.
     crf_rnn: CRFRNNParams | None = None
+    #: A segflow checkpoint (an earlier run's models/best.pt) whose trained weights start the
+    #: network (mmsegmentation's load_from): with crf_rnn's freeze_net, the CRF-as-RNN paper's
+    #: second stage. A network without the CRF head fills the head's ``net``. Read with
+    #: weights_only=True; not a DVC dependency. null: freshly initialised weights.
+    init_from: str | None = None
     epochs: int = Field(8, gt=0, le=MAX_EPOCHS)
     #: Train to this many minutes of wall time (null: off, train.epochs as they are): the LR
     #: decays with the fraction of it spent and the run stops at the last epoch that fits

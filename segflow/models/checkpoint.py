@@ -172,6 +172,14 @@ def _require_same_shapes(
         )
 
 
+def initial_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The trained weights of checkpoint ``path`` (``train.init_from``), as one state_dict."""
+    payload = read_checkpoint(path)
+    if "model" not in payload:
+        raise SegflowError(f"{path}: not a segflow training checkpoint (no model)")
+    return _state_dict(payload["model"], path)
+
+
 def load_initial_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
     """Start ``model`` from another run's trained ``weights`` (a checkpoint's ``model``).
 

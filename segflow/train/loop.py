@@ -39,6 +39,7 @@ from segflow.io import atomic_path, remove_killed_writes
 from segflow.models.checkpoint import (
     build_model,
     default_device,
+    initial_weights,
     load_initial_weights,
     read_checkpoint,
 )
@@ -356,11 +357,13 @@ def make_state(
     """Model, optimizer and LR schedule: poly over ``train.epochs`` epochs, or with a ``budget``
     poly over the fraction of it spent (:mod:`segflow.train.budget`). ``init_weights`` (another
     run's trained model) replaces the freshly initialised weights
-    (:func:`~segflow.models.checkpoint.load_initial_weights`)."""
+    (:func:`~segflow.models.checkpoint.load_initial_weights`), as ``train.init_from``'s do."""
     p = params.train
     model = build_model(p, num_classes)
+    if init_weights is None and p.init_from is not None:
+        init_weights = initial_weights(p.init_from)
     if init_weights is not None:
-        load_initial_weights(model, init_weights, "init_weights")
+        load_initial_weights(model, init_weights, p.init_from or "init_weights")
     model = model.to(device)
     if p.channels_last:
         model = model.to(memory_format=torch.channels_last)

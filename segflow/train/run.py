@@ -27,7 +27,7 @@ from segflow.data.shards import read_index, shard_index_path
 from segflow.data.store import location
 from segflow.errors import SegflowError
 from segflow.io import atomic_path
-from segflow.models.checkpoint import read_checkpoint
+from segflow.models.checkpoint import initial_weights, load_initial_weights, read_checkpoint
 from segflow.train import loop
 from segflow.train.collectives import gather_objects
 from segflow.train.distributed import (
@@ -76,7 +76,9 @@ def preflight(params: Params, shard_dir: str | Path) -> dict:
         if not splits.get(split, {}).get("num_samples"):
             raise SegflowError(f"{shard_index_path(shard_dir)}: split {split!r} has no samples")
     check_workers(p, "train", splits["train"]["num_samples"], p.batch_size, "the training samples")
-    loop.build_model(p, int(index["num_classes"]))  # unknown model/option: SegflowError here
+    model = loop.build_model(p, int(index["num_classes"]))  # unknown model/option: an error
+    if p.init_from is not None:  # a missing or misfit checkpoint: one line before Ray starts
+        load_initial_weights(model, initial_weights(p.init_from), p.init_from)
     return index
 
 
