@@ -86,9 +86,10 @@ def load() -> str:
 def run_side(side: str, params: Params, shards: Path, out: Path, minutes: float) -> dict:
     """Train one side for ``minutes`` of wall time from now; its scores and timings."""
     budget = minutes if side == "budget" else None
-    params = params.model_copy(
-        update={"train": params.train.model_copy(update={"time_budget_min": budget})}
-    )
+    # Both sides get the same training time: no share kept back for later stages
+    # (train.time_budget_after_min is for a whole dvc repro, which this is not).
+    train = {"time_budget_min": budget, "time_budget_after_min": 0.0}
+    params = params.model_copy(update={"train": params.train.model_copy(update=train)})
     before, started = load(), time.time()
     deadline = started + minutes * 60.0
 
