@@ -558,7 +558,11 @@ class SearchParams(RayRunParams):
     lr_min: float = Field(0.001, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(3e-4, ge=0, le=MAX_WEIGHT_DECAY)
-    #: Architecture (alpha, beta): Adam (paper 3e-3, weight decay 1e-3).
+    #: Architecture (alpha, beta): Adam (paper 3e-3, weight decay 1e-3). Adam moves each
+    #: entry by about arch_lr per step whatever the gradient's size, so 3e-3 needs hundreds of
+    #: architecture steps to move a logit by 1: the paper's ~15,000 do, a CPU search of a few
+    #: hundred does not (its entropies stay near 1); raise it for short searches (0.1 found the
+    #: path of tests/search/test_search_learns.py in 40 steps).
     arch_lr: float = Field(3e-3, gt=0, le=MAX_LR)
     arch_weight_decay: float = Field(1e-3, ge=0, le=MAX_WEIGHT_DECAY)
     #: DARTS-'s auxiliary skip (Chu et al. 2021) against a collapse to parameter-free ops:

@@ -15,6 +15,17 @@ stride-2 output before layer 0). At the last layer a 3-branch ASPP head per stri
 at rate 96 / s, image pooling) predicts the classes; the heads' logits are upsampled and summed.
 
 alpha and beta are created once, here, from the seeded generator: never redrawn in forward.
+
+**Where beta's gradient comes from.** Every node's sum goes through a BatchNorm before anything
+reads it (the next cells' ReLU-1x1-BN preprocessing, the heads' BN), which undoes the node's
+scale. So beta is only learnt from how the inputs of a node with several inputs compete; a node
+with one input (both nodes of layer 0, the coarsest node of the first layers) passes no signal
+back to the beta that scales it, except through the heads' image-pooling branch (measured on a
+fresh L = 3 supernet: layer 0's beta gradients 10-200x smaller than the later layers'). The
+decoder, however, starts its Viterbi path from layer 0. ``head_weights="marginal"`` multiplies
+each last-layer head's class scores by the chain's probability of ending at its stride
+(:func:`segflow.search.decode.level_marginals`), so which output stride serves the task reaches
+every layer's beta through the chain; ``"sum"`` adds the heads as the paper does.
 """
 
 from __future__ import annotations
