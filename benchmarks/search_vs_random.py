@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def with_section(params: Params, section: str, **values) -> Params:
     """``params`` with ``values`` in ``section``, validated again."""
     data = params.model_dump(mode="json")
-    data[section] = {**data[section], **{k: v for k, v in values.items() if v is not None}}
+    data[section] = {**data[section], **values}
     return Params.model_validate(data)
 
 
@@ -147,12 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     shards = synthetic_shards(args.dir) if args.synthetic else args.shards
     params = load_params(args.params)
     warmup = None if args.search_epochs is None else args.search_epochs // 2
+    search = {
+        "layers": args.layers, "blocks": args.blocks,
+        "epochs": args.search_epochs, "warmup_epochs": warmup,
+    }  # fmt: skip
+    params = with_section(params, "search", **{k: v for k, v in search.items() if v is not None})
+    train = {"epochs": args.train_epochs} if args.train_epochs is not None else {}
     params = with_section(
-        params, "search", layers=args.layers, blocks=args.blocks,
-        epochs=args.search_epochs, warmup_epochs=warmup,
-    )  # fmt: skip
-    params = with_section(
-        params, "train", epochs=args.train_epochs, storage_path=str(args.dir / "train"),
+        params, "train", **train, storage_path=str(args.dir / "train"),
         model_options={"filter_multiplier": args.train_filters},
     )  # fmt: skip
     index = read_index(shards)
