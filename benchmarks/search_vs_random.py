@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, help="search.layers")
     p.add_argument("--blocks", type=int, help="search.blocks")
     p.add_argument("--search-epochs", type=int, help="search.epochs (warm-up: half)")
+    p.add_argument("--arch-lr", type=float, help="search.arch_lr")
+    p.add_argument("--head-weights", choices=("sum", "marginal"), help="search.head_weights")
     p.add_argument("--train-epochs", type=int, help="train.epochs")
     p.add_argument("--train-filters", type=int, default=8, help="F of the retrained networks")
     p.add_argument("--threads", type=int, default=1)
@@ -150,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     search = {
         "layers": args.layers, "blocks": args.blocks,
         "epochs": args.search_epochs, "warmup_epochs": warmup,
+        "arch_lr": args.arch_lr, "head_weights": args.head_weights,
     }  # fmt: skip
     params = with_section(params, "search", **{k: v for k, v in search.items() if v is not None})
     train = {"epochs": args.train_epochs} if args.train_epochs is not None else {}

@@ -21,6 +21,23 @@ weights' gradients are averaged by hand rather than through DDP because the two 
 back-propagate through the same network with different optimizers; one explicit all-reduce per
 step is simpler than DDP's bucket hooks firing on both passes.
 
+**Why alpha and beta barely moved (issue 22).** The gradients are not too small (on a fresh
+L = 3 supernet, mean |grad| ~1e-2 for alpha, ~1e-3 for beta, far above Adam's eps); Adam
+normalises them away and moves each entry by at most about ``arch_lr`` per step. The paper's
+3e-3 is sized for its ~15,000 architecture steps; a CPU search takes tens to hundreds, so the
+softmaxes stay uniform and the decoded path is whatever the 1e-3 initial noise and near-ties
+make it. Measured on tests/search/test_search_learns.py's checkerboard task (L 3, F 4, B 1,
+32x32, 1 warm-up + 2 architecture epochs of 20 steps, 2 busy cores): arch_lr 3e-3 moves alpha
+and beta by <= 0.07 per epoch, their entropies end >= 0.99 and the chain's P(ending at
+stride 4) at 0.34-0.42 (3 runs; seed 0 decodes 4-4-8: wrong); arch_lr 0.1 moves them by
+0.4-2.5 per epoch and alpha's entropy falls to 0.47-0.80. With the paper's summed heads beta
+stays near uniform even then (seed 2: entropy 0.88, P(stride 4) 0.36); with ``head_weights:
+marginal`` (supernet.py) it decides (4 seeds: entropy 0.50-0.78, P 0.78-0.97; the path
+4-4-4 in 3 seeds, 8-4-4 in the fourth).
+Temperature is no separate knob: dividing the logits by T under Adam is the same as
+multiplying ``arch_lr`` by 1/T. The diagnostics of every epoch (diagnostics.py) show which case
+a search is in.
+
 ``search_epochs`` is called as-is by :func:`segflow.search.run.search_local` and by each Ray
 worker; after each epoch ``on_epoch(state, record)`` persists the state. The gradient average
 and the other collectives are :mod:`segflow.train.collectives`', shared with training.
