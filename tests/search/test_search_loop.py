@@ -157,7 +157,8 @@ def test_the_outputs_hold_the_genotype_curves_and_heat_maps(shards, tmp_path):
 
 def test_every_epoch_records_and_logs_the_diagnostics(shards, tmp_path):
     lines: list[str] = []
-    outcome = search_local(_params(tmp_path, epochs=3, warmup_epochs=1), shards, echo=lines.append)
+    params = _params(tmp_path, epochs=3, warmup_epochs=1, aux_skip=1.0)
+    outcome = search_local(params, shards, echo=lines.append)
     epochs = [line for line in lines if line.startswith("search: epoch")]
     assert len(epochs) == 3 == len(outcome.history)
     for record, line in zip(outcome.history, epochs, strict=True):
@@ -174,6 +175,9 @@ def test_every_epoch_records_and_logs_the_diagnostics(shards, tmp_path):
     assert outcome.history[0]["alpha_entropy"] > 0.9999
     assert all(r["alpha_move"] > 0 and r["beta_move"] > 0 for r in outcome.history[1:])
     assert outcome.history[-1]["alpha_entropy"] < outcome.history[0]["alpha_entropy"]
+    # DARTS-'s auxiliary skip decays linearly over the search (2 steps an epoch: 6 in all).
+    aux = [r["aux_skip"] for r in outcome.history]
+    assert aux == pytest.approx([1 - 1 / 6, 1 - 3 / 6, 1 - 5 / 6])
 
 
 @pytest.mark.integration
