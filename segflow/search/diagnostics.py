@@ -68,9 +68,9 @@ def param_free_share(genotype: Genotype) -> float:
 def epoch_diagnostics(
     alpha: np.ndarray, beta: np.ndarray, genotype: Genotype, previous: dict | None
 ) -> dict:
-    """The diagnostics of one epoch; ``previous`` is the last epoch's record and snapshot
-    (``{"record": ..., "alpha": ..., "beta": ...}``) or None for the first epoch, when the
-    moves are measured from the initial alpha and beta it holds instead."""
+    """The diagnostics of one epoch. ``previous``: alpha and beta as the epoch started and the
+    last epoch's record (None in the first epoch), ``{"alpha", "beta", "record"}``; without it
+    (no epoch before at all) the moves are left out."""
     a_ent, b_ent = alpha_entropy(alpha), beta_entropy(beta)
     record = {
         "alpha_entropy": float(a_ent.mean()),
