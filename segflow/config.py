@@ -563,9 +563,22 @@ class SearchParams(RayRunParams):
     lr_min: float = Field(0.001, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(3e-4, ge=0, le=MAX_WEIGHT_DECAY)
-    #: Architecture (alpha, beta): Adam (paper 3e-3, weight decay 1e-3).
+    #: Architecture (alpha, beta): Adam (paper 3e-3, weight decay 1e-3). Adam moves each
+    #: entry by about arch_lr per step whatever the gradient's size, so 3e-3 needs hundreds of
+    #: architecture steps to move a logit by 1: the paper's ~15,000 do, a CPU search of a few
+    #: hundred does not (its entropies stay near 1); raise it for short searches (0.1 found the
+    #: path of tests/search/test_search_learns.py in 40 steps).
     arch_lr: float = Field(3e-3, gt=0, le=MAX_LR)
     arch_weight_decay: float = Field(1e-3, ge=0, le=MAX_WEIGHT_DECAY)
+    #: DARTS-'s auxiliary skip (Chu et al. 2021) against a collapse to parameter-free ops:
+    #: every mixed op adds ``aux_skip x input`` outside the softmax, the coefficient decaying
+    #: linearly from this value to 0 over the search (0: off; the paper's value is 1).
+    aux_skip: float = Field(0.0, ge=0, le=10)
+    #: How the supernet adds the class scores of its last layer's heads (one per stride).
+    #: sum: as the paper; marginal: each weighted by the beta chain's probability of ending at
+    #: its stride, so beta gets a gradient from which output stride serves the task (with sum,
+    #: a node's scale is undone by the BatchNorm after it, see segflow/search/supernet.py).
+    head_weights: Literal["sum", "marginal"] = "sum"
     experiment: str = Field("segflow-search", min_length=1)
 
     @model_validator(mode="after")

@@ -69,6 +69,18 @@ def transition_probs(beta: Tensor) -> Tensor:
     return probs
 
 
+def level_marginals(probs: Tensor) -> Tensor:
+    """(layers x 4): the probability of being at each level after each layer, starting from
+    the stem at level 0 (differentiable: the supernet weighs its heads with the last row)."""
+    p = torch.zeros(LEVELS, dtype=probs.dtype, device=probs.device)
+    p[0] = 1.0
+    out = []
+    for layer_probs in probs:
+        p = p @ layer_probs
+        out.append(p)
+    return torch.stack(out)
+
+
 def viterbi(probs: np.ndarray) -> list[int]:
     """Levels of the maximum-probability path from the stem (level 0) through every layer."""
     probs = np.asarray(probs, dtype=np.float64)

@@ -21,6 +21,24 @@ weights' gradients are averaged by hand rather than through DDP because the two 
 back-propagate through the same network with different optimizers; one explicit all-reduce per
 step is simpler than DDP's bucket hooks firing on both passes.
 
+**Why alpha and beta barely moved (issue 22).** The gradients are not too small (on a fresh
+L = 3 supernet, mean |grad| ~1e-2 for alpha, ~1e-3 for beta, far above Adam's eps); Adam
+normalises them away and moves each entry by at most about ``arch_lr`` per step. The paper's
+3e-3 is sized for its ~15,000 architecture steps; a CPU search takes tens to hundreds, so the
+softmaxes stay uniform and the decoded path is whatever the 1e-3 initial noise and near-ties
+make it. Measured on tests/search/test_search_learns.py's checkerboard task (L 3, F 4, B 1,
+32x32, 1 warm-up + 2 architecture epochs of 20 steps, 2 busy cores): arch_lr 3e-3 moves alpha
+and beta by <= 0.07 per epoch, their entropies end >= 0.99 and the chain's P(ending at
+stride 4) at 0.34-0.42 (3 runs; seed 0 decodes 4-4-8: wrong); arch_lr 0.1 moves them by
+0.4-2.5 per epoch and alpha's entropy falls to 0.47-0.80. With the paper's summed heads beta
+stays near uniform even then (seed 2: entropy 0.88, P(stride 4) 0.36); with ``head_weights:
+marginal`` (supernet.py) it decides (4 seeds: entropy 0.50-0.78, P 0.78-0.97; the path
+4-4-4 in 3 seeds, 8-4-4 in the fourth). The warm-up's length did not matter there: 0, 1 or 2
+warm-up epochs before the same 40 architecture steps all gave 4-4-4 with P 0.96 (seed 2).
+Temperature is no separate knob: dividing the logits by T under Adam is the same as
+multiplying ``arch_lr`` by 1/T. The diagnostics of every epoch (diagnostics.py) show which case
+a search is in.
+
 ``search_epochs`` is called as-is by :func:`segflow.search.run.search_local` and by each Ray
 worker; after each epoch ``on_epoch(state, record)`` persists the state. The gradient average
 and the other collectives are :mod:`segflow.train.collectives`', shared with training.
@@ -45,6 +63,7 @@ from segflow.data.shards import read_index
 from segflow.data.transforms import train_transform
 from segflow.errors import SegflowError
 from segflow.search.decode import decode
+from segflow.search.diagnostics import epoch_diagnostics
 from segflow.search.supernet import Supernet
 from segflow.train.collectives import average_gradients, max_divergence_from_rank0, mean_over_ranks
 from segflow.train.loop import device_batch, seed_everything
@@ -141,7 +160,9 @@ class SearchState:
 def make_search_state(params: Params, num_classes: int, steps_per_epoch: int) -> SearchState:
     sp = params.search
     torch.manual_seed(params.seed)  # the same initial weights on every rank
-    model = Supernet(num_classes, sp.layers, sp.filter_multiplier, sp.blocks, params.seed)
+    model = Supernet(
+        num_classes, sp.layers, sp.filter_multiplier, sp.blocks, params.seed, sp.head_weights
+    )
     weight_opt = torch.optim.SGD(
         model.weight_parameters(), lr=sp.lr, momentum=sp.momentum, weight_decay=sp.weight_decay
     )
@@ -181,6 +202,56 @@ def arch_snapshot(model: Supernet) -> dict:
     }
 
 
+def search_step(
+    state: SearchState,
+    batch_a: dict,
+    batch_b: dict,
+    update_arch: bool,
+    loss_fn: torch.nn.Module,
+    device: torch.device,
+    norm: tuple,
+) -> tuple[float, float]:
+    """One DARTS step: the architecture on ``batch_b`` (trainB; measured only, without
+    ``update_arch``), then the weights on ``batch_a`` (trainA). Returns both losses."""
+    model = state.model
+    if update_arch:
+        arch_loss = _step(
+            model, batch_b, loss_fn, state.arch_optimizer, model.arch_parameters(), device, norm
+        )
+    else:
+        x, y = device_batch(batch_b, device, norm)
+        with torch.no_grad():
+            arch_loss = loss_fn(model(x), y).item()
+    weight_loss = _step(
+        model, batch_a, loss_fn, state.weight_optimizer, model.weight_parameters(), device, norm
+    )
+    state.scheduler.step()
+    return weight_loss, arch_loss
+
+
+def aux_skip_coefficient(start: float, step: int, total_steps: int) -> float:
+    """DARTS-'s auxiliary skip weight at ``step``: ``start`` decaying linearly to 0 at the end."""
+    if start == 0 or total_steps <= 0:
+        return 0.0
+    return start * max(0.0, 1.0 - step / total_steps)
+
+
+def epoch_line(record: dict, epochs: int, update_arch: bool) -> str:
+    """The log line of one search epoch: losses, diagnostics, path."""
+    stable = record["path_stable_epochs"]
+    return (
+        f"search: epoch {record['epoch']}/{epochs} weight loss {record['weight_loss']:.4f} "
+        f"arch loss {record['arch_loss']:.4f}"
+        + ("" if update_arch else " (warm-up: architecture frozen)")
+        + f" entropy alpha {record['alpha_entropy']:.4f} beta {record['beta_entropy']:.4f}"
+        + f" move alpha {record['alpha_move']:.2g} beta {record['beta_move']:.2g}"
+        + f" param-free {record['param_free_share']:.2f}"
+        + f" path {'-'.join(map(str, record['path']))}"
+        + f" ({'changed' if record['path_changed'] else f'same {stable} epoch(s)'})"
+        + f" time {record['epoch_seconds']:.1f}s"
+    )
+
+
 EpochHook = Callable[[SearchState, dict], None]
 
 
@@ -209,32 +280,26 @@ def search_epochs(
     if resume is not None:
         state.restore(resume)
     model = state.model
-    weights, arch = model.weight_parameters(), model.arch_parameters()
+    arch = model.arch_parameters()
     loss_fn = SegmentationLoss("ce").to(device)
     norm = (params.loader.mean, params.loader.std)
     say = echo if (echo is not None and rank == 0) else None
     if say and state.epoch > 0:
         say(f"search: resuming after epoch {state.epoch}")
+    total_steps = sp.epochs * steps
     for epoch in range(state.epoch, sp.epochs):
         start = time.perf_counter()
         loader_a.dataset.set_epoch(epoch)
         loader_b.dataset.set_epoch(epoch)
         update_arch = epoch >= sp.warmup_epochs
+        before = arch_snapshot(model)
         model.train()
         weight_loss = arch_loss = 0.0
-        for _, batch_a, batch_b in zip(range(steps), loader_a, loader_b, strict=False):
-            if update_arch:
-                arch_loss += _step(
-                    model, batch_b, loss_fn, state.arch_optimizer, arch, device, norm
-                )
-            else:
-                x, y = device_batch(batch_b, device, norm)
-                with torch.no_grad():
-                    arch_loss += loss_fn(model(x), y).item()
-            weight_loss += _step(
-                model, batch_a, loss_fn, state.weight_optimizer, weights, device, norm
-            )
-            state.scheduler.step()
+        for i, batch_a, batch_b in zip(range(steps), loader_a, loader_b, strict=False):
+            model.aux_skip = aux_skip_coefficient(sp.aux_skip, epoch * steps + i, total_steps)
+            w, a = search_step(state, batch_a, batch_b, update_arch, loss_fn, device, norm)
+            weight_loss += w
+            arch_loss += a
         genotype = decode(model.alpha, model.beta)
         state.epoch = epoch + 1
         record = {
@@ -243,19 +308,22 @@ def search_epochs(
             "arch_loss": mean_over_ranks(arch_loss / max(steps, 1), steps, device),
             "lr": state.weight_optimizer.param_groups[0]["lr"],
             "arch_updates": float(update_arch),
+            "aux_skip": model.aux_skip,
             "epoch_seconds": time.perf_counter() - start,
             "path": list(genotype.path),
             # 0.0 unless the gradient averaging is broken: every rank holds the same alpha, beta
             "arch_rank_divergence": max_divergence_from_rank0(arch),
         }
-        state.history.append(record)
-        state.arch_history.append(arch_snapshot(model))
-        if say:
-            say(
-                f"search: epoch {state.epoch}/{sp.epochs} weight loss {record['weight_loss']:.4f} "
-                f"arch loss {record['arch_loss']:.4f}"
-                + ("" if update_arch else " (warm-up: architecture frozen)")
-                + f" path {'-'.join(map(str, genotype.path))} time {record['epoch_seconds']:.1f}s"
+        previous = {**before, "record": state.history[-1] if state.history else None}
+        snapshot = arch_snapshot(model)
+        record.update(
+            epoch_diagnostics(
+                np.asarray(snapshot["alpha"]), np.asarray(snapshot["beta"]), genotype, previous
             )
+        )
+        state.history.append(record)
+        state.arch_history.append(snapshot)
+        if say:
+            say(epoch_line(record, sp.epochs, update_arch))
         on_epoch(state, record)
     return state

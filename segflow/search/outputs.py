@@ -2,7 +2,10 @@
 
 ``reports/search/genotype.json`` is what train reads. ``reports/search/history/`` holds:
 
-* ``search_curve.csv``: per epoch both losses, LR, time and the decoded path;
+* ``search_curve.csv``: per epoch both losses, LR, time, the decoded path and the diagnostics
+  of :mod:`segflow.search.diagnostics` (entropies, moves, path stability, param-free share);
+* ``entropy.csv``: per epoch the normalised entropy of each cell edge's alpha and of each
+  trellis node's beta;
 * ``op_weights.csv``: per epoch the mean softmax(alpha) of each op over the cell's edges
   (a DVC plot: how the op mix moves once the architecture steps start);
 * ``stride_share.csv``: per epoch the probability of each stride under the beta chain,
@@ -26,10 +29,28 @@ from segflow.search.decode import (
     LEVELS,
     blocks_of_edges,
     decode,
+    level_marginals,
     transition_probs,
 )
 
-CURVE_COLUMNS = ("epoch", "weight_loss", "arch_loss", "lr", "arch_updates", "epoch_seconds", "path")
+CURVE_COLUMNS = (
+    "epoch",
+    "weight_loss",
+    "arch_loss",
+    "lr",
+    "arch_updates",
+    "epoch_seconds",
+    "path",
+    # segflow/search/diagnostics.py: is the search deciding anything?
+    "alpha_entropy",
+    "beta_entropy",
+    "alpha_move",
+    "beta_move",
+    "path_changed",
+    "path_stable_epochs",
+    "param_free_share",
+    "aux_skip",
+)
 
 
 def _softmax(a: np.ndarray) -> np.ndarray:
@@ -39,14 +60,8 @@ def _softmax(a: np.ndarray) -> np.ndarray:
 
 def stride_marginals(beta: list | np.ndarray) -> np.ndarray:
     """(layers x 4): probability of each stride at each layer under the beta chain."""
-    probs = transition_probs(torch.as_tensor(np.asarray(beta), dtype=torch.float64)).numpy()
-    p = np.zeros(LEVELS)
-    p[0] = 1.0
-    out = []
-    for layer_probs in probs:
-        p = p @ layer_probs
-        out.append(p)
-    return np.array(out)
+    probs = transition_probs(torch.as_tensor(np.asarray(beta), dtype=torch.float64))
+    return level_marginals(probs).numpy()
 
 
 def final_genotype(arch_history: list[dict]) -> Genotype:
@@ -82,6 +97,16 @@ def write_history(history: list[dict], arch_history: list[dict], out_dir: Path) 
             for r in history
         ],
     )
+    entropy_rows = [
+        [r["epoch"], kind, i, value]
+        for r in history
+        for kind, key in (
+            ("alpha_edge", "alpha_entropy_per_edge"),
+            ("beta_node", "beta_entropy_per_node"),
+        )
+        for i, value in enumerate(r[key])
+    ]
+    _write_csv(out_dir / "entropy.csv", ["epoch", "kind", "index", "entropy"], entropy_rows)
     op_rows, share_rows, stride_rows, alpha_rows, beta_rows = [], [], [], [], []
     layers = len(arch_history[0]["beta"]) if arch_history else 0
     for epoch, arch in enumerate(arch_history, start=1):

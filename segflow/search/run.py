@@ -95,7 +95,7 @@ def search_func(config: dict) -> dict:
     resume = resume_payload(CHECKPOINT_FILE)
 
     def on_epoch(state: SearchState, record: dict) -> None:
-        metrics = {k: v for k, v in record.items() if k != "path"}
+        metrics = {k: v for k, v in record.items() if isinstance(v, int | float)}  # no lists
         payload = state.payload() if rank == 0 else None
         report_epoch(metrics, state.epoch, payload, CHECKPOINT_FILE)
 

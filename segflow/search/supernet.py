@@ -15,6 +15,17 @@ stride-2 output before layer 0). At the last layer a 3-branch ASPP head per stri
 at rate 96 / s, image pooling) predicts the classes; the heads' logits are upsampled and summed.
 
 alpha and beta are created once, here, from the seeded generator: never redrawn in forward.
+
+**Where beta's gradient comes from.** Every node's sum goes through a BatchNorm before anything
+reads it (the next cells' ReLU-1x1-BN preprocessing, the heads' BN), which undoes the node's
+scale. So beta is only learnt from how the inputs of a node with several inputs compete; a node
+with one input (both nodes of layer 0, the coarsest node of the first layers) passes no signal
+back to the beta that scales it, except through the heads' image-pooling branch (measured on a
+fresh L = 3 supernet: layer 0's beta gradients 10-200x smaller than the later layers'). The
+decoder, however, starts its Viterbi path from layer 0. ``head_weights="marginal"`` multiplies
+each last-layer head's class scores by the chain's probability of ending at its stride
+(:func:`segflow.search.decode.level_marginals`), so which output stride serves the task reaches
+every layer's beta through the chain; ``"sum"`` adds the heads as the paper does.
 """
 
 from __future__ import annotations
@@ -25,7 +36,13 @@ from torch import Tensor, nn
 
 from segflow.models.autodeeplab import Preprocess, level_sizes, make_op
 from segflow.models.genotype import OPS, STRIDES, ZERO
-from segflow.search.decode import LEVELS, num_edges, reachable, transition_probs
+from segflow.search.decode import (
+    LEVELS,
+    level_marginals,
+    num_edges,
+    reachable,
+    transition_probs,
+)
 
 
 class MixedOp(nn.Module):
@@ -33,9 +50,12 @@ class MixedOp(nn.Module):
         super().__init__()
         self.ops = nn.ModuleList(make_op(name, c, affine=False) for name in OPS)
 
-    def forward(self, x: Tensor, weights: Tensor) -> Tensor:
+    def forward(self, x: Tensor, weights: Tensor, aux_skip: float = 0.0) -> Tensor:
         # The zero op's output is 0: not computed (its weight still takes part in the softmax).
-        return sum(weights[i] * op(x) for i, op in enumerate(self.ops) if i != ZERO)
+        out = sum(weights[i] * op(x) for i, op in enumerate(self.ops) if i != ZERO)
+        # DARTS-'s auxiliary skip: outside the softmax, so skip need not win alpha to pass
+        # the gradient through (Chu et al. 2021).
+        return out + aux_skip * x if aux_skip else out
 
 
 class SearchCell(nn.Module):
@@ -46,13 +66,20 @@ class SearchCell(nn.Module):
         self.blocks = blocks
         self.edges = nn.ModuleList(MixedOp(c) for _ in range(num_edges(blocks)))
 
-    def forward(self, s0: Tensor, s1: Tensor, size: tuple[int, int], weights: Tensor) -> Tensor:
+    def forward(
+        self,
+        s0: Tensor,
+        s1: Tensor,
+        size: tuple[int, int],
+        weights: Tensor,
+        aux_skip: float = 0.0,
+    ) -> Tensor:
         states = [self.pre0(s0, size), self.pre1(s1, size)]
         e = 0
         for _ in range(self.blocks):
             h = 0
             for state in states:
-                h = h + self.edges[e](state, weights[e])
+                h = h + self.edges[e](state, weights[e], aux_skip)
                 e += 1
             states.append(h)
         return torch.cat(states[2:], dim=1)
@@ -86,9 +113,11 @@ class Supernet(nn.Module):
         filter_multiplier: int = 8,
         blocks: int = 5,
         seed: int = 0,
+        head_weights: str = "sum",
     ) -> None:
         super().__init__()
         self.layers, self.blocks = layers, blocks
+        self.head_weights = head_weights
         f, b = filter_multiplier, blocks
         half = max(1, f * b // 2)
         self.stem = nn.ModuleList(
@@ -122,6 +151,9 @@ class Supernet(nn.Module):
                 for k in reachable(layers - 1)
             }
         )
+        #: DARTS-'s auxiliary skip coefficient on every mixed op (0: off); the search loop
+        #: decays it linearly to 0 (:func:`segflow.search.loop.aux_skip_coefficient`).
+        self.aux_skip = 0.0
         gen = torch.Generator().manual_seed(seed)
         self.alpha = nn.Parameter(1e-3 * torch.randn(num_edges(blocks), len(OPS), generator=gen))
         self.beta = nn.Parameter(1e-3 * torch.randn(layers, LEVELS, 3, generator=gen))
@@ -157,12 +189,16 @@ class Supernet(nn.Module):
                     key = _key(layer, j, k)
                     if key in self.cells:
                         cell = self.cells[key]
-                        total = total + probs[layer, j, k] * cell(s0, last[j], sizes[k], weights)
+                        total = total + probs[layer, j, k] * cell(
+                            s0, last[j], sizes[k], weights, self.aux_skip
+                        )
                 nodes[k] = total
             two_back, last = last, nodes
+        # "marginal": each head counts with the chain's probability of ending at its stride.
+        ends = level_marginals(probs)[-1] if self.head_weights == "marginal" else None
         logits = 0
         for k, h in last.items():
-            scores = self.heads[str(k)](h)
+            scores = self.heads[str(k)](h) * (ends[k] if ends is not None else 1.0)
             logits = logits + F.interpolate(
                 scores, size=x.shape[-2:], mode="bilinear", align_corners=False
             )

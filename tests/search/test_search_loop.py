@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from segflow.config import Params
+from segflow.search.decode import num_edges
 from segflow.search.loop import split_train
 from segflow.search.outputs import final_genotype, write_outputs
 from segflow.search.run import search_distributed, search_local
@@ -137,13 +139,45 @@ def test_the_outputs_hold_the_genotype_curves_and_heat_maps(shards, tmp_path):
         "beta.csv",
         "beta_epoch_001.png",
         "beta_epoch_002.png",
+        "entropy.csv",
         "expected_stride.csv",
         "op_weights.csv",
         "search_curve.csv",
         "stride_share.csv",
     ]
-    curve = (tmp_path / "h" / "search_curve.csv").read_text().splitlines()
-    assert len(curve) == 3 and curve[-1].endswith("-".join(map(str, genotype.path)))
+    curve = list(csv.DictReader((tmp_path / "h" / "search_curve.csv").open()))
+    assert len(curve) == 2 and curve[-1]["path"] == "-".join(map(str, genotype.path))
+    assert [float(r["alpha_entropy"]) for r in curve] == [
+        r["alpha_entropy"] for r in outcome.history
+    ]
+    entropy = list(csv.DictReader((tmp_path / "h" / "entropy.csv").open()))
+    edges, nodes = num_edges(2), 1 + 2 + 3  # TINY: blocks 2, layers 3
+    assert len(entropy) == 2 * (edges + nodes)
+
+
+def test_every_epoch_records_and_logs_the_diagnostics(shards, tmp_path):
+    lines: list[str] = []
+    params = _params(tmp_path, epochs=3, warmup_epochs=1, aux_skip=1.0)
+    outcome = search_local(params, shards, echo=lines.append)
+    epochs = [line for line in lines if line.startswith("search: epoch")]
+    assert len(epochs) == 3 == len(outcome.history)
+    for record, line in zip(outcome.history, epochs, strict=True):
+        assert 0 < record["alpha_entropy"] <= 1 and 0 < record["beta_entropy"] <= 1
+        assert len(record["alpha_entropy_per_edge"]) == num_edges(2)
+        assert len(record["beta_entropy_per_node"]) == 1 + 2 + 3
+        assert 0 <= record["param_free_share"] <= 1
+        assert record["path_stable_epochs"] >= 1 and record["arch_loss"] > 0
+        assert f"entropy alpha {record['alpha_entropy']:.4f}" in line
+        assert f"param-free {record['param_free_share']:.2f}" in line
+        assert "path " + "-".join(map(str, record["path"])) in line
+    # The warm-up epoch leaves the architecture where it started; the others move it.
+    assert outcome.history[0]["alpha_move"] == 0.0 and outcome.history[0]["beta_move"] == 0.0
+    assert outcome.history[0]["alpha_entropy"] > 0.9999
+    assert all(r["alpha_move"] > 0 and r["beta_move"] > 0 for r in outcome.history[1:])
+    assert outcome.history[-1]["alpha_entropy"] < outcome.history[0]["alpha_entropy"]
+    # DARTS-'s auxiliary skip decays linearly over the search (2 steps an epoch: 6 in all).
+    aux = [r["aux_skip"] for r in outcome.history]
+    assert aux == pytest.approx([1 - 1 / 6, 1 - 3 / 6, 1 - 5 / 6])
 
 
 @pytest.mark.integration
