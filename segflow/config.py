@@ -361,7 +361,8 @@ class TrainParams(RayRunParams):
     #: take on a machine that trains at time_budget_reference_ips images/s. Where training
     #: runs k times slower, they are expected to take k times longer too, and training ends
     #: (k - 1) x this many minutes before its budget: the whole dvc repro keeps its total.
-    #: 0: the budget is training's alone.
+    #: Training keeps at least half its budget (then the total is overrun, and the log says
+    #: so). 0: the budget is training's alone.
     time_budget_after_min: float = Field(0.0, ge=0, le=525_600)
     #: The training images/s (all workers) at which time_budget_after_min was measured; null:
     #: no scaling (training keeps its whole budget).

@@ -62,6 +62,8 @@ from torch.optim.lr_scheduler import LambdaLR
 #: Whole epochs the cost estimate averages: recent enough to follow a change of load, more than
 #: one so that a single slow epoch does not cut the plan short.
 KEEP = 3
+#: The share of train.time_budget_min that training keeps whatever the later stages' share.
+MIN_TRAIN_SHARE = 0.5
 #: Steps after an epoch's first that its running pace needs before it can move the deadline.
 PACE_STEPS = 5
 
@@ -174,8 +176,13 @@ class TimeBudget:
     def seconds(self) -> float:
         """The deadline, in seconds of the clock: the budget, less what the stages after
         training will take beyond their time at the reference pace (``after_minutes`` x
-        (slowdown - 1)), so that the whole ``dvc repro`` keeps to its total."""
-        return max(0.0, self.budget_seconds - self.after_seconds * (self.slowdown() - 1.0))
+        (slowdown - 1)), so that the whole ``dvc repro`` keeps to its total; but never less
+        than :data:`MIN_TRAIN_SHARE` of the budget. On a machine so slow that the later
+        stages alone would fill the total, keeping it would mean no model (a CamVid run whose
+        first epoch ran 12x slower than the reference was left 44 s of training): the total is
+        overrun instead, and the log says so."""
+        reserve = self.after_seconds * (self.slowdown() - 1.0)
+        return max(self.budget_seconds * MIN_TRAIN_SHARE, self.budget_seconds - reserve)
 
     # -- estimates ---------------------------------------------------------------------------
 
@@ -337,6 +344,12 @@ class TimeBudget:
                 f"{self.slowdown():.1f}x slower than the reference {self.reference_ips:g} "
                 "images/s (train.time_budget_reference_ips), and so will they"
             )
+            wanted = self.after_seconds * (self.slowdown() - 1.0)
+            if wanted > early:
+                head += (
+                    f" (they would need {wanted / 60:.1f}; training keeps half its budget, so "
+                    "the whole dvc repro will overrun its total)"
+                )
         if self.stopped_by == "epochs":
             return (
                 f"{head}: train.epochs ({self.max_epochs}) reached after {epochs} epochs with "

@@ -210,8 +210,8 @@ def test_the_budget_and_what_it_allowed_reach_mlflow_and_one_log_line(
 
 
 def test_a_machine_slower_than_the_reference_leaves_the_later_stages_their_share():
-    # 10 minutes, of which the stages after training take 2 at the reference 10 images/s.
-    budget = TimeBudget(10, MANY, after_minutes=2, reference_ips=10.0)
+    # 10 minutes, of which the stages after training take 1.5 at the reference 10 images/s.
+    budget = TimeBudget(10, MANY, after_minutes=1.5, reference_ips=10.0)
     assert budget.seconds == 600  # nothing measured yet: the whole budget
 
     budget.costs = [EpochCost(50, 5, 10, images_per_second=10.0)]
@@ -219,16 +219,24 @@ def test_a_machine_slower_than_the_reference_leaves_the_later_stages_their_share
     budget.costs = [EpochCost(50, 5, 10, images_per_second=20.0)]
     assert budget.seconds == 600  # faster: training keeps its budget, never more
 
-    # 4x slower: the later stages are expected to take 8 minutes, 6 more than at the
+    # 4x slower: the later stages are expected to take 6 minutes, 4.5 more than at the
     # reference, and training ends that much earlier.
     budget.costs = [EpochCost(200, 20, 10, images_per_second=2.5)]
-    assert budget.slowdown() == 4.0 and budget.seconds == 600 - 6 * 60
-    assert budget.summary(1)["budget_deadline_min"] == 4.0
-    assert "6.0 min of it left to the later stages: training ran 4.0x slower" in (
+    assert budget.slowdown() == 4.0 and budget.seconds == 600 - 4.5 * 60
+    assert budget.summary(1)["budget_deadline_min"] == 5.5
+    assert "4.5 min of it left to the later stages: training ran 4.0x slower" in (
         budget.stop_reason(1)
     )
     line = budget_line(budget.summary(1))
-    assert "ended 6.0 min early for the later stages (training 4.0x slower" in line
+    assert "ended 4.5 min early for the later stages (training 4.0x slower" in line
+
+    # 11x slower: the later stages would need 15 more minutes; training keeps half its
+    # budget (a model), and the line says the total will be overrun.
+    budget.costs = [EpochCost(200, 20, 10, images_per_second=10 / 11)]
+    assert budget.seconds == 300
+    assert "(they would need 15.0; training keeps half its budget, so the whole dvc repro " in (
+        budget.stop_reason(1)
+    )
 
     no_reference = TimeBudget(10, MANY, after_minutes=2)
     no_reference.costs = [EpochCost(200, 20, 10, images_per_second=2.5)]
