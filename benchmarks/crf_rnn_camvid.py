@@ -1,5 +1,5 @@
-"""One trained CamVid network three ways, in one run (not a test): no CRF, the dense CRF
-(pydensecrf) tuned on val, and CRF as RNN trained on the network.
+"""One trained CamVid network four ways, in one run (not a test): no CRF, the dense CRF
+(pydensecrf) tuned on val, CRF as RNN trained on the network, and the network fine-tuned alone.
 
 The network is a checkpoint the train stage wrote (``--checkpoint``, e.g. ``models/best.pt`` of
 a ``dvc repro`` of the camvid-cpu preset) and ``--shards`` the shards it was trained on. Then:
@@ -23,9 +23,11 @@ a ``dvc repro`` of the camvid-cpu preset) and ``--shards`` the shards it was tra
                     ``--epochs``, from the checkpoint), to tell the CRF's gain from that of the
                     extra epochs.
 
-Each is scored on val at the masks' native 360x480 (mIoU, PA, the thin classes' IoU: Pole,
-SignSymbol, Fence) and timed per 360x480 image on this CPU (median of ``--repeats``, the served
-path: resize, network, CRF, argmax). Prints a markdown table and one JSON line per row.
+Each is scored on val (``--split dev``: the sequence-held-out split, for a network trained
+without it; use one ``--work`` per split) at the masks' native 360x480 (mIoU, PA, the thin
+classes' IoU: Pole, SignSymbol, Fence) and timed per 360x480 image on this CPU (median of
+``--repeats``, the served path: resize, network, CRF, argmax). Prints a markdown table and one
+JSON line per row.
 
     nice -n 5 python benchmarks/crf_rnn_camvid.py --checkpoint models/best.pt \\
         --shards data/shards --work /tmp/crf_rnn_bench
@@ -81,7 +83,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--theta-gamma", type=float, default=3.0, help="input pixels")
     ap.add_argument("--repeats", type=int, default=5, help="timed images per row")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--max-images", type=int, default=None, help="val images (default: all)")
+    ap.add_argument("--max-images", type=int, default=None, help="images (default: all)")
+    ap.add_argument(
+        "--split", default="val", help="scored, and the dense CRF tuned on (one --work a split)"
+    )
     return ap.parse_args(argv)
 
 
@@ -135,17 +140,19 @@ def cached(args, key: str, compute) -> dict:
 
 
 def evaluate(name: str, network: torch.nn.Module, spec: ServingSpec, args, classes) -> dict:
-    """Score val with ``network`` served by ``spec``; its probabilities go to ``row["probs"]``."""
+    """Score ``args.split`` with ``network`` served by ``spec`` (its probabilities: "probs")."""
     return cached(
-        args, f"{name}_{spec.mode}", lambda: predict_val(name, network, spec, args, classes)
+        args, f"{name}_{spec.mode}", lambda: predict_split_row(name, network, spec, args, classes)
     )
 
 
-def predict_val(name: str, network: torch.nn.Module, spec: ServingSpec, args, classes) -> dict:
+def predict_split_row(
+    name: str, network: torch.nn.Module, spec: ServingSpec, args, classes
+) -> dict:
     t0 = time.time()
     probs = args.work / f"probs_{name}_{spec.mode}"
     pred = predict_split(
-        Predictor(network, spec), args.shards, "val", probs, len(classes), args.max_images
+        Predictor(network, spec), args.shards, args.split, probs, len(classes), args.max_images
     )
     row = {
         "row": name, "mode": spec.mode, **score(pred.confusion, classes),
@@ -210,10 +217,14 @@ def main(argv: list[str] | None = None) -> None:
     classes = [c["name"] for c in index["classes"]]
     payload = read_checkpoint(args.checkpoint)
     network = model_from_payload(payload, args.checkpoint)
-    image, _ = ShardReader(split_files(args.shards, "val")).decoded(0, native=True)
+    if args.split not in index["splits"]:
+        raise SystemExit(
+            f"{args.shards}: no {args.split!r} split (it has {sorted(index['splits'])})"
+        )
+    image, _ = ShardReader(split_files(args.shards, args.split)).decoded(0, native=True)
     print(
-        f"checkpoint {args.checkpoint} (epoch {payload.get('epoch')}), val "
-        f"{index['splits']['val']['num_samples']} images scored at {image.shape[:2]}, network "
+        f"checkpoint {args.checkpoint} (epoch {payload.get('epoch')}), {args.split} "
+        f"{index['splits'][args.split]['num_samples']} images scored at {image.shape[:2]}, network "
         f"at {index.get('resize')}; torch threads {args.threads}; load {load()}",
         flush=True,
     )
@@ -229,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
 
         def dense_crf(probs: Path = Path(rows[-1]["probs"]), spec: ServingSpec = spec) -> dict:
-            """The dense CRF tuned on every val image: the preset's grid, Ray Tune, best mIoU."""
+            """The dense CRF tuned on every image of the split: the preset's grid, Ray Tune."""
             t0 = time.time()
             knobs = {f.name for f in fields(CRFParams)}
             grid = {k: v for k, v in params.crf.model_dump().items() if k in knobs}
