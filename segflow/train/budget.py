@@ -345,7 +345,7 @@ class TimeBudget:
                 "images/s (train.time_budget_reference_ips), and so will they"
             )
             wanted = self.after_seconds * (self.slowdown() - 1.0)
-            if wanted > early:
+            if wanted > early + 1.0:  # seconds: not a rounding difference
                 head += (
                     f" (they would need {wanted / 60:.1f}; training keeps half its budget, so "
                     "the whole dvc repro will overrun its total)"
