@@ -181,8 +181,11 @@ class TimeBudget:
         stages alone would fill the total, keeping it would mean no model (a CamVid run whose
         first epoch ran 12x slower than the reference was left 44 s of training): the total is
         overrun instead, and the log says so."""
-        reserve = self.after_seconds * (self.slowdown() - 1.0)
-        return max(self.budget_seconds * MIN_TRAIN_SHARE, self.budget_seconds - reserve)
+        return max(self.budget_seconds * MIN_TRAIN_SHARE, self.budget_seconds - self.later_share())
+
+    def later_share(self) -> float:
+        """Seconds the stages after training need beyond their time at the reference pace."""
+        return self.after_seconds * (self.slowdown() - 1.0)
 
     # -- estimates ---------------------------------------------------------------------------
 
@@ -344,7 +347,7 @@ class TimeBudget:
                 f"{self.slowdown():.1f}x slower than the reference {self.reference_ips:g} "
                 "images/s (train.time_budget_reference_ips), and so will they"
             )
-            wanted = self.after_seconds * (self.slowdown() - 1.0)
+            wanted = self.later_share()
             if wanted > early + 1.0:  # seconds: not a rounding difference
                 head += (
                     f" (they would need {wanted / 60:.1f}; training keeps half its budget, so "
