@@ -8,7 +8,7 @@ a ``dvc repro`` of the camvid-cpu preset) and ``--shards`` the shards it was tra
                     and at one scale;
   * ``dense_crf``   the same probabilities with pydensecrf: the preset's ``crf`` grid (8 points,
                     DeepLab's) swept with Ray Tune on *every* val image, the best applied to
-                    val. Tuned on the split it is scored on, so this side is flattered;
+                    each split. On val it is tuned on the split it is scored on, so flattered;
   * ``crf_rnn``     a :class:`segflow.models.crf_rnn.CRFasRNN` head (``--window``,
                     ``--downsample``, ``--iterations``, ``--theta-*``) whose network starts from
                     the checkpoint, trained with the core loop (``segflow.train.loop.fit``, the
@@ -23,11 +23,13 @@ a ``dvc repro`` of the camvid-cpu preset) and ``--shards`` the shards it was tra
                     ``--epochs``, from the checkpoint), to tell the CRF's gain from that of the
                     extra epochs.
 
-Each is scored on val (``--split dev``: the sequence-held-out split, for a network trained
-without it; use one ``--work`` per split) at the masks' native 360x480 (mIoU, PA, the thin
+Each is scored on every split of ``--split`` (``val``, or ``val,dev``: dev is the
+sequence-held-out split, for a network trained without it, which then also chooses the CRF-as-RNN
+runs' best epochs, as the train stage does) at the masks' native 360x480 (mIoU, PA, the thin
 classes' IoU: Pole, SignSymbol, Fence) and timed per 360x480 image on this CPU (median of
-``--repeats``, the served path: resize, network, CRF, argmax). Prints a markdown table and one
-JSON line per row.
+``--repeats``, the served path: resize, network, CRF, argmax; one timing per way, whatever the
+split). The dense CRF is tuned on val only and applied as tuned to every split: flattered on val,
+a fair choice on dev. Prints a markdown table and one JSON line per row.
 
     nice -n 5 python benchmarks/crf_rnn_camvid.py --checkpoint models/best.pt \\
         --shards data/shards --work /tmp/crf_rnn_bench
@@ -85,8 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-images", type=int, default=None, help="images (default: all)")
     ap.add_argument(
-        "--split", default="val", help="scored, and the dense CRF tuned on (one --work a split)"
-    )
+        "--split", default="val", help="the splits scored, comma-separated (val,dev); the dense "
+        "CRF is tuned on val",
+    )  # fmt: skip
     return ap.parse_args(argv)
 
 
@@ -139,23 +142,31 @@ def cached(args, key: str, compute) -> dict:
     return row
 
 
-def evaluate(name: str, network: torch.nn.Module, spec: ServingSpec, args, classes) -> dict:
-    """Score ``args.split`` with ``network`` served by ``spec`` (its probabilities: "probs")."""
+def keyed(name: str, spec: ServingSpec, split: str) -> str:
+    """A row's name in ``--work``: val's rows keep the names of runs that scored val alone."""
+    return f"{name}_{spec.mode}" + ("" if split == "val" else f"_{split}")
+
+
+def evaluate(
+    name: str, network: torch.nn.Module, spec: ServingSpec, args, classes, split: str
+) -> dict:
+    """Score ``split`` with ``network`` served by ``spec`` (its probabilities: "probs")."""
     return cached(
-        args, f"{name}_{spec.mode}", lambda: predict_split_row(name, network, spec, args, classes)
-    )
+        args, keyed(name, spec, split),
+        lambda: predict_split_row(name, network, spec, args, classes, split),
+    )  # fmt: skip
 
 
 def predict_split_row(
-    name: str, network: torch.nn.Module, spec: ServingSpec, args, classes
+    name: str, network: torch.nn.Module, spec: ServingSpec, args, classes, split: str
 ) -> dict:
     t0 = time.time()
-    probs = args.work / f"probs_{name}_{spec.mode}"
+    probs = args.work / f"probs_{keyed(name, spec, split)}"
     pred = predict_split(
-        Predictor(network, spec), args.shards, args.split, probs, len(classes), args.max_images
+        Predictor(network, spec), args.shards, split, probs, len(classes), args.max_images
     )
     row = {
-        "row": name, "mode": spec.mode, **score(pred.confusion, classes),
+        "row": name, "split": split, "mode": spec.mode, **score(pred.confusion, classes),
         "wall_s": round(time.time() - t0, 1), "load": load(), "probs": str(probs),
     }  # fmt: skip
     print(json.dumps(row), flush=True)
@@ -191,6 +202,8 @@ def train_crf_rnn(params: Params, args, variant: str, init: dict) -> tuple[torch
     info = {
         "epochs": len(state.history),
         "val_miou_shard_scale": [round(r["val_miou"], 4) for r in state.history],
+        # the curve the best epoch was chosen by: dev's when the shards have it, else val's
+        "selection_miou": [round(r["selection_miou"], 4) for r in state.history],
         "train_wall_s": round(time.time() - started, 1),
         "lr": lr,
         "crf": {k: [round(x, 3) for x in v.flatten().tolist()][:4] for k, v in
@@ -217,70 +230,95 @@ def main(argv: list[str] | None = None) -> None:
     classes = [c["name"] for c in index["classes"]]
     payload = read_checkpoint(args.checkpoint)
     network = model_from_payload(payload, args.checkpoint)
-    if args.split not in index["splits"]:
-        raise SystemExit(
-            f"{args.shards}: no {args.split!r} split (it has {sorted(index['splits'])})"
-        )
-    image, _ = ShardReader(split_files(args.shards, args.split)).decoded(0, native=True)
+    splits = [s for s in args.split.split(",") if s]
+    for split in ("val", *splits):
+        if split not in index["splits"]:
+            raise SystemExit(
+                f"{args.shards}: no {split!r} split (it has {sorted(index['splits'])})"
+            )
+    image, _ = ShardReader(split_files(args.shards, splits[0])).decoded(0, native=True)
+    counts = ", ".join(f"{s} {index['splits'][s]['num_samples']}" for s in splits)
     print(
-        f"checkpoint {args.checkpoint} (epoch {payload.get('epoch')}), {args.split} "
-        f"{index['splits'][args.split]['num_samples']} images scored at {image.shape[:2]}, network "
-        f"at {index.get('resize')}; torch threads {args.threads}; load {load()}",
+        f"checkpoint {args.checkpoint} (epoch {payload.get('epoch')}), {counts} images scored "
+        f"at {image.shape[:2]}, network at {index.get('resize')}; torch threads {args.threads}; "
+        f"load {load()}",
         flush=True,
     )
     served = ServingSpec.from_params(params, index.get("resize"), None)
     single = replace(served, mode="single", options={})
     specs = [single, served] if served.mode != "single" else [single]
-    rows: list[dict] = []
-    predictors: list[Predictor] = []
+    # Each way: its predictor (timed once) and its rows (one per split).
+    ways: list[tuple[Predictor, list[dict]]] = []
     for spec in specs:
-        rows.append(evaluate("none", network, spec, args, classes))
-        predictors.append(Predictor(network, spec))
+        ways.append(
+            (Predictor(network, spec),
+             [evaluate("none", network, spec, args, classes, split) for split in splits])
+        )  # fmt: skip
         if spec.mode != served.mode:
             continue
 
-        def dense_crf(probs: Path = Path(rows[-1]["probs"]), spec: ServingSpec = spec) -> dict:
-            """The dense CRF tuned on every image of the split: the preset's grid, Ray Tune."""
+        def dense_crf(spec: ServingSpec = spec) -> dict:
+            """The dense CRF tuned on every val image: the preset's grid, Ray Tune."""
             t0 = time.time()
+            probs = Path(evaluate("none", network, spec, args, classes, "val")["probs"])
             knobs = {f.name for f in fields(CRFParams)}
             grid = {k: v for k, v in params.crf.model_dump().items() if k in knobs}
             sweep = crf_sweep(probs, len(classes), args.work / "tune", space=grid,
                               num_cpus=args.threads)  # fmt: skip
-            tuned = crf_over_split(probs, sweep.best, len(classes), num_cpus=args.threads)
+            return {"crf": sweep.best.to_dict(), "tune_wall_s": round(time.time() - t0, 1)}
+
+        tuned = cached(args, f"dense_crf_{spec.mode}", dense_crf)
+        best = CRFParams.from_dict(tuned["crf"])
+
+        def apply_crf(split: str, spec: ServingSpec = spec, best: CRFParams = best) -> dict:
+            t0 = time.time()
+            probs = Path(evaluate("none", network, spec, args, classes, split)["probs"])
+            crf = crf_over_split(probs, best, len(classes), num_cpus=args.threads)
             return {
-                "row": "dense_crf", "mode": spec.mode, **score(tuned.confusion, classes),
-                "wall_s": round(time.time() - t0, 1), "load": load(),
-                "crf": sweep.best.to_dict(),
+                "row": "dense_crf", "split": split, "mode": spec.mode,
+                **score(crf.confusion, classes), "wall_s": round(time.time() - t0, 1),
+                "load": load(), "crf": best.to_dict(), "tuned_on": "val",
             }  # fmt: skip
 
-        rows.append(cached(args, f"dense_crf_{spec.mode}", dense_crf))
-        best = CRFParams.from_dict(rows[-1]["crf"])
-        predictors.append(Predictor(network, replace(spec, crf=best)))
-        print(json.dumps(rows[-1]), flush=True)
+        crf_rows = [
+            cached(args, f"dense_crf_{spec.mode}_on_{split}", lambda s=split: apply_crf(s))
+            for split in splits
+        ]
+        ways.append((Predictor(network, replace(spec, crf=best)), crf_rows))
     init = payload["model"]
     for variant in [v for v in args.variants.split(",") if v]:
         start = payload["model"] if variant == "finetune" else init
         model, info = train_crf_rnn(params, args, variant, start)
+        name = "finetune_no_crf" if variant == "finetune" else f"crf_rnn_{variant}"
         for spec in specs:
-            name = "finetune_no_crf" if variant == "finetune" else f"crf_rnn_{variant}"
-            row = evaluate(name, model, spec, args, classes)
-            rows.append({**row, "trained": info})
-            predictors.append(Predictor(model, spec))
+            rows = [
+                {**evaluate(name, model, spec, args, classes, split), "trained": info}
+                for split in splits
+            ]
+            ways.append((Predictor(model, spec), rows))
         if variant == "frozen":  # end to end starts from the CRF trained on the fixed network
             init = model.state_dict()
-    print(f"timing {len(rows)} rows round-robin, {args.repeats} rounds; load {load()}", flush=True)
-    time_rows(rows, predictors, image, args.repeats)
+    print(f"timing {len(ways)} ways round-robin, {args.repeats} rounds; load {load()}", flush=True)
+    timed = [dict() for _ in ways]
+    time_rows(timed, [predictor for predictor, _ in ways], image, args.repeats)
+    rows = [
+        {**row, "ms": t["ms"], "ms_network": t["ms_network"]}
+        for split in splits
+        for (_, way_rows), t in zip(ways, timed, strict=True)
+        for row in way_rows
+        if row.get("split", "val") == split
+    ]
     for row in rows:
         print(json.dumps(row))
 
     print(f"\nall of it {time.time() - t_all:.0f} s; load now {load()}")
-    print("| row | inference | mIoU | PA | " + " | ".join(THIN) + " | ms per image |")
-    print("|---|---|---:|---:|" + "---:|" * len(THIN) + "---:|")
+    print("| split | row | inference | mIoU | PA | " + " | ".join(THIN) + " | ms per image |")
+    print("|---|---|---|---:|---:|" + "---:|" * len(THIN) + "---:|")
     for r in rows:
         thin = " | ".join(f"{100 * r[f'iou_{c}']:.1f}" for c in THIN)
         print(
-            f"| {r['row']} | {r['mode']} | {100 * r['miou']:.2f} | {100 * r['pixel_accuracy']:.1f}"
-            f" | {thin} | {r['ms']:.0f} |"
+            f"| {r['split']} | {r['row']} | {r['mode']} | {100 * r['miou']:.2f} "
+            f"| {100 * r['pixel_accuracy']:.1f} | {thin} | {r['ms']:.0f} |"
         )
 
 
