@@ -137,6 +137,7 @@ def cached(args, key: str, compute) -> dict:
         print(f"(kept from an earlier run) {json.dumps(row)}", flush=True)
         return row
     row = compute()
+    print(json.dumps(row), flush=True)
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(row))
     return row
@@ -169,7 +170,6 @@ def predict_split_row(
         "row": name, "split": split, "mode": spec.mode, **score(pred.confusion, classes),
         "wall_s": round(time.time() - t0, 1), "load": load(), "probs": str(probs),
     }  # fmt: skip
-    print(json.dumps(row), flush=True)
     return row
 
 
