@@ -398,6 +398,10 @@ class TrainParams(RayRunParams):
     #: EMA of the weights, updated every step with this decay (e.g. 0.999); 0: off. When on,
     #: the average is validated and saved as the model.
     ema_decay: float = Field(0.0, ge=0, lt=1)
+    #: Warm the EMA's decay up from 0 (step t uses min(ema_decay, (1 + t) / (10 + t)), timm's
+    #: and mmseg's warm-up): without it the average starts as the random initial weights and
+    #: still holds a share of them after hundreds of steps, which costs a short run points.
+    ema_warmup: bool = False
     #: Batch statistics of BatchNorm layers across the DDP workers (SyncBatchNorm).
     sync_bn: bool = False
     #: torch.compile the model for training (see benchmarks/ for whether it pays).

@@ -270,8 +270,8 @@ def train_one_epoch(
         if finite:
             scaler.step(optimizer)
             scaler.update()
-            if ema is not None:
-                ema.update(unwrap(model))
+            if ema is not None:  # the schedule's step count survives a resume; the warm-up reads it
+                ema.update(unwrap(model), step=scheduler.last_epoch)
             finite_steps += 1
             total_loss += value
         else:
@@ -453,7 +453,7 @@ def train_epochs(
     if resume is not None:
         restore_state(state, resume)
     if p.ema_decay > 0:
-        state.ema = ModelEMA(state.model, p.ema_decay)
+        state.ema = ModelEMA(state.model, p.ema_decay, warmup=p.ema_warmup)
         if resume is not None and "raw_model" in resume:  # "model" holds the average
             state.model.load_state_dict(resume["raw_model"])
     aux_weight = float(getattr(state.model, "aux_weight", 0.0))

@@ -8,6 +8,7 @@ on saving and scoring the average.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -150,6 +151,50 @@ def test_ema_trails_the_raw_weights_during_training():
     assert (avg - start).norm() < (raw - start).norm()
 
 
+def test_ema_warmup_ramps_the_decay_from_near_zero_to_its_setting():
+    ema = ModelEMA(nn.Linear(2, 1), decay=0.995, warmup=True)
+    assert ema.decay_at(0) == pytest.approx(0.1)
+    assert ema.decay_at(90) == pytest.approx(91 / 100)
+    assert ema.decay_at(10_000) == 0.995  # the setting caps it
+    steps = range(0, 3000, 7)
+    assert all(ema.decay_at(a) <= ema.decay_at(b) for a, b in itertools.pairwise(steps))
+    assert ModelEMA(nn.Linear(2, 1), decay=0.995).decay_at(0) == 0.995  # off: the plain EMA
+
+
+def test_ema_warmup_forgets_the_initial_weights_within_tens_of_steps():
+    """The weights jump to a fixed point; after 100 steps the plain average (decay 0.995)
+    still holds 0.995**100 = 61% of the random start, the warmed-up one the product of
+    (1 + t) / (10 + t) over the steps: 9! / (101 * ... * 109), next to nothing."""
+    start = {}
+    for warmup in (False, True):
+        model = nn.Linear(4, 1, bias=False)
+        with torch.no_grad():
+            model.weight.zero_()
+        ema = ModelEMA(model, decay=0.995, warmup=warmup)
+        with torch.no_grad():
+            model.weight.fill_(1.0)  # trained weights: 1; the average starts at 0
+        for step in range(100):
+            ema.update(model, step=step)
+        start[warmup] = 1.0 - float(ema.module.weight.mean())
+    assert start[False] == pytest.approx(0.995**100, rel=1e-4)
+    assert start[True] < 1e-6
+
+
+def test_the_ema_is_told_the_runs_global_step_across_epochs(shards, tmp_path, monkeypatch):
+    """The warm-up reads the step count of the whole run (0, 1, 2, ... over epochs), not of
+    the epoch; a resumed run's comes from its restored schedule (the resume test below)."""
+    seen: list[int] = []
+    update = ModelEMA.update
+
+    def recording(self, model, step=0):
+        seen.append(step)
+        update(self, model, step)
+
+    monkeypatch.setattr(ModelEMA, "update", recording)
+    fit(tiny_params(epochs=2, ema_decay=0.99, ema_warmup=True), shards, tmp_path, "cpu", echo=None)
+    assert len(seen) > 2 and seen == list(range(len(seen)))
+
+
 def test_a_run_with_ema_saves_and_scores_the_average(shards, tmp_path):
     params = tiny_params(epochs=2, ema_decay=0.9)
     state = fit(params, shards, tmp_path, "cpu", echo=None)
@@ -278,8 +323,12 @@ class Interrupt(Exception):
     pass
 
 
-def test_an_interrupted_run_with_ema_resumes_to_the_same_average_and_raw_weights(shards, tmp_path):
-    params = tiny_params(epochs=3, ema_decay=0.8)
+@pytest.mark.parametrize("warmup", [False, True])
+def test_an_interrupted_run_with_ema_resumes_to_the_same_average_and_raw_weights(
+    shards, tmp_path, warmup
+):
+    """With the warm-up the resumed run reads its step count from the restored schedule."""
+    params = tiny_params(epochs=3, ema_decay=0.8, ema_warmup=warmup)
     fit(params, shards, tmp_path / "straight", "cpu", echo=None)
 
     def crash_in_epoch_3(line: str) -> None:
