@@ -41,10 +41,9 @@ import yaml
 
 from segflow.config import Params, parse_params
 from segflow.data.datasets import open_dataset
-from segflow.data.groups import hold_out
-from segflow.data.manifest import build_manifest
 from segflow.data.shards import read_index, write_shards
 from segflow.presets import preset_text, with_dataset_root
+from segflow.stages.ingest import held_out_manifest
 from segflow.train.loop import TrainingStopped, fit
 from segflow.train.state import LAST
 
@@ -89,16 +88,8 @@ def build_shards(params: Params, out: Path) -> Path:
     if (out / "index.json").is_file():
         return out
     s = params.shard
-    adapter = open_dataset(params)
-    manifest = build_manifest(adapter)
-    ds = params.dataset
-    if ds.holdout_groups:  # as the ingest stage does (segflow.stages.ingest)
-        frame = manifest.frame
-        frame["split"] = hold_out(
-            list(frame["split"]), list(frame["id"]), ds.group_pattern, ds.holdout_groups
-        )
     write_shards(
-        manifest, adapter, out, rows_per_shard=s.rows_per_shard,
+        held_out_manifest(params), open_dataset(params), out, rows_per_shard=s.rows_per_shard,
         resize=(s.resize_height, s.resize_width) if s.resize_height else None,
         image_codec=s.image_codec, jpeg_quality=s.jpeg_quality,
     )  # fmt: skip
@@ -137,7 +128,7 @@ def run_side(side: str, params: Params, shards: Path, out: Path, minutes: float)
         history = torch.load(last, weights_only=True)["history"] if last.is_file() else []
     wall = time.time() - started
     split = "dev" if params.dataset.holdout_groups else "val"
-    curve = [round(r[f"{split}_miou"], 4) for r in history]
+    curve = [round(r["selection_miou"], 4) for r in history]  # the split the best epoch is on
     val_curve = [round(r["val_miou"], 4) for r in history]
     best = max(range(len(curve)), key=curve.__getitem__) if curve else -1
     return {

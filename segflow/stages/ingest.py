@@ -9,12 +9,13 @@ from __future__ import annotations
 from segflow.config import Params
 from segflow.data.datasets import open_dataset
 from segflow.data.groups import DEV_SPLIT, hold_out
-from segflow.data.manifest import build_manifest, write_manifest
+from segflow.data.manifest import Manifest, build_manifest, write_manifest
 from segflow.logs import console
 from segflow.paths import MANIFEST
 
 
-def main(params: Params) -> None:
+def held_out_manifest(params: Params) -> Manifest:
+    """The dataset's manifest, with ``dataset.holdout_groups``' train samples moved to dev."""
     manifest = build_manifest(open_dataset(params))
     ds = params.dataset
     if ds.holdout_groups:  # whole groups of train become the development split
@@ -22,7 +23,14 @@ def main(params: Params) -> None:
         frame["split"] = hold_out(
             list(frame["split"]), list(frame["id"]), ds.group_pattern, ds.holdout_groups
         )
-        held = int((frame["split"] == DEV_SPLIT).sum())
+    return manifest
+
+
+def main(params: Params) -> None:
+    manifest = held_out_manifest(params)
+    ds = params.dataset
+    if ds.holdout_groups:
+        held = int((manifest.frame["split"] == DEV_SPLIT).sum())
         console.print(
             f"ingest: {held} train samples of {ds.holdout_groups} held out as {DEV_SPLIT}"
         )
